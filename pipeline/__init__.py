@@ -1,0 +1,3 @@
+"""imagenet-shards: options, graph assembly and the command line (see README.md)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""imagenet-shards: ImageNet archives -> WebDataset shards + Parquet index, on Apache Beam.
+
+This file also serves Beam's ``--setup_file`` so remote workers (Dataflow) install
+the same two packages, ``pipeline`` and ``transforms``.
+
+PIL must be pillow-simd: install with ``make install`` (it installs the shim in
+packaging/pillow-simd-shim in the same pip call; see README "Installation").
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="imagenet-shards",
+    version="0.1.0",
+    description="Ingest ImageNet archives into deterministic WebDataset shards with a Parquet index.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    package_data={"pipeline": ["data/*.txt", "data/*.md", "data/photos/*"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.77,<2.78",
+        "pillow>=12.1.1,<13",  # satisfied by pillow-simd through the shim, see above
+        "pyarrow>=17,<26",  # beam caps pyarrow below 26; pinning avoids a backtrack
+        "webdataset>=1.0.2,<2",
+        "fsspec>=2024.6",
+        "numpy>=1.26",
+        "opencv-python-headless>=4.9",  # headless: the GUI build aborts without a display
+        "defusedxml>=0.7",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6"],
+    },
+    entry_points={"console_scripts": ["imagenet-shards=pipeline.cli:main"]},
+)

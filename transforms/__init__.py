@@ -1,0 +1,1 @@
+"""The stages of imagenet-shards: each module a pure core plus thin Beam wiring."""

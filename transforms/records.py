@@ -1,0 +1,65 @@
+"""Typed records that flow between the stages.
+
+Everything here is small on purpose: Beam's local runner holds whatever crosses a
+stage boundary in memory, so image bytes never travel in these records, only where
+to find them (archive, offset, size).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+__all__ = ["REJECT_REASONS", "MemberRef", "Reject", "ImageRejected"]
+
+# The closed set of reasons a sample can be rejected for; one Beam counter each.
+REJECT_REASONS = (
+    "empty",  # zero bytes
+    "not_an_image",  # no decoder recognises the bytes (e.g. an HTML error page named .JPEG)
+    "truncated",  # the data ends before the image does
+    "corrupt",  # recognised, but the data cannot be decoded
+    "too_large",  # more pixels than --max-pixels, decided from the header
+    "unsupported_format",  # an image format we do not take (e.g. PPM, ICO)
+    "not_a_file",  # a tar member that is a link, device or fifo
+    "duplicate_key",  # a second member with the same key in the same split
+    "unlabeled",  # a member whose class cannot be determined in a labelled split
+)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class MemberRef:
+    """Where one sample's source bytes live: a byte range in an archive."""
+
+    key: str  # dot-free sample key, e.g. "n01440764_10026"
+    split: str  # "train" | "val" | "test"
+    archive: str  # path or URL of the outermost file holding the bytes
+    offset: int  # absolute byte offset of the payload inside `archive`
+    size: int  # payload size in bytes
+    label: int  # class index, -1 when the split is unlabeled
+    wnid: Optional[str]  # WordNet ID of the class, None when unlabeled
+    source: str  # readable origin, e.g. "ILSVRC2012_img_train.tar/n01440764.tar/n01440764_10026.JPEG"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Reject:
+    """A sample that did not make it into a shard, and why (one row of the rejects table)."""
+
+    key: str
+    split: str
+    source: str
+    reason: str  # one of REJECT_REASONS
+    detail: str  # human-readable specifics (the decoder's message, the pixel count, ...)
+
+    def __post_init__(self):
+        if self.reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {self.reason!r}")
+
+
+class ImageRejected(Exception):
+    """Raised by the image kernel for bytes that cannot become a sample."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,123 @@
+"""File access through fsspec: ranged reads of archives and atomic writes of outputs.
+
+Archives are never downloaded or extracted: a member is one seek and one read.
+Outputs appear under their final name only when complete (write to a temporary name,
+then rename; on object stores one PUT is already atomic).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from typing import IO, Iterator
+
+import fsspec
+
+__all__ = ["open_input", "is_local", "atomic_write", "RangeFile", "ArchiveReader", "file_size"]
+
+# Remote reads: no read-ahead cache. Each member is one ranged GET of exactly its bytes;
+# a large block cache would fetch megabytes to read a 512-byte tar header.
+_REMOTE_OPEN = {"cache_type": "none", "block_size": 1 << 16}
+
+
+def is_local(url: str) -> bool:
+    return fsspec.core.url_to_fs(url)[0].protocol in ("file", "local", ("file", "local"))
+
+
+def open_input(url: str) -> IO[bytes]:
+    """Open a file for random-access reading (local or any fsspec URL)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if is_local(url):
+        return open(path, "rb")
+    return fs.open(path, "rb", **_REMOTE_OPEN)
+
+
+def file_size(url: str) -> int:
+    fs, path = fsspec.core.url_to_fs(url)
+    return int(fs.size(path))
+
+
+@contextlib.contextmanager
+def atomic_write(url: str) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on success it becomes `url` in one step, on error nothing appears.
+
+    Locally: a hidden temporary name in the same folder, then os.replace (atomic on POSIX).
+    Remote: a local temporary file, uploaded once on success.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if is_local(url):
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".part") as f:
+        yield f
+        f.flush()
+        fs.put_file(f.name, path)
+
+
+class RangeFile:
+    """A read-only, seekable view of bytes [start, start + length) of another file.
+
+    Lets tarfile walk a tar that is itself a member of an outer tar, in place.
+    """
+
+    def __init__(self, fileobj: IO[bytes], start: int, length: int):
+        self._f = fileobj
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._length - self._pos
+        n = remaining if n is None or n < 0 else min(n, remaining)
+        if n <= 0:
+            return b""
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class ArchiveReader:
+    """Reads byte ranges from archives, keeping one open handle per archive."""
+
+    def __init__(self):
+        self._files: dict[str, IO[bytes]] = {}
+
+    def read(self, archive: str, offset: int, size: int) -> bytes:
+        f = self._files.get(archive)
+        if f is None:
+            f = self._files[archive] = open_input(archive)
+        f.seek(offset)
+        data = f.read(size)
+        if len(data) != size:
+            raise IOError(f"{archive}: wanted {size} bytes at offset {offset}, got {len(data)} (archive truncated?)")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
