@@ -1,0 +1,84 @@
+"""The build graph: one labelled step a line, the element shape between steps.
+
+Image bytes exist only inside WriteShards (one fused stage per shard); everything that
+crosses a shuffle is small: MemberRefs (~200 B), index rows, rejects, file facts. That
+keeps the local runner's memory flat however large the dataset (see README "Design").
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Optional
+
+import apache_beam as beam
+
+import pipeline
+from pipeline.options import BuildConfig
+from transforms.archives import IndexArchives
+from transforms.index import WriteIndex, WriteRejects
+from transforms.labels import imagenet_classes
+from transforms.manifest import WriteManifest
+from transforms.sharding import GroupIntoShards
+from transforms.sources import Discovery
+from transforms.write_shards import WriteShards
+
+__all__ = ["manifest_header", "build_graph"]
+
+
+def manifest_header(config: BuildConfig, discovery: Discovery, codecs: dict) -> dict:
+    return {
+        "tool": {"name": "imagenet-shards", "version": pipeline.__version__},
+        "codecs": codecs,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "layout": discovery.layout,
+        "config": config.for_manifest(),
+        "inputs": list(discovery.inputs),
+        "classes": [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in imagenet_classes()],
+    }
+
+
+def _write_plan(progress_dir: str):
+    def write(split: str, plan) -> None:
+        import os
+
+        with open(os.path.join(progress_dir, f"plan-{split}"), "w") as f:
+            f.write(f"{plan[0]} {plan[1]}\n")
+    return write
+
+
+def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, codecs: dict,
+                progress_dir: Optional[str] = None) -> None:
+    out = config.out
+    labels = {"val": discovery.val_labels} if discovery.val_labels else {}
+
+    # -> members: MemberRef(key, split, archive, offset, size, label, wnid, source); rejects: Reject
+    indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, labels)
+    members, index_rejects = indexed["members"], indexed["rejects"]
+
+    # -> (ShardTask(split, shard_id), [MemberRef, ...]), every shard id of every split
+    grouping = GroupIntoShards(config.seed, config.shard_size, config.resize.mode, config.resize.size,
+                               config.quality)
+    tasks = members | "GroupIntoShards" >> grouping
+    if progress_dir:
+        _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
+
+    # -> shards: ShardInfo; rows: (ShardTask, [IndexRow]); rejects: Reject
+    written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir)
+
+    # -> IndexFile (one Parquet per shard, duplicates flagged)
+    index_files = written["rows"] | "WriteIndex" >> WriteIndex(out)
+
+    # -> RejectsFile (one Parquet per split)
+    rejects = (index_rejects, written["rejects"]) | "AllRejects" >> beam.Flatten()
+    rejects_files = rejects | "WriteRejects" >> WriteRejects(out)
+
+    # -> (split, members read): every non-directory member, kept or rejected
+    read = (
+        (members, index_rejects)
+        | "AllRead" >> beam.Flatten()
+        | "SplitOfRead" >> beam.Map(lambda item: item.split)
+        | "CountRead" >> beam.combiners.Count.PerElement()
+    )
+
+    # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written
+    _ = {"read": read, "shard": written["shards"], "index": index_files, "rejects": rejects_files} | (
+        "WriteManifest" >> WriteManifest(out, manifest_header(config, discovery, codecs), config.max_reject_rate))

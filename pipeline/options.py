@@ -1,0 +1,186 @@
+"""The build's options: the tool's own, and the Beam pipeline options passed through.
+
+Anything the tool does not know goes to Beam unchanged (e.g. `--runner DataflowRunner
+--project p --region r --temp_location gs://...`); an argument neither knows is an
+error, never silently ignored. With no --runner, the build runs locally on all cores:
+Beam's in-process FnApiRunner in multi-processing mode, which never touches the network
+(the DirectRunner would first try to download the Prism runner binary).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+
+from transforms.image import ImageOptions, ResizeSpec
+from transforms.sharding import parse_byte_size
+
+__all__ = ["BuildConfig", "UsageError", "add_build_arguments", "config_from_args", "beam_options"]
+
+DEFAULT_SHARD_SIZE = "512MB"
+PIL_MAX_IMAGE_PIXELS = 89_478_485
+
+
+class UsageError(Exception):
+    """Bad command-line usage or unusable input (exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    source: str
+    out: str
+    resize: ResizeSpec
+    quality: int
+    reencode: str
+    shard_size: int
+    seed: int
+    max_pixels: int
+    max_reject_rate: float
+    verify_inputs: bool
+    overwrite: bool
+    progress: bool
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(resize=self.resize, quality=self.quality, reencode=self.reencode,
+                            max_pixels=self.max_pixels)
+
+    def for_manifest(self) -> dict:
+        """The options that decide the output (recorded in the manifest)."""
+        return {
+            "resize": str(self.resize),
+            "quality": self.quality,
+            "reencode": self.reencode,
+            "shard_size": self.shard_size,
+            "seed": self.seed,
+            "max_pixels": self.max_pixels,
+            "max_reject_rate": self.max_reject_rate,
+        }
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _resize(text: str) -> ResizeSpec:
+    try:
+        return ResizeSpec.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return parse_byte_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _quality(text: str) -> int:
+    q = int(text)
+    if not 1 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {q}")
+    return q
+
+
+def _rate(text: str) -> float:
+    r = float(text)
+    if not 0 <= r <= 1:
+        raise argparse.ArgumentTypeError(f"a rate is between 0 and 1 (0.05 = 5%), got {text}")
+    return r
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return n
+
+
+def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = True) -> None:
+    if with_source:
+        parser.add_argument("source", metavar="SOURCE",
+                            help="folder (local path or fsspec URL) holding the ILSVRC2012 archives")
+        parser.add_argument("--out", required=True, metavar="OUT", help="output folder (local path or fsspec URL)")
+    parser.add_argument("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
+                        help="longer:N | shorter:N | none (default longer:512); never upscales")
+    parser.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
+    parser.add_argument("--reencode", choices=("auto", "always"), default="auto",
+                        help="auto: keep baseline RGB JPEGs that need no resize byte for byte (default); "
+                             "always: re-encode every image")
+    parser.add_argument("--shard-size", type=_byte_size, default=parse_byte_size(DEFAULT_SHARD_SIZE), metavar="SIZE",
+                        help="target bytes per shard (default 512MB; KB/MB/GB = 1000^n, KiB/MiB/GiB = 1024^n)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the key hash that spreads samples over shards")
+    parser.add_argument("--max-pixels", type=_positive_int, default=PIL_MAX_IMAGE_PIXELS,
+                        help=f"reject images with more pixels (default {PIL_MAX_IMAGE_PIXELS:,}, PIL's limit)")
+    parser.add_argument("--max-reject-rate", type=_rate, default=0.05,
+                        help="fail (exit 1) when more than this fraction of samples is rejected (default 0.05)")
+    parser.add_argument("--verify-inputs", action="store_true",
+                        help="check the official archives against their published MD5 sums first (reads every byte)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous build in OUT")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    return BuildConfig(
+        source=args.source, out=args.out, resize=args.resize, quality=args.quality, reencode=args.reencode,
+        shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
+        max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
+        progress=args.progress,
+    )
+
+
+def _beam_parser():
+    """A parser that knows every Beam pipeline option (the same set Beam itself parses)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001  (what PipelineOptions.get_all_options does)
+    return parser
+
+
+def beam_options(beam_args: list[str]):
+    """PipelineOptions from the arguments the tool did not take; local defaults when no --runner.
+
+    Raises UsageError for an argument Beam does not know either (a typo).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = _beam_parser()
+    known, unknown = parser.parse_known_args(beam_args)
+    if unknown:
+        options = [a for a in parser._option_string_actions if a.startswith("--")]  # noqa: SLF001
+        hints = []
+        for arg in unknown:
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1)
+            hints.append(f"{arg}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise UsageError("unrecognised arguments: " + ", ".join(hints))
+    args = list(beam_args)
+
+    def given(name: str) -> bool:
+        return any(a == name or a.startswith(name + "=") for a in beam_args)
+
+    if not known.runner:
+        args.append("--runner=FnApiRunner")
+        if not given("--direct_running_mode"):
+            args.append("--direct_running_mode=multi_processing")
+        if not given("--direct_num_workers"):
+            args.append(f"--direct_num_workers={_cpu_count()}")
+    if not given("--default_sdk_harness_log_level"):
+        args.append("--default_sdk_harness_log_level=WARNING")
+    return PipelineOptions(args)
+
+
+def is_local_runner(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS

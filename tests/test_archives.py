@@ -1,0 +1,103 @@
+"""Indexing tars in place: offsets, nesting, links, labels, truncation."""
+import io
+import tarfile
+
+import pytest
+
+from transforms.archives import TarSlice, index_tar_slice, list_inner_tars, sample_key
+from transforms.records import MemberRef, Reject
+
+
+def tar_bytes(members) -> bytes:
+    """members: [(name, bytes | ("symlink", target) | "dir")]"""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            if payload == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(payload, tuple):
+                info.type = tarfile.SYMTYPE
+                info.linkname = payload[1]
+                tar.addfile(info)
+            else:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,key", [
+    ("n01440764_10026.JPEG", "n01440764_10026"),
+    ("n01440764/n01440764_10026.JPEG", "n01440764_10026"),
+    ("ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001"),
+    ("weird.name.v2.jpg", "weird_name_v2"),
+    ("space name.png", "space_name"),
+])
+def test_sample_key_is_the_dot_free_stem(name, key):
+    assert sample_key(name) == key
+
+
+def test_nested_train_tar_gives_absolute_offsets(tmp_path):
+    class_a = tar_bytes([("n01440764_1.JPEG", b"A" * 700), ("n01440764_22.JPEG", b"B" * 10)])
+    class_b = tar_bytes([("n01443537_5.JPEG", b"C" * 1300), ("n01443537_6.JPEG", ("symlink", "x")),
+                         ("sub", "dir")])
+    outer = tar_bytes([("n01440764.tar", class_a), ("n01443537.tar", class_b), ("README", b"hello")])
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    path.write_bytes(outer)
+
+    items = list(list_inner_tars("train", str(path), "ILSVRC2012_img_train.tar"))
+    slices = [i for i in items if isinstance(i, TarSlice)]
+    assert [s.wnid for s in slices] == ["n01440764", "n01443537"]
+    assert [r.reason for r in items if isinstance(r, Reject)] == ["unlabeled"]  # README: not a class tar
+
+    refs, rejects = [], []
+    for piece in slices:
+        for item in index_tar_slice(piece, None, labelled=True):
+            (refs if isinstance(item, MemberRef) else rejects).append(item)
+    data = outer
+    got = {r.key: data[r.offset:r.offset + r.size] for r in refs}
+    assert got == {"n01440764_1": b"A" * 700, "n01440764_22": b"B" * 10, "n01443537_5": b"C" * 1300}
+    assert {r.key: r.label for r in refs} == {"n01440764_1": 0, "n01440764_22": 0, "n01443537_5": 1}
+    assert refs[0].source == "ILSVRC2012_img_train.tar/n01440764.tar/n01440764_1.JPEG"
+    assert [(r.key, r.reason) for r in rejects] == [("n01443537_6", "not_a_file")]  # the dir is skipped
+
+
+def test_flat_tar_labels_from_table_and_unlabeled(tmp_path):
+    path = tmp_path / "val.tar"
+    path.write_bytes(tar_bytes([("ILSVRC2012_val_00000002.JPEG", b"x" * 5),
+                                ("ILSVRC2012_val_00000001.JPEG", b"y" * 6),
+                                ("ILSVRC2012_val_00000003.JPEG", b"z")]))
+    labels = {"ILSVRC2012_val_00000001": "n01751748", "ILSVRC2012_val_00000002": "n09246464"}
+    piece = TarSlice("val", str(path), 0, path.stat().st_size, "val.tar")
+    items = list(index_tar_slice(piece, labels, labelled=True))
+    refs = {i.key: i for i in items if isinstance(i, MemberRef)}
+    assert refs["ILSVRC2012_val_00000001"].label == 65  # sea snake: ILSVRC2012_ID 490, sorted index 65
+    assert refs["ILSVRC2012_val_00000001"].wnid == "n01751748"
+    assert [(i.key, i.reason) for i in items if isinstance(i, Reject)] == [("ILSVRC2012_val_00000003", "unlabeled")]
+
+
+def test_unlabelled_split_gets_minus_one(tmp_path):
+    path = tmp_path / "test.tar"
+    path.write_bytes(tar_bytes([("ILSVRC2012_test_00000001.JPEG", b"t")]))
+    (ref,) = index_tar_slice(TarSlice("test", str(path), 0, path.stat().st_size, "test.tar"), None, labelled=False)
+    assert (ref.label, ref.wnid) == (-1, None)
+
+
+def test_member_cut_off_by_the_end_of_the_archive_is_truncated(tmp_path):
+    data = tar_bytes([("n01440764_1.JPEG", b"A" * 2000), ("n01440764_2.JPEG", b"B" * 5000)])
+    cut = data[: data.index(b"B" * 100) + 1000]  # the second payload is cut
+    path = tmp_path / "n01440764.tar"
+    path.write_bytes(cut)
+    piece = TarSlice("train", str(path), 0, len(cut), "n01440764.tar", "n01440764")
+    items = list(index_tar_slice(piece, None, labelled=True))
+    assert [type(i).__name__ for i in items] == ["MemberRef", "Reject"]
+    assert items[1].reason == "truncated"
+
+
+def test_garbage_is_not_a_tar(tmp_path):
+    path = tmp_path / "bad.tar"
+    path.write_bytes(b"<html>not a tar</html>" * 100)
+    piece = TarSlice("val", str(path), 0, path.stat().st_size, "bad.tar")
+    with pytest.raises(RuntimeError, match="not a readable tar"):
+        list(index_tar_slice(piece, {}, labelled=True))

@@ -1,0 +1,135 @@
+"""The manifest: what a build produced, written last, once every file is in place.
+
+Contract: facts from the other stages (ShardInfo, IndexFile, RejectsFile, read counts)
+-> manifest dict. Per split, read = samples + rejected must hold (a bug otherwise: the
+build fails). When rejects exceed --max-reject-rate the same document is written under
+build-failed.json instead, so a build of the wrong files never looks finished.
+"""
+from __future__ import annotations
+
+import collections
+import json
+from typing import Iterable
+
+from transforms.index import IndexFile, RejectsFile
+from transforms.layout import OutputLayout
+from transforms.storage import atomic_write
+from transforms.write_shards import ShardInfo
+
+__all__ = ["FORMAT", "assemble_manifest", "reconcile", "write_manifest"]
+
+FORMAT = "imagenet-shards/1"
+
+
+def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
+    """header: format-independent fields (tool, codecs, config, inputs, classes, splits read).
+
+    facts: ("read", (split, n)) | ("shard", ShardInfo) | ("index", IndexFile) | ("rejects", RejectsFile)
+    """
+    read = collections.Counter()
+    shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
+    for kind, fact in facts:
+        if kind == "read":
+            read[fact[0]] += fact[1]
+        elif kind == "shard":
+            shards[fact.split].append(fact)
+        elif kind == "index":
+            index[fact.split].append(fact)
+        elif kind == "rejects":
+            rejects[fact.split] = fact
+        else:
+            raise ValueError(f"unknown fact {kind!r}")
+
+    splits = {}
+    for split in sorted(set(read) | set(shards) | set(rejects)):
+        split_shards = sorted(shards[split], key=lambda s: s.shard_id)
+        split_index = sorted(index[split], key=lambda i: i.shard_id)
+        split_rejects = rejects.get(split)
+        splits[split] = {
+            "read": read[split],
+            "samples": sum(s.samples for s in split_shards),
+            "rejected": split_rejects.rows if split_rejects else 0,
+            "duplicates": sum(i.duplicates for i in split_index),
+            "bytes": sum(s.bytes for s in split_shards),
+            "rejects_by_reason": split_rejects.by_reason if split_rejects else {},
+            "shards": [{"path": s.path, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
+                       for s in split_shards],
+            "index": [i.path for i in split_index],
+        }
+    by_reason = collections.Counter()
+    for s in splits.values():
+        by_reason.update(s["rejects_by_reason"])
+    return {
+        "format": FORMAT,
+        **header,
+        "splits": splits,
+        "rejects": [rejects[s].path for s in sorted(rejects)],
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "duplicates": sum(s["duplicates"] for s in splits.values()),
+    }
+
+
+def reconcile(manifest: dict) -> list[str]:
+    """Problems with the counts (empty when every split reconciles)."""
+    problems = []
+    for name, s in manifest["splits"].items():
+        if s["read"] != s["samples"] + s["rejected"]:
+            problems.append(f"{name}: read {s['read']} != samples {s['samples']} + rejected {s['rejected']}")
+        if sum(sh["samples"] for sh in s["shards"]) != s["samples"]:
+            problems.append(f"{name}: shard sample counts do not add up")
+    return problems
+
+
+def write_manifest(layout: OutputLayout, manifest: dict, max_reject_rate: float) -> str:
+    """Write manifest.json, or build-failed.json when too many samples were rejected.
+
+    Returns "ok" or "too_many_rejects". Raises RuntimeError when counts do not reconcile.
+    """
+    problems = reconcile(manifest)
+    if problems:
+        raise RuntimeError("counts do not reconcile: " + "; ".join(problems))
+    read = sum(s["read"] for s in manifest["splits"].values())
+    rejected = sum(s["rejected"] for s in manifest["splits"].values())
+    rate = rejected / read if read else 0.0
+    status = "ok" if rate <= max_reject_rate else "too_many_rejects"
+    target = layout.manifest
+    if status != "ok":
+        manifest = {**manifest, "error": f"{rejected} of {read} samples rejected ({rate:.1%}), "
+                                         f"more than --max-reject-rate {max_reject_rate:.1%}"}
+        target = layout.failed_report
+    with atomic_write(target) as f:
+        f.write(json.dumps(manifest, indent=1).encode() + b"\n")
+    return status
+
+
+# --- Beam wiring -------------------------------------------------------------------
+
+import apache_beam as beam  # noqa: E402
+
+
+class WriteManifest(beam.PTransform):
+    """{"read", "shard", "index", "rejects"} PCollections -> the status string, after writing.
+
+    All facts are combined into one list first, so the manifest is written exactly once,
+    after every shard, index and rejects file is in place.
+    """
+
+    def __init__(self, out_root: str, header: dict, max_reject_rate: float):
+        super().__init__()
+        self._out_root = out_root
+        self._header = header
+        self._max_reject_rate = max_reject_rate
+
+    def expand(self, facts: dict):
+        tagged = [
+            pcoll | f"Tag{kind.title()}" >> beam.Map(lambda fact, kind=kind: (kind, fact))
+            for kind, pcoll in sorted(facts.items())
+        ]
+        root, header, rate = self._out_root, self._header, self._max_reject_rate
+        return (
+            tagged
+            | "AllFacts" >> beam.Flatten()
+            | "Collect" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(
+                lambda fs: write_manifest(OutputLayout(root), assemble_manifest(header, fs), rate))
+        )

@@ -1,0 +1,75 @@
+"""The output tables: one Arrow schema per table, kept here and nowhere else.
+
+Other tools rely on these names and types (see README "Output contract"); the tests
+compare them to a golden list.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pyarrow as pa
+
+__all__ = ["IndexRow", "INDEX_SCHEMA", "REJECTS_SCHEMA", "rows_to_table", "rejects_to_table"]
+
+# A bounding box: [xmin, ymin, xmax, ymax], normalised to [0, 1] in the stored image's frame.
+BOX_TYPE = pa.list_(pa.float32())
+
+INDEX_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),  # shard path relative to the manifest
+    pa.field("offset", pa.int64(), nullable=False),  # of the .jpg payload inside the shard
+    pa.field("size", pa.int64(), nullable=False),  # of the .jpg payload
+    pa.field("label", pa.int64(), nullable=False),  # -1 when unlabeled
+    pa.field("wnid", pa.string()),
+    pa.field("width", pa.int32(), nullable=False),  # of the stored image
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("orig_width", pa.int32(), nullable=False),  # of the source image
+    pa.field("orig_height", pa.int32(), nullable=False),
+    pa.field("orig_format", pa.string(), nullable=False),
+    pa.field("orig_mode", pa.string(), nullable=False),
+    pa.field("reencoded", pa.bool_(), nullable=False),  # False: source bytes stored as they were
+    pa.field("sha256", pa.string(), nullable=False),  # of the source bytes
+    pa.field("duplicate_of", pa.string()),  # key (sorting first) with the same source bytes, or null
+    pa.field("exif_orientation", pa.int32()),  # EXIF Orientation of the source (not applied), or null
+    pa.field("boxes", pa.list_(BOX_TYPE), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # where the source bytes came from
+])
+
+REJECTS_SCHEMA = pa.schema([
+    pa.field(name, pa.string(), nullable=False) for name in ("key", "split", "source", "reason", "detail")
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexRow:
+    """One sample of the index; also, less `duplicate_of`, the sample's `.json` in its shard."""
+
+    key: str
+    split: str
+    shard: str
+    offset: int
+    size: int
+    label: int
+    wnid: Optional[str]
+    width: int
+    height: int
+    orig_width: int
+    orig_height: int
+    orig_format: str
+    orig_mode: str
+    reencoded: bool
+    sha256: str
+    duplicate_of: Optional[str]
+    exif_orientation: Optional[int]
+    boxes: tuple
+    source: str
+
+
+def rows_to_table(rows) -> pa.Table:
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=INDEX_SCHEMA)
+
+
+def rejects_to_table(rejects) -> pa.Table:
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rejects], schema=REJECTS_SCHEMA)

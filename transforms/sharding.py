@@ -1,0 +1,123 @@
+"""Which shard each sample goes to, and how many shards a split gets.
+
+Contract: MemberRefs -> ((split, shard_id), [MemberRef, ...]) for every shard id of
+every split, empty shards included (so shard files are numbered without gaps).
+
+- The shard count is decided from the inputs and options alone, before any image is
+  processed: the estimated output bytes of the split over --shard-size.
+- A sample's shard is a seeded hash of its key modulo the count: shards mix classes,
+  and the assignment does not depend on the runner, the worker count or input order.
+  Inside a shard, samples are ordered by the same hash (then key).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+__all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size"]
+
+# Per-sample bytes in a shard besides the image: three tar headers (.jpg, .cls, .json),
+# the .cls and .json payloads padded to 512-byte blocks, and the image's average padding.
+_TAR_OVERHEAD = 3 * 512 + 2 * 512 + 256
+
+
+def key_hash(key: str, seed: int) -> int:
+    """A stable 64-bit hash of (seed, key): the same on every machine and Python run."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+def shard_of(key: str, seed: int, num_shards: int) -> int:
+    return key_hash(key, seed) % num_shards
+
+
+def _bytes_per_pixel(quality: int) -> float:
+    # Rough size of a re-encoded 4:2:0 photo: ~0.28 B/px at q75, ~0.45 at q90, ~0.62 at q100.
+    return 0.12 + 0.5 * (quality / 100) ** 4
+
+
+def estimate_sample_bytes(source_size: int, resize_mode: str, resize_size, quality: int) -> int:
+    """Expected bytes of one sample in its shard, from its source size and the options.
+
+    Only an estimate (the shard count needs totals before images are decoded): a resize
+    caps the stored image at about N x 0.75N (longer:N) or N x 1.33N (shorter:N) pixels.
+    """
+    stored = source_size
+    if resize_mode != "none":
+        area = resize_size * resize_size * (0.75 if resize_mode == "longer" else 4 / 3)
+        stored = min(source_size, int(area * _bytes_per_pixel(quality)))
+    return stored + _TAR_OVERHEAD
+
+
+def plan_num_shards(num_samples: int, estimated_bytes: int, shard_size: int) -> int:
+    if num_samples <= 0:
+        return 0
+    return max(1, min(num_samples, math.ceil(estimated_bytes / shard_size)))
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_byte_size(text: str) -> int:
+    """'512MB' -> 512_000_000; 'KB/MB/GB' are powers of 1000, 'KiB/MiB/GiB' of 1024."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 512MB, 1GiB, 200KB, 1000000)")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
+    if value < 1:
+        raise ValueError(f"size must be at least 1 byte: {text!r}")
+    return int(value)
+
+
+# --- Beam wiring -------------------------------------------------------------------
+
+import apache_beam as beam  # noqa: E402
+
+
+def _add_pairs(pairs):
+    count = total = 0
+    for c, t in pairs:
+        count += c
+        total += t
+    return count, total
+
+
+class GroupIntoShards(beam.PTransform):
+    """MemberRef -> (ShardTask, [MemberRef]) for every shard of every split (empty ones too).
+
+    Only MemberRefs (~200 bytes each) cross this shuffle, never image bytes.
+    Also exposes `self.plan`: PCollection of (split, (samples, shards)).
+    """
+
+    def __init__(self, seed: int, shard_size: int, resize_mode: str, resize_size, quality: int):
+        super().__init__()
+        self._seed = seed
+        self._shard_size = shard_size
+        self._estimate = (resize_mode, resize_size, quality)
+        self.plan = None
+
+    def expand(self, members):
+        from transforms.write_shards import ShardTask  # local: write_shards imports this module's core
+
+        seed, shard_size, (mode, size, quality) = self._seed, self._shard_size, self._estimate
+        totals = (
+            members
+            | "EstimateBytes" >> beam.Map(lambda r: (r.split, (1, estimate_sample_bytes(r.size, mode, size, quality))))
+            | "SumPerSplit" >> beam.CombinePerKey(_add_pairs)
+        )
+        self.plan = totals | "CountShards" >> beam.MapTuple(
+            lambda split, t: (split, (t[0], plan_num_shards(t[0], t[1], shard_size))))
+        shard_counts = beam.pvalue.AsDict(self.plan | "ShardsPerSplit" >> beam.MapTuple(lambda s, p: (s, p[1])))
+        assigned = members | "AssignShard" >> beam.Map(
+            lambda r, counts: ((r.split, shard_of(r.key, seed, counts[r.split])), r), counts=shard_counts)
+        every_shard = self.plan | "EveryShardId" >> beam.FlatMapTuple(
+            lambda split, p: [((split, i), None) for i in range(p[1])])
+        return (
+            (assigned, every_shard)
+            | "WithEmptyShards" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ToShardTask" >> beam.MapTuple(
+                lambda k, refs: (ShardTask(k[0], k[1]), [r for r in refs if r is not None]))
+        )

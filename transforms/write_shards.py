@@ -1,0 +1,255 @@
+"""Write one shard: read its members by byte range, run the image kernel, append to a tar.
+
+Contract: (ShardTask, [MemberRef]) -> ShardResult(ShardInfo, [IndexRow], [Reject]).
+This is the only stage that touches image bytes; they live inside it and never cross
+a stage boundary. Rejects here: every reason of the image kernel, plus `duplicate_key`
+(a second member with the same key in the same split: the first by archive position wins).
+
+Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
+owner, mode, format), and the kernel is deterministic, so the same inputs and options
+give a byte-identical shard on any runner, with any worker count, on any retry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tarfile
+import time
+from typing import IO, Callable, Iterable, Optional
+
+from transforms.image import ImageOptions, process_image
+from transforms.layout import OutputLayout
+from transforms.records import ImageRejected, MemberRef, Reject
+from transforms.schema import IndexRow
+from transforms.sharding import key_hash
+from transforms.storage import ArchiveReader, atomic_write
+
+__all__ = ["ShardTask", "ShardInfo", "ShardResult", "ShardTarWriter", "order_members", "write_shard"]
+
+# Fixed tar header fields: any wall-clock or user-dependent value would make shards differ.
+TAR_MTIME = 0
+TAR_MODE = 0o644
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ShardTask:
+    split: str
+    shard_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    split: str
+    shard_id: int
+    path: str  # relative to the manifest
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass
+class ShardResult:
+    shard: ShardInfo
+    rows: list
+    rejects: list
+
+
+class _HashingWriter:
+    """Passes writes through to a file while computing their SHA-256 and length."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.length = 0
+
+    def write(self, data) -> int:
+        self._f.write(data)
+        self.sha256.update(data)
+        self.length += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.length
+
+
+class ShardTarWriter:
+    """A deterministic WebDataset tar writer that reports where each payload lands."""
+
+    def __init__(self, fileobj: IO[bytes]):
+        self._out = _HashingWriter(fileobj)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.GNU_FORMAT)
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append one member; return the byte offset of its payload in the tar."""
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = TAR_MTIME
+        info.mode = TAR_MODE
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, _BytesReader(data))
+        padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        return self._tar.offset - padded
+
+    def close(self) -> tuple[int, str]:
+        """Finish the tar; return (total bytes, sha256 hex)."""
+        self._tar.close()
+        return self._out.length, self._out.sha256.hexdigest()
+
+
+class _BytesReader:
+    """The minimal file interface tarfile.addfile reads payloads through (no copy)."""
+
+    def __init__(self, data: bytes):
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n is None or n < 0 else self._pos + n
+        chunk = self._view[self._pos:end]
+        self._pos += len(chunk)
+        return chunk
+
+
+def order_members(refs: Iterable[MemberRef], seed: int) -> tuple[list[MemberRef], list[Reject]]:
+    """Order a shard's members by seeded key hash; split off repeated keys as rejects."""
+    ranked = sorted(refs, key=lambda r: (key_hash(r.key, seed), r.key, r.archive, r.offset))
+    kept, rejects = [], []
+    for ref in ranked:
+        if kept and kept[-1].key == ref.key:
+            first = kept[-1]
+            rejects.append(Reject(ref.key, ref.split, ref.source, "duplicate_key",
+                                  f"key already taken by {first.source}"))
+        else:
+            kept.append(ref)
+    return kept, rejects
+
+
+def _json_bytes(row: IndexRow) -> bytes:
+    fields = dataclasses.asdict(row)
+    # duplicate_of is a property of the whole dataset, known only once every shard is
+    # written: it lives in the Parquet index, not in the per-sample JSON.
+    del fields["duplicate_of"]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def write_shard(
+    task: ShardTask,
+    refs: Iterable[MemberRef],
+    options: ImageOptions,
+    layout: OutputLayout,
+    seed: int,
+    reader: ArchiveReader,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> ShardResult:
+    """Build one shard file from its members; the file appears only when complete."""
+    members, rejects = order_members(refs, seed)
+    relative = layout.shard(task.split, task.shard_id)
+    rows = []
+    last_report = time.monotonic()
+    with atomic_write(layout.url(relative)) as f:
+        tar = ShardTarWriter(f)
+        for done, ref in enumerate(members, start=1):
+            data = reader.read(ref.archive, ref.offset, ref.size)
+            try:
+                image = process_image(data, options)
+            except ImageRejected as e:
+                rejects.append(Reject(ref.key, ref.split, ref.source, e.reason, e.detail))
+                continue
+            offset = tar.add(f"{ref.key}.jpg", image.jpeg)
+            tar.add(f"{ref.key}.cls", str(ref.label).encode())
+            row = IndexRow(
+                key=ref.key, split=ref.split, shard=relative, offset=offset, size=len(image.jpeg),
+                label=ref.label, wnid=ref.wnid, width=image.width, height=image.height,
+                orig_width=image.orig_width, orig_height=image.orig_height,
+                orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
+                sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
+                exif_orientation=image.exif_orientation, boxes=(), source=ref.source,
+            )
+            tar.add(f"{ref.key}.json", _json_bytes(row))
+            rows.append(row)
+            if on_progress and time.monotonic() - last_report > 1.0:
+                on_progress(done, len(members))
+                last_report = time.monotonic()
+        size, digest = tar.close()
+    if on_progress:
+        on_progress(len(members), len(members))
+    info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest)
+    return ShardResult(info, rows, rejects)
+
+
+# --- Beam wiring -------------------------------------------------------------------
+
+import os  # noqa: E402
+
+import apache_beam as beam  # noqa: E402
+from apache_beam import pvalue  # noqa: E402
+
+from transforms.image import codec_versions  # noqa: E402
+
+
+def check_codecs(expected: dict) -> None:
+    """Fail a worker at start-up when its codecs differ from the driver's.
+
+    Shards are byte-identical only for the same PIL and libjpeg-turbo builds, and the
+    manifest records the driver's; a worker with stock Pillow would silently differ.
+    """
+    actual = codec_versions()
+    if actual != expected:
+        raise RuntimeError(f"this worker's image codecs {actual} differ from the build's {expected}: "
+                           "install pillow-simd as the README says (make install)")
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict, progress_dir: Optional[str]):
+        self._options = options
+        self._out_root = out_root
+        self._seed = seed
+        self._codecs = codecs
+        self._progress_dir = progress_dir
+
+    def setup(self):
+        check_codecs(self._codecs)
+        self._layout = OutputLayout(self._out_root)
+        self._reader = ArchiveReader()
+
+    def _heartbeat(self, task: ShardTask):
+        if not self._progress_dir:
+            return None
+        path = os.path.join(self._progress_dir, f"{task.split}-{task.shard_id:06d}")
+
+        def report(done: int, total: int) -> None:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{done} {total}\n")
+            os.replace(tmp, path)
+
+        return report
+
+    def process(self, element):
+        task, refs = element
+        result = write_shard(task, refs, self._options, self._layout, self._seed, self._reader,
+                             self._heartbeat(task))
+        beam.metrics.Metrics.counter("samples", task.split).inc(len(result.rows))
+        for reject in result.rejects:
+            beam.metrics.Metrics.counter("rejects", reject.reason).inc()
+            yield pvalue.TaggedOutput("rejects", reject)
+        yield pvalue.TaggedOutput("rows", (task, result.rows))
+        yield result.shard
+
+    def teardown(self):
+        self._reader.close()
+
+
+class WriteShards(beam.PTransform):
+    """(ShardTask, [MemberRef]) -> {"shards": ShardInfo, "rows": (ShardTask, [IndexRow]), "rejects": Reject}."""
+
+    def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
+                 progress_dir: Optional[str] = None):
+        super().__init__()
+        self._fn = _WriteShardFn(options, out_root, seed, codecs, progress_dir)
+
+    def expand(self, tasks):
+        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("rows", "rejects", main="shards")
+        return {"shards": out.shards, "rows": out.rows, "rejects": out.rejects}
