@@ -1,0 +1,54 @@
+"""Shared fixtures: a generated miniature ILSVRC2012 release and real builds of it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.sample import make_sample_release
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pipeline.cli"]
+
+
+def run_cli(*args, check_code=None, timeout=600):
+    """Run the real command line in a subprocess; return the CompletedProcess."""
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check_code is not None and proc.returncode != check_code:
+        raise AssertionError(f"exit {proc.returncode} != {check_code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory):
+    """A release with every planted fault."""
+    return make_sample_release(tmp_path_factory.mktemp("release"), classes=6, train_per_class=8, val_images=16,
+                               test_images=3, seed=1)
+
+
+class Build:
+    def __init__(self, out: Path, proc):
+        self.out = out
+        self.proc = proc
+        self.manifest = json.loads((out / "manifest.json").read_text())
+
+    def path(self, relative: str) -> Path:
+        return self.out / relative
+
+    def shard_paths(self, split: str) -> list:
+        return [self.out / s["path"] for s in self.manifest["splits"][split]["shards"]]
+
+
+def build(release, out: Path, *extra) -> Build:
+    proc = run_cli("build", release.root, "--out", out, "--max-reject-rate", "0.5", "--no-progress", *extra,
+                   check_code=0)
+    return Build(out, proc)
+
+
+@pytest.fixture(scope="session")
+def built(release, tmp_path_factory):
+    """The release built with small shards on two worker processes."""
+    return build(release, tmp_path_factory.mktemp("built"), "--shard-size", "120KB", "--direct_num_workers", "2")

@@ -1,0 +1,198 @@
+"""End-to-end builds of a generated release, read back with other people's readers."""
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from conftest import build, run_cli
+from transforms.schema import INDEX_SCHEMA
+
+
+def index_rows(b, split):
+    return pq.read_table([str(b.path(p)) for p in b.manifest["splits"][split]["index"]]).to_pylist()
+
+
+def kept(release, split):
+    return {k: e for k, e in release.expected[split].items() if e.outcome == "kept"}
+
+
+def test_counts_reconcile_and_manifest_is_complete(built, release):
+    m = built.manifest
+    assert m["format"] == "imagenet-shards/1"
+    assert m["codecs"]["pil"].endswith(".post0") and m["codecs"]["libjpeg_turbo"]
+    assert m["config"]["resize"] == "longer:512" and m["layout"] == "ilsvrc2012"
+    assert {i["name"] for i in m["inputs"]} >= {"ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
+                                               "ILSVRC2012_devkit_t12.tar.gz"}
+    assert len(m["classes"]) == 1000 and m["classes"][0] == {"label": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}
+    assert set(m["splits"]) == {"train", "val", "test"}
+    for split, s in m["splits"].items():
+        expected = release.expected[split]
+        assert s["read"] == len(expected) == s["samples"] + s["rejected"], split
+        assert s["samples"] == len(kept(release, split))
+        assert len(s["shards"]) == len(s["index"])
+    assert len(m["splits"]["train"]["shards"]) > 3  # --shard-size 120KB made several
+
+
+def test_every_kept_key_once_with_its_label_read_by_webdataset(built, release):
+    for split in ("train", "val", "test"):
+        urls = [str(p) for p in built.shard_paths(split)]
+        seen = {}
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            assert sample["__key__"] not in seen
+            seen[sample["__key__"]] = int(sample["cls"])
+            assert json.loads(sample["json"])["key"] == sample["__key__"]
+        assert seen == {k: e.label for k, e in kept(release, split).items()}, split
+
+
+def test_every_planted_fault_rejected_with_its_reason(built, release):
+    rejects = pq.read_table([str(built.path(p)) for p in built.manifest["rejects"]]).to_pylist()
+    got = {(r["split"], r["key"]): r["reason"] for r in rejects}
+    expected = {(split, k): e.outcome for split, es in release.expected.items() for k, e in es.items()
+                if e.outcome != "kept"}
+    assert got == expected
+    assert all(r["source"] and r["detail"] is not None for r in rejects)
+    by_reason = {}
+    for reason in got.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    assert built.manifest["rejects_by_reason"] == dict(sorted(by_reason.items()))
+
+
+def test_index_offsets_point_at_the_jpeg_payloads(built):
+    for split in built.manifest["splits"]:
+        rows = index_rows(built, split)
+        assert pq.read_schema(str(built.path(built.manifest["splits"][split]["index"][0]))).equals(INDEX_SCHEMA)
+        for row in rows:
+            with open(built.path(row["shard"]), "rb") as f:
+                f.seek(row["offset"])
+                payload = f.read(row["size"])
+            with tarfile.open(built.path(row["shard"])) as tar:
+                assert tar.extractfile(f"{row['key']}.jpg").read() == payload
+
+
+def test_gnu_tar_lists_each_sample_adjacent(built):
+    for path in built.shard_paths("train"):
+        names = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
+        assert len(names) % 3 == 0
+        for i in range(0, len(names), 3):
+            stems = {n.split(".", 1)[0] for n in names[i:i + 3]}
+            exts = [n.split(".", 1)[1] for n in names[i:i + 3]]
+            assert len(stems) == 1 and exts == ["jpg", "cls", "json"]
+
+
+def _is_baseline(jpeg: bytes) -> bool:
+    """True when the first start-of-frame marker is SOF0 (baseline DCT)."""
+    i = 2
+    while i < len(jpeg) - 4:
+        assert jpeg[i] == 0xFF
+        marker = jpeg[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker == 0xC0
+        i += 2 + int.from_bytes(jpeg[i + 2:i + 4], "big")
+    return False
+
+
+def test_stored_images_are_baseline_rgb_and_sized_by_the_resize_rule(built, release):
+    rows = {r["key"]: r for split in built.manifest["splits"] for r in index_rows(built, split)}
+    for key, row in rows.items():
+        with open(built.path(row["shard"]), "rb") as f:
+            f.seek(row["offset"])
+            jpeg = f.read(row["size"])
+        im = Image.open(io.BytesIO(jpeg))
+        assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (row["width"], row["height"])), key
+        assert _is_baseline(jpeg), key
+        assert 0x0112 not in im.getexif(), key
+        ow, oh = row["orig_width"], row["orig_height"]
+        side = max(ow, oh)
+        if side <= 512:
+            assert (row["width"], row["height"]) == (ow, oh)
+        else:
+            assert max(row["width"], row["height"]) == 512
+            other = min(ow, oh)
+            assert min(row["width"], row["height"]) == max(1, int(other * 512 / side + 0.5))
+
+
+def test_reencoding_and_orientation_are_recorded(built, release):
+    for split in built.manifest["splits"]:
+        for row in index_rows(built, split):
+            e = release.expected[split][row["key"]]
+            assert row["reencoded"] == e.reencoded, row["key"]
+            assert row["exif_orientation"] == e.exif_orientation, row["key"]
+            assert row["wnid"] == e.wnid and row["label"] == e.label
+
+
+def test_duplicates_flagged_across_splits(built, release):
+    got = {r["key"]: r["duplicate_of"] for split in built.manifest["splits"] for r in index_rows(built, split)}
+    expected = {k: e.duplicate_of for es in release.expected.values() for k, e in es.items() if e.outcome == "kept"}
+    assert got == expected
+    assert any(expected.values())
+    assert built.manifest["duplicates"] == sum(1 for v in expected.values() if v)
+
+
+def test_shards_mix_classes(built):
+    rows = index_rows(built, "train")
+    classes_per_shard = {}
+    for r in rows:
+        classes_per_shard.setdefault(r["shard"], set()).add(r["wnid"])
+    assert max(len(c) for c in classes_per_shard.values()) > 1
+
+
+def test_no_temporary_files_left(built):
+    leftovers = [p for p in built.out.rglob("*") if p.name.startswith(".") or "tmp" in p.name or p.name == "_progress"]
+    assert leftovers == []
+
+
+def test_same_shards_on_another_runner_and_worker_count(built, release, tmp_path):
+    again = build(release, tmp_path / "one-worker", "--shard-size", "120KB",
+                  "--direct_num_workers", "1", "--direct_running_mode", "in_memory")
+    for split in built.manifest["splits"]:
+        assert again.manifest["splits"][split]["shards"] == built.manifest["splits"][split]["shards"]
+    for split in built.manifest["splits"]:
+        a = [p.read_bytes() for p in built.shard_paths(split)]
+        b = [p.read_bytes() for p in again.shard_paths(split)]
+        assert a == b
+
+
+def test_too_many_rejects_fails_after_writing_the_rejects(release, tmp_path):
+    out = tmp_path / "strict"
+    proc = run_cli("build", release.root, "--out", out, "--no-progress", "--max-reject-rate", "0.01")
+    assert proc.returncode == 1, proc.stderr
+    assert "FAILED" in proc.stderr
+    assert not (out / "manifest.json").exists()
+    report = json.loads((out / "build-failed.json").read_text())
+    assert report["rejects"] and all((out / p).exists() for p in report["rejects"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--direct_num_worker=2"], "did you mean --direct_num_workers"),
+    (["--resize", "wider:5"], "resize"),
+    (["--shard-size", "12XB"], "size"),
+])
+def test_bad_usage_exits_2(release, tmp_path, args, message):
+    proc = run_cli("build", release.root, "--out", tmp_path / "o", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+
+
+def test_folder_without_archives_lists_what_was_expected(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("hi")
+    proc = run_cli("build", tmp_path / "src", "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "ILSVRC2012_img_train.tar" in proc.stderr and "notes.txt" in proc.stderr
+
+
+def test_out_with_a_previous_build_needs_overwrite(built, release):
+    proc = run_cli("build", release.root, "--out", built.out)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+
+def test_verify_inputs_catches_a_checksum_mismatch(release, tmp_path):
+    proc = run_cli("build", release.root, "--out", tmp_path / "o", "--verify-inputs", "--no-progress")
+    assert proc.returncode == 2
+    assert "does not match the published" in proc.stderr

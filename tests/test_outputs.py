@@ -1,0 +1,130 @@
+"""Pure cores of the output stages: tar writer, duplicates, tables, manifest."""
+import dataclasses
+import io
+import subprocess
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from transforms.index import RejectsFile, duplicate_links, write_index_file, write_rejects_file
+from transforms.layout import OutputLayout
+from transforms.manifest import assemble_manifest, reconcile, write_manifest
+from transforms.records import MemberRef, Reject
+from transforms.schema import INDEX_SCHEMA, REJECTS_SCHEMA, IndexRow
+from transforms.write_shards import ShardInfo, ShardTarWriter, order_members
+
+# The output contract other tools rely on (README "Output contract"): change it knowingly.
+GOLDEN_INDEX_COLUMNS = [
+    ("key", "string"), ("split", "string"), ("shard", "string"), ("offset", "int64"), ("size", "int64"),
+    ("label", "int64"), ("wnid", "string"), ("width", "int32"), ("height", "int32"),
+    ("orig_width", "int32"), ("orig_height", "int32"), ("orig_format", "string"), ("orig_mode", "string"),
+    ("reencoded", "bool"), ("sha256", "string"), ("duplicate_of", "string"), ("exif_orientation", "int32"),
+    ("boxes", "list<item: list<item: float>>"), ("source", "string"),
+]
+
+
+def test_index_schema_is_the_contract():
+    assert [(f.name, str(f.type)) for f in INDEX_SCHEMA] == GOLDEN_INDEX_COLUMNS
+    assert [f.name for f in dataclasses.fields(IndexRow)] == INDEX_SCHEMA.names
+    assert REJECTS_SCHEMA.names == ["key", "split", "source", "reason", "detail"]
+    assert all(f.type == pa.string() for f in REJECTS_SCHEMA)
+
+
+def test_tar_writer_offsets_and_fixed_headers(tmp_path):
+    buf = io.BytesIO()
+    writer = ShardTarWriter(buf)
+    payloads = {"a.jpg": b"x" * 1000, "a.cls": b"7", "b" * 120 + ".jpg": b"long name" * 3, "c.json": b""}
+    offsets = {name: writer.add(name, data) for name, data in payloads.items()}
+    size, digest = writer.close()
+    data = buf.getvalue()
+    assert size == len(data) and size % 512 == 0
+    for name, data_ in payloads.items():
+        assert data[offsets[name]:offsets[name] + len(data_)] == data_
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == list(payloads)
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    path = tmp_path / "s.tar"
+    path.write_bytes(data)
+    listed = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    assert listed == list(payloads)
+
+
+def _ref(key, offset=0, archive="a.tar"):
+    return MemberRef(key, "train", archive, offset, 10, 0, "n01440764", f"{archive}/{key}.JPEG")
+
+
+def test_order_members_is_by_hash_and_rejects_repeated_keys():
+    refs = [_ref("k1"), _ref("k2"), _ref("k1", offset=512), _ref("k3")]
+    kept, rejects = order_members(reversed(refs), seed=0)
+    assert sorted(r.key for r in kept) == ["k1", "k2", "k3"]
+    assert [r for r in kept if r.key == "k1"][0].offset == 0  # first by archive position wins
+    assert [(r.key, r.reason) for r in rejects] == [("k1", "duplicate_key")]
+    kept_again, _ = order_members(refs, seed=0)
+    assert kept == kept_again  # input order does not matter
+    other_seed, _ = order_members(refs, seed=1)
+    assert {r.key for r in other_seed} == {r.key for r in kept}
+
+
+def test_duplicate_links_point_to_the_key_that_sorts_first():
+    group = [("h", "n02_5", "train", 3), ("h", "ILSVRC2012_val_00000007", "val", 0), ("h", "n01_9", "train", 1)]
+    assert sorted(duplicate_links(group)) == [
+        ("train", 1, "n01_9", "ILSVRC2012_val_00000007"),
+        ("train", 3, "n02_5", "ILSVRC2012_val_00000007"),
+    ]
+    assert duplicate_links([("h", "only", "train", 0)]) == []
+
+
+def _row(key, offset, sha="0" * 64):
+    return IndexRow(key, "train", "train/train-000000.tar", offset, 5, 1, "n01443537", 4, 3, 4, 3, "JPEG", "RGB",
+                    False, sha, None, None, (), f"x/{key}.JPEG")
+
+
+def test_index_and_rejects_files_read_back(tmp_path):
+    layout = OutputLayout(str(tmp_path))
+    info = write_index_file(layout, "train", 0, [_row("b", 2048), _row("a", 512)], {"b": "a"})
+    assert (info.path, info.rows, info.duplicates) == ("train/train-000000.parquet", 2, 1)
+    table = pq.read_table(tmp_path / info.path)
+    assert table.schema.equals(INDEX_SCHEMA)
+    assert table.column("key").to_pylist() == ["a", "b"]  # in shard order
+    assert table.column("duplicate_of").to_pylist() == [None, "a"]
+    rejects = [Reject("z", "val", "v.tar/z", "empty", ""), Reject("a", "val", "v.tar/a", "truncated", "cut")]
+    rinfo = write_rejects_file(layout, "val", rejects)
+    assert rinfo.by_reason == {"empty": 1, "truncated": 1}
+    assert pq.read_table(tmp_path / rinfo.path).column("key").to_pylist() == ["a", "z"]
+
+
+def _facts(read_train=3):
+    return [
+        ("read", ("train", read_train)),
+        ("shard", ShardInfo("train", 1, "train/train-000001.tar", 1, 100, "b" * 64)),
+        ("shard", ShardInfo("train", 0, "train/train-000000.tar", 1, 100, "a" * 64)),
+        ("rejects", RejectsFile("train", "rejects/train-rejects.parquet", 1, {"empty": 1})),
+    ]
+
+
+def test_manifest_reconciles_and_orders_shards():
+    manifest = assemble_manifest({"tool": {}}, _facts())
+    assert reconcile(manifest) == []
+    train = manifest["splits"]["train"]
+    assert [s["path"] for s in train["shards"]] == ["train/train-000000.tar", "train/train-000001.tar"]
+    assert (train["read"], train["samples"], train["rejected"]) == (3, 2, 1)
+    assert manifest["rejects_by_reason"] == {"empty": 1}
+
+
+def test_manifest_refuses_counts_that_do_not_add_up(tmp_path):
+    manifest = assemble_manifest({}, _facts(read_train=4))
+    assert reconcile(manifest)
+    with pytest.raises(RuntimeError, match="reconcile"):
+        write_manifest(OutputLayout(str(tmp_path)), manifest, 0.5)
+    assert not list(tmp_path.iterdir())
+
+
+def test_too_many_rejects_writes_a_failure_report_not_a_manifest(tmp_path):
+    manifest = assemble_manifest({}, _facts())
+    assert write_manifest(OutputLayout(str(tmp_path)), manifest, max_reject_rate=0.1) == "too_many_rejects"
+    assert [p.name for p in tmp_path.iterdir()] == ["build-failed.json"]
+    assert write_manifest(OutputLayout(str(tmp_path)), manifest, max_reject_rate=0.5) == "ok"
+    assert (tmp_path / "manifest.json").exists()

@@ -1,0 +1,134 @@
+"""One TestPipeline test per composite transform, asserting each of its outputs exactly."""
+import io
+import tarfile
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from transforms.archives import IndexArchives
+from transforms.image import ImageOptions, ResizeSpec, codec_versions
+from transforms.index import IndexFile, RejectsFile, WriteIndex, WriteRejects
+from transforms.layout import OutputLayout
+from transforms.records import MemberRef, Reject
+from transforms.schema import IndexRow
+from transforms.sharding import GroupIntoShards, shard_of
+from transforms.sources import ArchiveSpec
+from transforms.write_shards import ShardTask, WriteShards
+
+
+def jpeg(color, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def tar_of(members) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.SYMTYPE
+                info.linkname = "elsewhere"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_index_archives(tmp_path):
+    train = tmp_path / "ILSVRC2012_img_train.tar"
+    train.write_bytes(tar_of([
+        ("n01440764.tar", tar_of([("n01440764_1.JPEG", b"a" * 10), ("n01440764_2.JPEG", None)])),
+        ("n01443537.tar", tar_of([("n01443537_7.JPEG", b"b" * 20)])),
+    ]))
+    val = tmp_path / "ILSVRC2012_img_val.tar"
+    val.write_bytes(tar_of([("ILSVRC2012_val_00000002.JPEG", b"c"), ("ILSVRC2012_val_00000001.JPEG", b"dd")]))
+    archives = [
+        ArchiveSpec("train", str(train), train.name, train.stat().st_size, nested=True, labelled=True),
+        ArchiveSpec("val", str(val), val.name, val.stat().st_size, nested=False, labelled=True),
+    ]
+    labels = {"val": {"ILSVRC2012_val_00000001": "n01751748"}}
+    with TestPipeline() as p:
+        out = p | IndexArchives(archives, labels)
+        members = out["members"] | beam.Map(lambda r: (r.key, r.split, r.label, r.size))
+        rejects = out["rejects"] | beam.Map(lambda r: (r.key, r.reason))
+        assert_that(members, equal_to([("n01440764_1", "train", 0, 10), ("n01443537_7", "train", 1, 20),
+                                       ("ILSVRC2012_val_00000001", "val", 65, 2)]), label="members")
+        assert_that(rejects, equal_to([("n01440764_2", "not_a_file"), ("ILSVRC2012_val_00000002", "unlabeled")]),
+                    label="rejects")
+
+
+def _refs(n, split="train"):
+    return [MemberRef(f"k{i}", split, "a.tar", i * 512, 10, 0, "n01440764", f"a.tar/k{i}") for i in range(n)]
+
+
+def test_group_into_shards_includes_empty_shards():
+    refs = _refs(3) + _refs(2, split="val")
+    with TestPipeline() as p:
+        grouping = GroupIntoShards(seed=0, shard_size=3000, resize_mode="none", resize_size=None, quality=90)
+        tasks = p | beam.Create(refs) | grouping
+        shape = tasks | beam.MapTuple(lambda task, rs: (task.split, task.shard_id, sorted(r.key for r in rs)))
+        # each ~10-byte source estimates to ~2.8 KB: one shard per sample
+        expected = [("train", shard, sorted(r.key for r in refs[:3] if shard_of(r.key, 0, 3) == shard))
+                    for shard in range(3)]
+        expected += [("val", shard, sorted(r.key for r in refs[3:] if shard_of(r.key, 0, 2) == shard))
+                     for shard in range(2)]
+        assert_that(shape, equal_to(expected), label="tasks")
+        assert_that(grouping.plan, equal_to([("train", (3, 3)), ("val", (2, 2))]), label="plan")
+
+
+def test_write_shards(tmp_path):
+    archive = tmp_path / "a.tar"
+    good, bad = jpeg("red"), b"<html>404</html>"
+    archive.write_bytes(tar_of([("n01440764_1.JPEG", good), ("n01440764_2.JPEG", bad)]))
+    data = archive.read_bytes()
+    refs = [MemberRef("n01440764_1", "train", str(archive), data.index(good), len(good), 0, "n01440764", "a/1"),
+            MemberRef("n01440764_2", "train", str(archive), data.index(bad), len(bad), 0, "n01440764", "a/2")]
+    out = tmp_path / "out"
+    options = ImageOptions(resize=ResizeSpec.parse("longer:512"))
+    with TestPipeline() as p:
+        written = p | beam.Create([(ShardTask("train", 0), refs)]) | WriteShards(options, str(out), 0, codec_versions())
+        assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
+                    equal_to([("train/train-000000.tar", 1)]), label="shards")
+        assert_that(written["rows"] | beam.MapTuple(lambda t, rows: [(r.key, r.reencoded, r.size) for r in rows]),
+                    equal_to([[("n01440764_1", False, len(good))]]), label="rows")
+        assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
+                    equal_to([("n01440764_2", "not_an_image")]), label="rejects")
+    shard = (out / "train" / "train-000000.tar").read_bytes()
+    with tarfile.open(out / "train" / "train-000000.tar") as tar:
+        assert tar.getnames() == ["n01440764_1.jpg", "n01440764_1.cls", "n01440764_1.json"]
+    assert good in shard
+
+
+def _row(key, shard_id, sha):
+    return IndexRow(key, "train", f"train/train-{shard_id:06d}.tar", 512, 5, 0, "n01440764", 2, 2, 2, 2, "JPEG",
+                    "RGB", False, sha, None, None, (), f"x/{key}")
+
+
+def test_write_index_flags_duplicates_across_shards(tmp_path):
+    rows = [(ShardTask("train", 0), [_row("b", 0, "s1"), _row("c", 0, "s2")]),
+            (ShardTask("train", 1), [_row("a", 1, "s1")])]
+    with TestPipeline() as p:
+        files = p | beam.Create(rows) | WriteIndex(str(tmp_path))
+        assert_that(files, equal_to([IndexFile("train", 0, "train/train-000000.parquet", 2, 1),
+                                     IndexFile("train", 1, "train/train-000001.parquet", 1, 0)]))
+    table = pq.read_table(tmp_path / "train" / "train-000000.parquet").to_pylist()
+    assert {r["key"]: r["duplicate_of"] for r in table} == {"b": "a", "c": None}
+
+
+def test_write_rejects(tmp_path):
+    rejects = [Reject("x", "val", "v/x", "empty", ""), Reject("y", "val", "v/y", "empty", ""),
+               Reject("z", "train", "t/z", "corrupt", "bad")]
+    with TestPipeline() as p:
+        files = p | beam.Create(rejects) | WriteRejects(str(tmp_path))
+        assert_that(files, equal_to([
+            RejectsFile("val", "rejects/val-rejects.parquet", 2, {"empty": 2}),
+            RejectsFile("train", "rejects/train-rejects.parquet", 1, {"corrupt": 1}),
+        ]))
+    layout = OutputLayout(str(tmp_path))
+    assert pq.read_table(layout.url(layout.rejects("val"))).num_rows == 2
