@@ -140,12 +140,15 @@ def _verify_inputs(discovery) -> None:
         _say(f"  {archive.name}: MD5 ok")
 
 
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
 def _summary(manifest: dict, wall: float, status: str) -> None:
     splits = manifest["splits"]
     samples = sum(s["samples"] for s in splits.values())
     _say("")
     _say(f"{'split':<8}{'read':>10}{'samples':>10}{'rejected':>10}{'dups':>7}{'shards':>8}{'bytes':>15}")
-    for name, s in splits.items():
+    for name, s in sorted(splits.items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9)):
         _say(f"{name:<8}{s['read']:>10,}{s['samples']:>10,}{s['rejected']:>10,}{s['duplicates']:>7,}"
              f"{len(s['shards']):>8,}{s['bytes']:>15,}")
     if manifest["rejects_by_reason"]:
@@ -160,7 +163,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
     import apache_beam as beam
 
     from pipeline.build import build_graph
-    from pipeline.options import is_local_runner
+    from pipeline.options import is_local_runner, local_runner
     from transforms.image import codec_versions
 
     options = beam_options(beam_args)
@@ -182,7 +185,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
         progress_dir = os.path.abspath(fsspec.core.url_to_fs(layout.progress_dir)[1])
         os.makedirs(progress_dir, exist_ok=True)
 
-    p = beam.Pipeline(options=options)
+    p = beam.Pipeline(runner=local_runner(options), options=options)
     build_graph(p, config, discovery, codec_versions(), progress_dir)
     try:
         if progress_dir:

@@ -184,3 +184,25 @@ def is_local_runner(options) -> bool:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     name = runner if isinstance(runner, str) else type(runner).__name__
     return name.rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS
+
+
+def local_runner(options):
+    """The FnApiRunner object for a local build, or None to let Beam create the runner.
+
+    The FnApiRunner gives its worker processes no pipeline options, so they would log at
+    INFO whatever --default_sdk_harness_log_level says (dozens of lines per build). Handing
+    the options to the workers through the runner's provision info fixes that.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if options.view_as(StandardOptions).runner != "FnApiRunner":
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.job import utils as job_utils
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    # Only what the workers need: the whole option set does not parse back in the worker.
+    worker_options = {"default_sdk_harness_log_level": options.get_all_options()["default_sdk_harness_log_level"]}
+    info = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
+                                                pipeline_options=job_utils.dict_to_struct(worker_options))
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))

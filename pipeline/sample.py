@@ -817,7 +817,8 @@ def make_sample_release(
                 case=m.case,
                 duplicate_of=first_of.get((split, m.key)),
                 reencoded=m.reencoded if outcome == "kept" else None,
-                exif_orientation=m.exif_orientation,
+                # The tag as the file carries it (some bundled files carry an explicit 1).
+                exif_orientation=header.get("orientation", m.exif_orientation) if outcome == "kept" else None,
                 source=source,
                 sha256=m.sha256,
                 orig_format=header.get("format"),
@@ -837,7 +838,8 @@ def _header_of(data: bytes) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as im:
-            return {"format": im.format, "mode": im.mode, "width": im.size[0], "height": im.size[1]}
+            return {"format": im.format, "mode": im.mode, "width": im.size[0], "height": im.size[1],
+                    "orientation": im.getexif().get(0x0112)}
 
 
 def main(argv=None) -> int:
