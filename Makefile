@@ -11,11 +11,11 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 
 install: $(STAMP)
 
-$(STAMP): setup.py packaging/pillow-simd-shim/setup.py
-	@# pillow-simd compiles against libjpeg-turbo and zlib headers.
-	@dpkg -s libjpeg62-turbo-dev zlib1g-dev >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev zlib1g-dev) || \
-	    echo "warning: install libjpeg62-turbo-dev and zlib1g-dev (Debian) for pillow-simd"; }
+$(STAMP): setup.py packaging/pillow-simd-shim/setup.py Makefile
+	@# pillow-simd compiles against these codec headers (JPEG, zlib/PNG, WebP, TIFF, LittleCMS).
+	@dpkg -s libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev) || \
+	    echo "warning: install the codec headers above (Debian package names) for pillow-simd"; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# One pip call: the shim named 'pillow' satisfies apache-beam's Pillow requirement with pillow-simd.

@@ -220,7 +220,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
 READING_EXAMPLE = """\
 How to read it (webdataset and pyarrow):
 
-  import json, glob, pyarrow.parquet as pq, webdataset as wds
+  import json, pyarrow.parquet as pq, webdataset as wds
   root = "{out}"
   manifest = json.load(open(f"{{root}}/manifest.json"))
   shards = [f"{{root}}/{{s['path']}}" for s in manifest["splits"]["train"]["shards"]]
@@ -265,13 +265,23 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build the bundled miniature ILSVRC2012 sample")
     demo.add_argument("--out", default="demo-out", help="folder for the sample and its shards (default demo-out)")
     add_build_arguments(demo, with_source=False)
-    demo.set_defaults(max_reject_rate=0.25)  # the sample plants faults on purpose
+    # The sample plants faults on purpose (~7% rejects), and is small: small shards show the sharding.
+    demo.set_defaults(max_reject_rate=0.25, shard_size=1_000_000)
     return parser
+
+
+class _DropBeamImportNoise(logging.Filter):
+    """Beam warns at import that the optional BigQuery client is missing; we never use it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
 
 
 def _setup_logging() -> None:
     # apache_beam installs a root handler on import; ours replaces it (force=True).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropBeamImportNoise())
 
 
 def main(argv: Optional[list[str]] = None) -> int:

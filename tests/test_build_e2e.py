@@ -1,6 +1,7 @@
 """End-to-end builds of a generated release, read back with other people's readers."""
 import io
 import json
+from pathlib import Path
 import subprocess
 import tarfile
 
@@ -11,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import build, run_cli
+from pipeline.sample import make_sample_release
 from transforms.schema import INDEX_SCHEMA
 
 
@@ -147,15 +149,20 @@ def test_no_temporary_files_left(built):
     assert leftovers == []
 
 
-def test_same_shards_on_another_runner_and_worker_count(built, release, tmp_path):
-    again = build(release, tmp_path / "one-worker", "--shard-size", "120KB",
-                  "--direct_num_workers", "1", "--direct_running_mode", "in_memory")
+@pytest.mark.parametrize("runner_args", [
+    ["--direct_num_workers", "1", "--direct_running_mode", "in_memory"],  # FnApiRunner, one worker, in process
+    ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],  # portable job API
+], ids=["one-worker", "portable-runner"])
+def test_same_shards_on_another_runner_and_worker_count(built, release, tmp_path, runner_args):
+    again = build(release, tmp_path / "again", "--shard-size", "120KB", *runner_args)
     for split in built.manifest["splits"]:
         assert again.manifest["splits"][split]["shards"] == built.manifest["splits"][split]["shards"]
-    for split in built.manifest["splits"]:
         a = [p.read_bytes() for p in built.shard_paths(split)]
         b = [p.read_bytes() for p in again.shard_paths(split)]
         assert a == b
+        index_a = [built.path(p).read_bytes() for p in built.manifest["splits"][split]["index"]]
+        index_b = [again.path(p).read_bytes() for p in again.manifest["splits"][split]["index"]]
+        assert index_a == index_b
 
 
 def test_too_many_rejects_fails_after_writing_the_rejects(release, tmp_path):
@@ -196,3 +203,53 @@ def test_verify_inputs_catches_a_checksum_mismatch(release, tmp_path):
     proc = run_cli("build", release.root, "--out", tmp_path / "o", "--verify-inputs", "--no-progress")
     assert proc.returncode == 2
     assert "does not match the published" in proc.stderr
+
+
+def source_bytes(release_root, source: str) -> bytes:
+    """The bytes of a member named like 'outer.tar/inner.tar/name', read back with tarfile."""
+    parts = source.split("/")
+    data = (Path(release_root) / parts[0]).read_bytes()
+    for part in parts[1:]:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            data = tar.extractfile(part).read()
+    return data
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+@pytest.fixture(scope="module")
+def clean_release(tmp_path_factory):
+    return make_sample_release(tmp_path_factory.mktemp("clean"), classes=3, train_per_class=5, val_images=8,
+                               test_images=0, plant_faults=False, seed=2)
+
+
+@pytest.mark.parametrize("resize", ["shorter:64", "longer:100", "none"])
+def test_resize_modes_give_exact_sizes_and_faithful_pixels(clean_release, tmp_path, resize):
+    b = build(clean_release, tmp_path / "out", "--resize", resize, "--reencode", "always")
+    rows = [r for split in b.manifest["splits"] for r in index_rows(b, split)]
+    assert len(rows) == sum(len(kept(clean_release, s)) for s in ("train", "val"))
+    for row in rows:
+        ow, oh = row["orig_width"], row["orig_height"]
+        if resize == "none":
+            target = (ow, oh)
+        else:
+            mode, n = resize.split(":")
+            n = int(n)
+            side = min(ow, oh) if mode == "shorter" else max(ow, oh)
+            if side <= n:
+                target = (ow, oh)
+            elif side == ow:
+                target = (n, max(1, int(oh * n / ow + 0.5)))
+            else:
+                target = (max(1, int(ow * n / oh + 0.5)), n)
+        assert (row["width"], row["height"]) == target, row["key"]
+        assert row["reencoded"]
+        with open(b.path(row["shard"]), "rb") as f:
+            f.seek(row["offset"])
+            stored = np.asarray(Image.open(io.BytesIO(f.read(row["size"]))).convert("RGB"))
+        reference = Image.open(io.BytesIO(source_bytes(clean_release.root, row["source"]))).convert("RGB")
+        reference = np.asarray(reference.resize(target, Image.LANCZOS))
+        assert psnr(stored, reference) > 30, row["key"]

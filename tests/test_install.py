@@ -10,6 +10,9 @@ from PIL import features
 def test_pil_is_pillow_simd_with_libjpeg_turbo():
     assert PIL.__version__.endswith(".post0"), f"PIL {PIL.__version__} is stock Pillow, not pillow-simd"
     assert features.check_feature("libjpeg_turbo")
+    # The formats the pipeline keeps need their codecs compiled in (Makefile: the -dev packages).
+    for codec in ("jpg", "zlib", "webp", "libtiff", "littlecms2"):
+        assert features.check(codec), f"pillow-simd was built without {codec}"
     assert metadata.version("pillow-simd") == PIL.__version__
     # The shim named 'pillow' ships no modules: PIL's files belong to pillow-simd.
     pil_files = [str(f) for f in metadata.files("pillow-simd") if str(f).startswith("PIL/")]
