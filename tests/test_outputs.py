@@ -128,3 +128,31 @@ def test_too_many_rejects_writes_a_failure_report_not_a_manifest(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["build-failed.json"]
     assert write_manifest(OutputLayout(str(tmp_path)), manifest, max_reject_rate=0.5) == "ok"
     assert (tmp_path / "manifest.json").exists()
+
+
+def test_a_worker_with_other_codecs_refuses_to_start():
+    from transforms.image import codec_versions
+    from transforms.write_shards import check_codecs
+
+    check_codecs(codec_versions())  # the same build: fine
+    with pytest.raises(RuntimeError, match="differ"):
+        check_codecs({**codec_versions(), "pil": "12.1.1"})  # stock Pillow's version string
+
+
+def test_an_unexpected_kernel_error_becomes_a_reject(tmp_path, monkeypatch):
+    import transforms.write_shards as ws
+    from transforms.storage import ArchiveReader
+    from transforms.image import ImageOptions
+
+    archive = tmp_path / "a.bin"
+    archive.write_bytes(b"0123456789")
+    refs = [MemberRef("k", "train", str(archive), 0, 10, 0, "n01440764", "a.bin/k")]
+
+    def explode(data, options):
+        raise ZeroDivisionError("decoder bug")
+
+    monkeypatch.setattr(ws, "process_image", explode)
+    result = ws.write_shard(ws.ShardTask("train", 0), refs, ImageOptions(), OutputLayout(str(tmp_path)), 0,
+                            ArchiveReader())
+    assert result.shard.samples == 0
+    assert [(r.reason, r.detail) for r in result.rejects] == [("corrupt", "ZeroDivisionError: decoder bug")]

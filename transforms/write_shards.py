@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import tarfile
 import time
 from typing import IO, Callable, Iterable, Optional
@@ -26,6 +27,8 @@ from transforms.sharding import key_hash
 from transforms.storage import ArchiveReader, atomic_write
 
 __all__ = ["ShardTask", "ShardInfo", "ShardResult", "ShardTarWriter", "order_members", "write_shard"]
+
+log = logging.getLogger(__name__)
 
 # Fixed tar header fields: any wall-clock or user-dependent value would make shards differ.
 TAR_MTIME = 0
@@ -156,6 +159,10 @@ def write_shard(
                 image = process_image(data, options)
             except ImageRejected as e:
                 rejects.append(Reject(ref.key, ref.split, ref.source, e.reason, e.detail))
+                continue
+            except Exception as e:  # a decoder bug on hostile bytes must not take the whole build down
+                log.warning("unexpected %s on %s: %s", type(e).__name__, ref.source, e)
+                rejects.append(Reject(ref.key, ref.split, ref.source, "corrupt", f"{type(e).__name__}: {e}"))
                 continue
             offset = tar.add(f"{ref.key}.jpg", image.jpeg)
             tar.add(f"{ref.key}.cls", str(ref.label).encode())
