@@ -15,7 +15,6 @@ import pipeline
 from pipeline.options import BuildConfig
 from transforms.archives import IndexArchives
 from transforms.index import WriteIndex, WriteRejects
-from transforms.labels import imagenet_classes
 from transforms.manifest import WriteManifest
 from transforms.sharding import GroupIntoShards
 from transforms.sources import Discovery
@@ -32,7 +31,7 @@ def manifest_header(config: BuildConfig, discovery: Discovery, codecs: dict) -> 
         "layout": discovery.layout,
         "config": config.for_manifest(),
         "inputs": list(discovery.inputs),
-        "classes": [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in imagenet_classes()],
+        "classes": [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in discovery.classes],
     }
 
 
@@ -48,10 +47,9 @@ def _write_plan(progress_dir: str):
 def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, codecs: dict,
                 progress_dir: Optional[str] = None) -> None:
     out = config.out
-    labels = {"val": discovery.val_labels} if discovery.val_labels else {}
 
     # -> members: MemberRef(key, split, archive, offset, size, label, wnid, source); rejects: Reject
-    indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, labels)
+    indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler())
     members, index_rejects = indexed["members"], indexed["rejects"]
 
     # -> (ShardTask(split, shard_id), [MemberRef, ...]), every shard id of every split

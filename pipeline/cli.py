@@ -21,7 +21,7 @@ import fsspec
 
 from pipeline.options import BuildConfig, UsageError, add_build_arguments, beam_options, config_from_args
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
-from transforms.sources import OFFICIAL_MD5, SourceError, discover_official, verify_md5
+from transforms.sources import OFFICIAL_MD5, SourceError, discover, verify_md5
 from transforms.storage import is_local
 
 __all__ = ["main", "run_build"]
@@ -169,7 +169,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
     options = beam_options(beam_args)
     started = time.monotonic()
     if discovery is None:
-        discovery = discover_official(config.source)
+        discovery = discover(config.source, config.layout)
     for w in discovery.warnings:
         _say(f"warning: {w}")
     _say(f"layout: {discovery.layout}; splits: "

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+from typing import Optional
 
 from transforms.image import ImageOptions, ResizeSpec
 from transforms.sharding import parse_byte_size
@@ -30,6 +31,7 @@ class UsageError(Exception):
 class BuildConfig:
     source: str
     out: str
+    layout: Optional[str]
     resize: ResizeSpec
     quality: int
     reencode: str
@@ -105,6 +107,8 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
         parser.add_argument("source", metavar="SOURCE",
                             help="folder (local path or fsspec URL) holding the ILSVRC2012 archives")
         parser.add_argument("--out", required=True, metavar="OUT", help="output folder (local path or fsspec URL)")
+        parser.add_argument("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder"), default=None,
+                            help="how SOURCE is laid out (default: detected)")
     parser.add_argument("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
                         help="longer:N | shorter:N | none (default longer:512); never upscales")
     parser.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
@@ -126,7 +130,7 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
-        source=args.source, out=args.out, resize=args.resize, quality=args.quality, reencode=args.reencode,
+        source=args.source, out=args.out, layout=getattr(args, "layout", None), resize=args.resize, quality=args.quality, reencode=args.reencode,
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
         progress=args.progress,

@@ -4,7 +4,15 @@ import tarfile
 
 import pytest
 
-from transforms.archives import TarSlice, index_tar_slice, list_inner_tars, sample_key
+from transforms.archives import (FolderSlice, Labeler, TarSlice, folder_member_key, index_folder, index_tar_slice,
+                                 list_inner_tars, sample_key)
+from transforms.labels import imagenet_classes
+
+CLASSES = {c.wnid: c.label for c in imagenet_classes()}
+
+
+def labeler(val=None, labelled=("train", "val")):
+    return Labeler(CLASSES, {"val": val or {}}, frozenset(labelled))
 from transforms.records import MemberRef, Reject
 
 
@@ -53,7 +61,7 @@ def test_nested_train_tar_gives_absolute_offsets(tmp_path):
 
     refs, rejects = [], []
     for piece in slices:
-        for item in index_tar_slice(piece, None, labelled=True):
+        for item in index_tar_slice(piece, labeler()):
             (refs if isinstance(item, MemberRef) else rejects).append(item)
     data = outer
     got = {r.key: data[r.offset:r.offset + r.size] for r in refs}
@@ -70,7 +78,7 @@ def test_flat_tar_labels_from_table_and_unlabeled(tmp_path):
                                 ("ILSVRC2012_val_00000003.JPEG", b"z")]))
     labels = {"ILSVRC2012_val_00000001": "n01751748", "ILSVRC2012_val_00000002": "n09246464"}
     piece = TarSlice("val", str(path), 0, path.stat().st_size, "val.tar")
-    items = list(index_tar_slice(piece, labels, labelled=True))
+    items = list(index_tar_slice(piece, labeler(labels)))
     refs = {i.key: i for i in items if isinstance(i, MemberRef)}
     assert refs["ILSVRC2012_val_00000001"].label == 65  # sea snake: ILSVRC2012_ID 490, sorted index 65
     assert refs["ILSVRC2012_val_00000001"].wnid == "n01751748"
@@ -80,7 +88,7 @@ def test_flat_tar_labels_from_table_and_unlabeled(tmp_path):
 def test_unlabelled_split_gets_minus_one(tmp_path):
     path = tmp_path / "test.tar"
     path.write_bytes(tar_bytes([("ILSVRC2012_test_00000001.JPEG", b"t")]))
-    (ref,) = index_tar_slice(TarSlice("test", str(path), 0, path.stat().st_size, "test.tar"), None, labelled=False)
+    (ref,) = index_tar_slice(TarSlice("test", str(path), 0, path.stat().st_size, "test.tar"), labeler())
     assert (ref.label, ref.wnid) == (-1, None)
 
 
@@ -90,7 +98,7 @@ def test_member_cut_off_by_the_end_of_the_archive_is_truncated(tmp_path):
     path = tmp_path / "n01440764.tar"
     path.write_bytes(cut)
     piece = TarSlice("train", str(path), 0, len(cut), "n01440764.tar", "n01440764")
-    items = list(index_tar_slice(piece, None, labelled=True))
+    items = list(index_tar_slice(piece, labeler()))
     assert [type(i).__name__ for i in items] == ["MemberRef", "Reject"]
     assert items[1].reason == "truncated"
 
@@ -100,4 +108,28 @@ def test_garbage_is_not_a_tar(tmp_path):
     path.write_bytes(b"<html>not a tar</html>" * 100)
     piece = TarSlice("val", str(path), 0, path.stat().st_size, "bad.tar")
     with pytest.raises(RuntimeError, match="not a readable tar"):
-        list(index_tar_slice(piece, {}, labelled=True))
+        list(index_tar_slice(piece, labeler()))
+
+
+@pytest.mark.parametrize("class_name,relative,key", [
+    ("n01440764", "n01440764_10026.JPEG", "n01440764_10026"),  # ImageNet names carry their class
+    ("dog", "001.jpg", "dog_001"),  # ImageFolder names often don't: keys stay unique across classes
+    ("dog", "sub/a.b.png", "dog_sub_a_b"),
+    (None, "ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001"),
+])
+def test_folder_member_key(class_name, relative, key):
+    assert folder_member_key(class_name, relative) == key
+
+
+def test_index_folder_reads_files_whole_and_skips_hidden(tmp_path):
+    (tmp_path / "n01440764" / "deep").mkdir(parents=True)
+    (tmp_path / "n01440764" / "n01440764_1.JPEG").write_bytes(b"abc")
+    (tmp_path / "n01440764" / "deep" / "x.png").write_bytes(b"defg")
+    (tmp_path / "n01440764" / ".DS_Store").write_bytes(b"junk")
+    refs = list(index_folder(FolderSlice("train", str(tmp_path / "n01440764"), "train/n01440764", "n01440764"),
+                             labeler()))
+    assert [(r.key, r.offset, r.size, r.label, r.source) for r in refs] == [  # sorted by relative path
+        ("n01440764_deep_x", 0, 4, 0, "train/n01440764/deep/x.png"),
+        ("n01440764_1", 0, 3, 0, "train/n01440764/n01440764_1.JPEG"),
+    ]
+    assert open(refs[0].archive, "rb").read() == b"defg"

@@ -8,7 +8,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from transforms.archives import IndexArchives
+from transforms.archives import IndexArchives, Labeler
+from transforms.labels import imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
 from transforms.index import IndexFile, RejectsFile, WriteIndex, WriteRejects
 from transforms.layout import OutputLayout
@@ -49,12 +50,13 @@ def test_index_archives(tmp_path):
     val = tmp_path / "ILSVRC2012_img_val.tar"
     val.write_bytes(tar_of([("ILSVRC2012_val_00000002.JPEG", b"c"), ("ILSVRC2012_val_00000001.JPEG", b"dd")]))
     archives = [
-        ArchiveSpec("train", str(train), train.name, train.stat().st_size, nested=True, labelled=True),
-        ArchiveSpec("val", str(val), val.name, val.stat().st_size, nested=False, labelled=True),
+        ArchiveSpec("train", str(train), train.name, train.stat().st_size, "nested_tar", labelled=True),
+        ArchiveSpec("val", str(val), val.name, val.stat().st_size, "tar", labelled=True),
     ]
-    labels = {"val": {"ILSVRC2012_val_00000001": "n01751748"}}
+    classes = {c.wnid: c.label for c in imagenet_classes()}
+    labeler = Labeler(classes, {"val": {"ILSVRC2012_val_00000001": "n01751748"}}, frozenset({"train", "val"}))
     with TestPipeline() as p:
-        out = p | IndexArchives(archives, labels)
+        out = p | IndexArchives(archives, labeler)
         members = out["members"] | beam.Map(lambda r: (r.key, r.split, r.label, r.size))
         rejects = out["rejects"] | beam.Map(lambda r: (r.key, r.reason))
         assert_that(members, equal_to([("n01440764_1", "train", 0, 10), ("n01443537_7", "train", 1, 20),

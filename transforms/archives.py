@@ -23,11 +23,13 @@ import re
 import tarfile
 from typing import IO, Iterator, Optional, Union
 
-from transforms.labels import label_of
+import fsspec
+
 from transforms.records import MemberRef, Reject
 from transforms.storage import RangeFile, file_size, open_input
 
-__all__ = ["TarSlice", "TarEntry", "sample_key", "iter_tar_entries", "list_inner_tars", "index_tar_slice"]
+__all__ = ["TarSlice", "FolderSlice", "TarEntry", "Labeler", "sample_key", "folder_member_key", "index_folder",
+           "expand_archive", "iter_tar_entries", "list_inner_tars", "index_tar_slice"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +115,44 @@ def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSl
                 yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file")
 
 
-def index_tar_slice(
-    piece: TarSlice, labels: Optional[dict[str, str]], labelled: bool, archive_size: Optional[int] = None
-) -> Iterator[Union[MemberRef, Reject]]:
-    """MemberRefs (and Rejects) for every member of one tar.
+@dataclasses.dataclass(frozen=True)
+class Labeler:
+    """Turns a member's class (from its per-class tar or folder, or from a key table) into a label.
 
-    labels: {key: wnid} for splits labelled by an external table (val), else None.
-    labelled: whether samples of this split must have a class (False for test).
+    class_index: {class name (a WNID for ImageNet): label}. key_classes: {split: {key: class}}
+    for splits labelled by a table (the devkit's val ground truth, Kaggle's CSV).
+    labelled_splits: splits whose samples must have a class (not "test").
     """
+
+    class_index: dict
+    key_classes: dict
+    labelled_splits: frozenset
+
+    def classify(self, split: str, key: str, class_hint: Optional[str]) -> tuple:
+        """(label, class) for a member, or (None, why) when a labelled split has no class for it."""
+        if split not in self.labelled_splits:
+            return -1, None
+        name = class_hint if class_hint is not None else self.key_classes.get(split, {}).get(key)
+        if name is None:
+            return None, "no label for this key in the ground truth"
+        label = self.class_index.get(name)
+        if label is None:
+            return None, f"{name} is not one of the build's classes"
+        return label, name
+
+
+def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, offset: int, size: int,
+            class_hint: Optional[str]) -> Union[MemberRef, Reject]:
+    label, name = labeler.classify(split, key, class_hint)
+    if label is None:
+        return Reject(key, split, source, "unlabeled", name)
+    return MemberRef(key=key, split=split, archive=archive, offset=offset, size=size, label=label, wnid=name,
+                     source=source)
+
+
+def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None
+                    ) -> Iterator[Union[MemberRef, Reject]]:
+    """MemberRefs (and Rejects) for every member of one tar."""
     if archive_size is None:
         archive_size = file_size(piece.archive)
     end = min(piece.offset + piece.size, archive_size)
@@ -134,27 +166,78 @@ def index_tar_slice(
             source = f"{piece.source}/{entry.name}"
             if entry.kind != "file":
                 yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar")
-                continue
-            if entry.offset + entry.size > end:
+            elif entry.offset + entry.size > end:
                 yield Reject(key, piece.split, source, "truncated",
                              f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)")
+            else:
+                yield _member(labeler, key, piece.split, source, piece.archive, entry.offset, entry.size, piece.wnid)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSlice:
+    """A folder of image files (recursively), all of one class or labelled by a key table."""
+
+    split: str
+    url: str
+    source: str  # readable prefix of member sources, e.g. "train/n01440764"
+    wnid: Optional[str] = None  # the class of every file, None: labels come from a table
+
+
+def folder_member_key(class_name: Optional[str], relative: str) -> str:
+    """Key of a loose file: its dot-free stem, prefixed by the class when the name does not
+    already carry it (ImageNet names do: n01440764/n01440764_10026.JPEG -> n01440764_10026;
+    ImageFolder ones often don't: dog/001.jpg -> dog_001), so keys stay unique across classes.
+    Sub-folders below a class become part of the key."""
+    stem = _UNSAFE_KEY_CHARS.sub("_", posixpath.splitext(relative)[0])
+    if class_name and not stem.startswith(class_name):
+        stem = f"{_UNSAFE_KEY_CHARS.sub('_', class_name)}_{stem}"
+    return stem
+
+
+def _list_files(url: str) -> list:
+    """(relative path, absolute url, size) of every non-hidden file below a folder, sorted."""
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    files = []
+    for path, info in fs.find(root, detail=True).items():
+        relative = path[len(root) + 1:]
+        if info.get("type") != "file" or any(part.startswith(".") for part in relative.split("/")):
+            continue  # hidden files (.DS_Store and the like) are not samples
+        files.append((relative, path if protocol in ("file", "local") else f"{protocol}://{path}",
+                      int(info.get("size") or 0)))
+    return sorted(files)
+
+
+def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberRef, Reject]]:
+    """MemberRefs for every file below a folder: each file is an 'archive' read whole."""
+    for relative, url, size in _list_files(piece.url):
+        key = folder_member_key(piece.wnid, relative)
+        yield _member(labeler, key, piece.split, f"{piece.source}/{relative}", url, 0, size, piece.wnid)
+
+
+def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject]]:
+    """An ArchiveSpec -> the units indexed in parallel (class tars, class folders, whole tars)."""
+    if spec.kind == "nested_tar":
+        yield from list_inner_tars(spec.split, spec.url, spec.name)
+    elif spec.kind == "tar":
+        yield TarSlice(spec.split, spec.url, 0, spec.size, spec.name, spec.class_name)
+    elif spec.kind == "folder":
+        yield FolderSlice(spec.split, spec.url, spec.name, spec.class_name)
+    elif spec.kind == "class_folders":
+        fs, root = fsspec.core.url_to_fs(spec.url)
+        base = spec.url.rstrip("/")
+        for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
+            name = posixpath.basename(info["name"].rstrip("/"))
+            if name.startswith("."):
                 continue
-            wnid = piece.wnid if piece.wnid is not None else (labels or {}).get(key)
-            label = label_of(wnid) if wnid is not None else None
-            if labelled and label is None:
-                why = f"{wnid} is not an ILSVRC2012 class" if wnid else "no label for this key in the ground truth"
-                yield Reject(key, piece.split, source, "unlabeled", why)
-                continue
-            yield MemberRef(
-                key=key,
-                split=piece.split,
-                archive=piece.archive,
-                offset=entry.offset,
-                size=entry.size,
-                label=label if labelled else -1,
-                wnid=wnid if labelled else None,
-                source=source,
-            )
+            if info["type"] == "directory":
+                yield FolderSlice(spec.split, f"{base}/{name}", f"{spec.name}/{name}", name)
+            else:  # a file outside any class folder has no class
+                yield _member(labeler, folder_member_key(None, name), spec.split, f"{spec.name}/{name}",
+                              f"{base}/{name}", 0, int(info.get("size") or 0), None)
+    else:
+        raise ValueError(f"unknown archive kind {spec.kind!r}")
 
 
 # --- Beam wiring -------------------------------------------------------------------
@@ -168,31 +251,35 @@ def _count_reject(reject: Reject) -> Reject:
     return reject
 
 
-class _ListTarsFn(beam.DoFn):
-    """ArchiveSpec -> TarSlice per per-class tar (nested) or one for the whole (flat)."""
+class _ExpandArchivesFn(beam.DoFn):
+    """ArchiveSpec -> the units to index (TarSlice, FolderSlice), or members found on the way."""
+
+    def __init__(self, labeler: Labeler):
+        self._labeler = labeler
 
     def process(self, spec):
-        if not spec.nested:
-            yield TarSlice(spec.split, spec.url, 0, spec.size, spec.name)
-            return
-        for item in list_inner_tars(spec.split, spec.url, spec.name):
+        for item in expand_archive(spec, self._labeler):
             if isinstance(item, Reject):
                 yield pvalue.TaggedOutput("rejects", _count_reject(item))
+            elif isinstance(item, MemberRef):
+                yield pvalue.TaggedOutput("members", item)
             else:
                 yield item
 
 
-class _IndexTarFn(beam.DoFn):
-    """TarSlice -> MemberRef per member (+ rejects)."""
+class _IndexUnitFn(beam.DoFn):
+    """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
 
-    def __init__(self, labels_by_split: dict, labelled_splits: frozenset, sizes: dict):
-        self._labels = labels_by_split
-        self._labelled = labelled_splits
+    def __init__(self, labeler: Labeler, sizes: dict):
+        self._labeler = labeler
         self._sizes = sizes
 
-    def process(self, piece: TarSlice):
-        labels = self._labels.get(piece.split)
-        for item in index_tar_slice(piece, labels, piece.split in self._labelled, self._sizes.get(piece.archive)):
+    def process(self, piece):
+        if isinstance(piece, FolderSlice):
+            items = index_folder(piece, self._labeler)
+        else:
+            items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive))
+        for item in items:
             if isinstance(item, Reject):
                 yield pvalue.TaggedOutput("rejects", _count_reject(item))
             else:
@@ -200,30 +287,32 @@ class _IndexTarFn(beam.DoFn):
 
 
 class IndexArchives(beam.PTransform):
-    """PBegin -> {"members": MemberRef, "rejects": Reject}: every archive member, headers only.
+    """PBegin -> {"members": MemberRef, "rejects": Reject}: every member, headers only.
 
-    The nested train tar is split into its class tars first, and a Reshuffle spreads those
-    over the workers (otherwise the whole fan-out would stay on the worker that listed it).
+    Nested tars and folders of class folders are split into their classes first, and a
+    Reshuffle spreads those over the workers (otherwise the whole fan-out would stay on the
+    worker that listed it).
     """
 
-    def __init__(self, archives, labels_by_split: dict):
+    def __init__(self, archives, labeler: Labeler):
         super().__init__()
         self._archives = list(archives)
-        self._labels = labels_by_split
+        self._labeler = labeler
 
     def expand(self, pbegin):
-        labelled = frozenset(a.split for a in self._archives if a.labelled)
         sizes = {a.url: a.size for a in self._archives}
-        tars = (
+        units = (
             pbegin
             | "ListArchives" >> beam.Create(self._archives)
-            | "ListClassTars" >> beam.ParDo(_ListTarsFn()).with_outputs("rejects", main="tars")
+            | "ListClassTars" >> beam.ParDo(_ExpandArchivesFn(self._labeler)).with_outputs(
+                "members", "rejects", main="units")
         )
         indexed = (
-            tars.tars
-            | "SpreadTars" >> beam.Reshuffle()
-            | "ReadTarHeaders" >> beam.ParDo(_IndexTarFn(self._labels, labelled, sizes)).with_outputs(
+            units.units
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes)).with_outputs(
                 "rejects", main="members")
         )
-        rejects = (tars.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
-        return {"members": indexed.members, "rejects": rejects}
+        members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()
+        rejects = (units.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
+        return {"members": members, "rejects": rejects}

@@ -1,26 +1,34 @@
-"""Find the official ILSVRC2012 files in SOURCE and the labels they need.
+"""Find what SOURCE holds: its layout, which split comes from where, and the labels.
 
-Contract: discover_official(SOURCE) -> Discovery (which split comes from which archive,
-the devkit's validation labels), or a SourceError that says what was expected and what
-was found. A missing split is a warning; no split at all is an error.
+Contract: discover(SOURCE, layout=None) -> Discovery, or a SourceError that says what was
+expected and what was found. Layouts (auto-detected; `--layout` forces one):
+
+- `ilsvrc2012`: the official archives (train tar of class tars, flat val tar + devkit, test tar);
+- `kaggle`: the Kaggle copy (ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/, test/} + LOC_*.csv);
+- `imagefolder`: SOURCE/<split>/<class>/<image> (labels: sorted class names, or the standard
+  1000-class index when the classes are ILSVRC2012 WNIDs).
+
+A missing split is a warning; no split at all is an error.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import posixpath
 import tarfile
 from typing import Callable, Optional
 
 import fsspec
 
-from transforms.archives import TarSlice
-from transforms.labels import parse_validation_ground_truth
+from transforms.archives import Labeler
+from transforms.labels import ClassInfo, imagenet_classes, parse_validation_ground_truth
 from transforms.storage import open_input
 
-__all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover_official", "read_devkit_labels",
-           "OFFICIAL_MD5", "verify_md5", "EXPECTED_FILES"]
+__all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
+           "OFFICIAL_MD5", "verify_md5"]
 
 # Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
 OFFICIAL_MD5 = {
@@ -34,12 +42,17 @@ VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 TEST_GLOB = "ILSVRC2012_img_test*.tar"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
+KAGGLE_VAL_CSV = "LOC_val_solution.csv"
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
-EXPECTED_FILES = (
-    f"{TRAIN_TAR} (a tar of 1,000 per-class tars)",
-    f"{VAL_TAR} (flat ILSVRC2012_val_%08d.JPEG) with {DEVKIT} (its labels)",
-    f"{TEST_GLOB} (optional, unlabeled)",
-)
+LAYOUTS = {
+    "ilsvrc2012": f"{TRAIN_TAR} (a tar of 1,000 per-class tars), {VAL_TAR} with {DEVKIT} (its labels), "
+                  f"optionally {TEST_GLOB}",
+    "kaggle": f"{KAGGLE_DATA}/train/<wnid>/*.JPEG, {KAGGLE_DATA}/val/*.JPEG with {KAGGLE_VAL_CSV}, "
+              f"optionally {KAGGLE_DATA}/test/",
+    "imagefolder": "<split>/<class>/<image> with split folders named train, val (or validation), test",
+}
 
 
 class SourceError(Exception):
@@ -48,82 +61,118 @@ class SourceError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ArchiveSpec:
+    """One unit to index: a tar or a folder, holding one split's samples."""
+
     split: str
     url: str
-    name: str
-    size: int
-    nested: bool  # a tar of per-class tars (train) rather than a flat tar of images
+    name: str  # readable name, the prefix of its members' `source`
+    size: int  # bytes (0 for folders)
+    kind: str  # "nested_tar" (tar of class tars) | "tar" | "class_folders" (folder of class folders) | "folder"
     labelled: bool  # its samples must carry a class
+    class_name: Optional[str] = None  # the class of every sample (a per-class tar or folder)
 
 
 @dataclasses.dataclass(frozen=True)
 class Discovery:
     layout: str
-    archives: tuple[ArchiveSpec, ...]
-    val_labels: Optional[dict]  # {val key: wnid} from the devkit, None without val
-    inputs: tuple[dict, ...]  # [{name, size}] of every file the build reads
-    warnings: tuple[str, ...]
+    archives: tuple
+    classes: tuple  # ClassInfo of the label space
+    key_classes: dict  # {split: {key: class}} for splits labelled by a table
+    inputs: tuple  # [{name, size}] of the files the build reads (folders: their image count is not listed)
+    warnings: tuple
 
-    def flat_slices(self) -> list[TarSlice]:
-        """The archives that are indexed directly (not tars of tars)."""
-        return [TarSlice(a.split, a.url, 0, a.size, a.name) for a in self.archives if not a.nested]
+    def labeler(self) -> Labeler:
+        return Labeler({c.wnid: c.label for c in self.classes}, self.key_classes,
+                       frozenset(a.split for a in self.archives if a.labelled))
 
 
-def _listing(source: str) -> dict[str, tuple[str, int]]:
+def _fs(source: str):
     fs, root = fsspec.core.url_to_fs(source)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+
+    def url(path: str) -> str:
+        return path if local else f"{protocol}://{path}"
+
+    return fs, root.rstrip("/"), url
+
+
+def _entries(fs, path: str) -> dict:
+    """{name: info} of a folder's direct entries."""
+    return {posixpath.basename(i["name"].rstrip("/")): i for i in fs.ls(path, detail=True)}
+
+
+def discover(source: str, layout: Optional[str] = None) -> Discovery:
+    fs, root, _ = _fs(source)
     if not fs.exists(root):
         raise SourceError(f"SOURCE {source!r} does not exist")
     if not fs.isdir(root):
-        raise SourceError(f"SOURCE {source!r} is not a folder: point it at the folder holding the archives")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found = {}
-    for info in fs.ls(root, detail=True):
-        if info.get("type") == "file":
-            name = posixpath.basename(info["name"].rstrip("/"))
-            path = info["name"] if protocol in ("file", "local") else f"{protocol}://{info['name']}"
-            found[name] = (path, int(info.get("size") or 0))
-    return found
+        raise SourceError(f"SOURCE {source!r} is not a folder: point it at the folder holding the dataset")
+    if layout is None:
+        layout = detect_layout(source)
+    if layout not in LAYOUTS:
+        raise SourceError(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}")
+    return {"ilsvrc2012": _discover_ilsvrc2012, "kaggle": _discover_kaggle,
+            "imagefolder": _discover_imagefolder}[layout](source)
 
 
-def discover_official(source: str) -> Discovery:
-    found = _listing(source)
-    archives, warnings, inputs = [], [], []
+def detect_layout(source: str) -> str:
+    fs, root, _ = _fs(source)
+    names = _entries(fs, root)
+    if TRAIN_TAR in names or VAL_TAR in names or any(fnmatch.fnmatch(n, TEST_GLOB) for n in names):
+        return "ilsvrc2012"
+    if fs.isdir(f"{root}/{KAGGLE_DATA}"):
+        return "kaggle"
+    if any(n.lower() in SPLIT_NAMES and names[n]["type"] == "directory" for n in names):
+        return "imagefolder"
+    found = ", ".join(sorted(names)[:20]) or "nothing"
+    expected = "\n".join(f"  {name}: {what}" for name, what in LAYOUTS.items())
+    raise SourceError(f"SOURCE {source!r} is in no layout this tool knows.\nfound: {found}\nexpected one of:\n{expected}")
 
-    def use(name: str, split: str, nested: bool, labelled: bool) -> None:
-        url, size = found[name]
-        archives.append(ArchiveSpec(split, url, name, size, nested, labelled))
+
+def _standard_classes() -> tuple:
+    return imagenet_classes()
+
+
+def _no_split_error(source: str, layout: str, found) -> SourceError:
+    return SourceError(f"no {layout} split found in SOURCE {source!r}.\n  expected: {LAYOUTS[layout]}"
+                       f"\n  found: {', '.join(sorted(found)) or 'nothing'}")
+
+
+# --- the official archives ----------------------------------------------------------
+
+def _discover_ilsvrc2012(source: str) -> Discovery:
+    fs, root, url = _fs(source)
+    found = {n: (url(i["name"]), int(i.get("size") or 0)) for n, i in _entries(fs, root).items() if i["type"] == "file"}
+    archives, warnings, inputs, key_classes = [], [], [], {}
+
+    def use(name: str, split: str, kind: str, labelled: bool) -> None:
+        path, size = found[name]
+        archives.append(ArchiveSpec(split, path, name, size, kind, labelled))
         inputs.append({"name": name, "size": size})
 
     if TRAIN_TAR in found:
-        use(TRAIN_TAR, "train", nested=True, labelled=True)
+        use(TRAIN_TAR, "train", "nested_tar", labelled=True)
     else:
         warnings.append(f"no {TRAIN_TAR} in SOURCE: building without the train split")
-
-    val_labels = None
     if VAL_TAR in found:
         if DEVKIT not in found:
-            raise SourceError(
-                f"{VAL_TAR} is in SOURCE but {DEVKIT} is not: the validation labels come from the devkit. "
-                f"Add it next to the val tar.")
-        use(VAL_TAR, "val", nested=False, labelled=True)
-        url, size = found[DEVKIT]
+            raise SourceError(f"{VAL_TAR} is in SOURCE but {DEVKIT} is not: the validation labels come from "
+                              "the devkit. Add it next to the val tar.")
+        use(VAL_TAR, "val", "tar", labelled=True)
+        path, size = found[DEVKIT]
         inputs.append({"name": DEVKIT, "size": size})
-        val_labels = read_devkit_labels(url)
+        key_classes["val"] = read_devkit_labels(path)
     else:
         warnings.append(f"no {VAL_TAR} in SOURCE: building without the val split")
-
     tests = sorted(n for n in found if fnmatch.fnmatch(n, TEST_GLOB))
     for name in tests:
-        use(name, "test", nested=False, labelled=False)
+        use(name, "test", "tar", labelled=False)
     if len(tests) > 1:
         warnings.append(f"several test tars ({', '.join(tests)}): all go into the test split")
-
     if not archives:
-        listing = ", ".join(sorted(found)) or "nothing"
-        raise SourceError(
-            "no ILSVRC2012 archive found in SOURCE.\n  expected: " + "; ".join(EXPECTED_FILES)
-            + f"\n  found: {listing}")
-    return Discovery("ilsvrc2012", tuple(archives), val_labels, tuple(inputs), tuple(warnings))
+        raise _no_split_error(source, "ilsvrc2012", found)
+    return Discovery("ilsvrc2012", tuple(archives), _standard_classes(), key_classes, tuple(inputs), tuple(warnings))
 
 
 def _find_member(tar: tarfile.TarFile, basename: str) -> Optional[bytes]:
@@ -144,6 +193,86 @@ def read_devkit_labels(devkit_url: str) -> dict[str, str]:
         return parse_validation_ground_truth(data.decode("ascii"))
     except ValueError as e:
         raise SourceError(f"{devkit_url}: {e}") from None
+
+
+# --- Kaggle -------------------------------------------------------------------------
+
+def read_kaggle_val_labels(csv_url: str) -> dict[str, str]:
+    """{val key: wnid} from LOC_val_solution.csv (the first WNID of each PredictionString)."""
+    with open_input(csv_url) as f:
+        rows = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"))
+        if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
+            raise SourceError(f"{csv_url}: expected the columns ImageId,PredictionString")
+        labels = {}
+        for row in rows:
+            words = row["PredictionString"].split()
+            if words:
+                labels[row["ImageId"]] = words[0]
+    return labels
+
+
+def _discover_kaggle(source: str) -> Discovery:
+    fs, root, url = _fs(source)
+    data = f"{root}/{KAGGLE_DATA}"
+    present = _entries(fs, data) if fs.isdir(data) else {}
+    archives, warnings, key_classes = [], [], {}
+    if "train" in present:
+        archives.append(ArchiveSpec("train", url(f"{data}/train"), f"{KAGGLE_DATA}/train", 0, "class_folders", True))
+    else:
+        warnings.append(f"no {KAGGLE_DATA}/train: building without the train split")
+    if "val" in present:
+        csv_path = f"{root}/{KAGGLE_VAL_CSV}"
+        if not fs.exists(csv_path):
+            raise SourceError(f"{KAGGLE_DATA}/val is in SOURCE but {KAGGLE_VAL_CSV} is not: it holds the val labels")
+        key_classes["val"] = read_kaggle_val_labels(url(csv_path))
+        archives.append(ArchiveSpec("val", url(f"{data}/val"), f"{KAGGLE_DATA}/val", 0, "folder", True))
+    else:
+        warnings.append(f"no {KAGGLE_DATA}/val: building without the val split")
+    if "test" in present:
+        archives.append(ArchiveSpec("test", url(f"{data}/test"), f"{KAGGLE_DATA}/test", 0, "folder", False))
+    if not archives:
+        raise _no_split_error(source, "kaggle", present)
+    inputs = tuple({"name": a.name, "size": 0} for a in archives)
+    return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings))
+
+
+# --- ImageFolder --------------------------------------------------------------------
+
+def _discover_imagefolder(source: str) -> Discovery:
+    fs, root, url = _fs(source)
+    entries = _entries(fs, root)
+    splits = {}  # split -> folder name
+    for name, info in sorted(entries.items()):
+        split = SPLIT_NAMES.get(name.lower())
+        if split and info["type"] == "directory":
+            if split in splits:
+                raise SourceError(f"both {splits[split]}/ and {name}/ would be the {split} split")
+            splits[split] = name
+    if not splits:
+        raise _no_split_error(source, "imagefolder", entries)
+    archives, class_names, warnings = [], set(), []
+    for split, folder in sorted(splits.items()):
+        sub = _entries(fs, f"{root}/{folder}")
+        dirs = sorted(n for n, i in sub.items() if i["type"] == "directory" and not n.startswith("."))
+        loose = [n for n, i in sub.items() if i["type"] == "file" and not n.startswith(".")]
+        if dirs:
+            class_names.update(dirs)
+            archives.append(ArchiveSpec(split, url(f"{root}/{folder}"), folder, 0, "class_folders", True))
+            if loose:
+                warnings.append(f"{folder}/ has {len(loose)} files outside class folders: rejected as unlabeled")
+        elif loose and split == "test":
+            archives.append(ArchiveSpec(split, url(f"{root}/{folder}"), folder, 0, "folder", False))
+        else:
+            warnings.append(f"{folder}/ holds no class folders: skipped")
+    if not archives:
+        raise _no_split_error(source, "imagefolder", entries)
+    standard = {c.wnid for c in imagenet_classes()}
+    if class_names <= standard:
+        classes = _standard_classes()
+    else:
+        classes = tuple(ClassInfo(i, name, name) for i, name in enumerate(sorted(class_names)))
+    inputs = tuple({"name": a.name, "size": 0} for a in archives)
+    return Discovery("imagefolder", tuple(archives), classes, {}, inputs, tuple(warnings))
 
 
 def verify_md5(url: str, expected: str, progress: Optional[Callable[[int], None]] = None) -> Optional[str]:

@@ -6,6 +6,7 @@ then rename; on object stores one PUT is already atomic).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import tempfile
@@ -102,15 +103,28 @@ class RangeFile:
 
 
 class ArchiveReader:
-    """Reads byte ranges from archives, keeping one open handle per archive."""
+    """Reads byte ranges from archives, keeping the most recently used handles open.
 
-    def __init__(self):
-        self._files: dict[str, IO[bytes]] = {}
+    A shard reads from a few big archives (tars) or from thousands of loose files
+    (folder layouts): a bounded cache serves both without running out of descriptors.
+    """
+
+    def __init__(self, max_open: int = 32):
+        self._files: collections.OrderedDict[str, IO[bytes]] = collections.OrderedDict()
+        self._max_open = max_open
+
+    def _handle(self, archive: str) -> IO[bytes]:
+        f = self._files.get(archive)
+        if f is not None:
+            self._files.move_to_end(archive)
+            return f
+        if len(self._files) >= self._max_open:
+            self._files.popitem(last=False)[1].close()
+        f = self._files[archive] = open_input(archive)
+        return f
 
     def read(self, archive: str, offset: int, size: int) -> bytes:
-        f = self._files.get(archive)
-        if f is None:
-            f = self._files[archive] = open_input(archive)
+        f = self._handle(archive)
         f.seek(offset)
         data = f.read(size)
         if len(data) != size:
