@@ -31,6 +31,7 @@ import hashlib
 import importlib.resources
 import io
 import os
+import posixpath
 import random
 import re
 import struct
@@ -39,7 +40,7 @@ import tarfile
 import time
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Union
 
 from PIL import Image
@@ -48,6 +49,7 @@ __all__ = [
     "ExpectedSample",
     "SampleRelease",
     "make_sample_release",
+    "export_layout",
     "TRAIN_TAR",
     "VAL_TAR",
     "DEVKIT_TAR",
@@ -832,6 +834,60 @@ def make_sample_release(
     if test_images:
         archives["test"] = test_path
     return SampleRelease(root=dest, archives=archives, expected=expected, classes=class_list)
+
+
+def _official_members(release: SampleRelease):
+    """(split, class WNID or None, member name, bytes) of every regular file of a release's archives."""
+    splits = {"train": release.archives["train"], "val": release.archives["val"], "test": release.archives.get("test")}
+    for split, path in splits.items():
+        if not path:
+            continue
+        with tarfile.open(path) as outer:
+            for info in outer:
+                if not info.isreg():
+                    continue  # links and directories have no folder form
+                data = outer.extractfile(info).read()
+                if split == "train":
+                    wnid = posixpath.basename(info.name)[: -len(".tar")]
+                    with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+                        for member in inner:
+                            if member.isreg():
+                                yield split, wnid, member.name, inner.extractfile(member).read()
+                else:
+                    yield split, None, info.name, data
+
+
+def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
+    """The same samples in another layout: "kaggle" (ILSVRC/Data/CLS-LOC + LOC_val_solution.csv)
+    or "imagefolder" (<split>/<wnid>/<file>; the test split flat). Links of the official tars
+    have no folder form and are left out (with their expectations)."""
+    dest = os.fspath(dest)
+    if layout not in ("kaggle", "imagefolder"):
+        raise ValueError(f"unknown layout {layout!r}")
+    expected = {split: {} for split in release.expected}
+    by_source = {e.source: e for es in release.expected.values() for e in es.values()}
+    csv_rows = []
+    for split, wnid, name, data in _official_members(release):
+        archive = {"train": TRAIN_TAR, "val": VAL_TAR, "test": TEST_TAR}[split]
+        e = by_source[f"{archive}/{wnid}.tar/{name}" if split == "train" else f"{archive}/{name}"]
+        if layout == "kaggle":
+            relative = f"ILSVRC/Data/CLS-LOC/{split}/" + (f"{wnid}/{name}" if wnid else name)
+            if split == "val" and e.wnid:
+                csv_rows.append(f"{e.key},{e.wnid} 0 0 1 1")
+        else:
+            folder = wnid or (e.wnid if split == "val" else None)
+            relative = f"{split}/{folder}/{name}" if folder else f"{split}/{name}"
+        path = os.path.join(dest, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        expected[split][e.key] = replace(e, source=relative)
+    if layout == "kaggle":
+        with open(os.path.join(dest, "LOC_val_solution.csv"), "w") as f:
+            f.write("ImageId,PredictionString\n" + "".join(row + "\n" for row in sorted(csv_rows)))
+        with open(os.path.join(dest, "LOC_synset_mapping.txt"), "wb") as f:
+            f.write(_data_bytes("LOC_synset_mapping.txt"))
+    return SampleRelease(dest, {}, expected, list(release.classes))
 
 
 def _header_of(data: bytes) -> dict:

@@ -112,8 +112,9 @@ def test_garbage_is_not_a_tar(tmp_path):
 
 
 @pytest.mark.parametrize("class_name,relative,key", [
-    ("n01440764", "n01440764_10026.JPEG", "n01440764_10026"),  # ImageNet names carry their class
-    ("dog", "001.jpg", "dog_001"),  # ImageFolder names often don't: keys stay unique across classes
+    ("n01440764", "n01440764_10026.JPEG", "n01440764_10026"),  # ImageNet names are unique as they are
+    ("n01751748", "ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001"),  # val as an ImageFolder
+    ("dog", "001.jpg", "dog_001"),  # other names often repeat across classes: prefixed by the class
     ("dog", "sub/a.b.png", "dog_sub_a_b"),
     (None, "ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001"),
 ])
@@ -129,7 +130,7 @@ def test_index_folder_reads_files_whole_and_skips_hidden(tmp_path):
     refs = list(index_folder(FolderSlice("train", str(tmp_path / "n01440764"), "train/n01440764", "n01440764"),
                              labeler()))
     assert [(r.key, r.offset, r.size, r.label, r.source) for r in refs] == [  # sorted by relative path
-        ("n01440764_deep_x", 0, 4, 0, "train/n01440764/deep/x.png"),
+        ("deep_x", 0, 4, 0, "train/n01440764/deep/x.png"),
         ("n01440764_1", 0, 3, 0, "train/n01440764/n01440764_1.JPEG"),
     ]
     assert open(refs[0].archive, "rb").read() == b"defg"

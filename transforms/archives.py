@@ -183,13 +183,19 @@ class FolderSlice:
     wnid: Optional[str] = None  # the class of every file, None: labels come from a table
 
 
+_WNID = re.compile(r"^n\d{8}$")
+
+
 def folder_member_key(class_name: Optional[str], relative: str) -> str:
-    """Key of a loose file: its dot-free stem, prefixed by the class when the name does not
-    already carry it (ImageNet names do: n01440764/n01440764_10026.JPEG -> n01440764_10026;
-    ImageFolder ones often don't: dog/001.jpg -> dog_001), so keys stay unique across classes.
-    Sub-folders below a class become part of the key."""
+    """Key of a loose file: its dot-free stem (sub-folders below the class included).
+
+    ImageNet file names are unique on their own (n01440764/n01440764_10026.JPEG,
+    n01751748/ILSVRC2012_val_00000001.JPEG) and must stay as they are for annotations to
+    join by stem; other ImageFolder names often repeat across classes (cat/001.jpg,
+    dog/001.jpg), so unless the class is a WNID the key is prefixed by it (dog_001).
+    """
     stem = _UNSAFE_KEY_CHARS.sub("_", posixpath.splitext(relative)[0])
-    if class_name and not stem.startswith(class_name):
+    if class_name and not _WNID.match(class_name):
         stem = f"{_UNSAFE_KEY_CHARS.sub('_', class_name)}_{stem}"
     return stem
 

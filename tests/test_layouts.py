@@ -1,0 +1,65 @@
+"""The Kaggle and ImageFolder layouts: detected, built, and read back like the official one."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import Build, run_cli
+from pipeline.sample import export_layout
+from transforms.sources import SourceError, detect_layout, discover
+
+
+@pytest.fixture(scope="module", params=["kaggle", "imagefolder"])
+def layout_build(request, release, tmp_path_factory):
+    copy = export_layout(release, tmp_path_factory.mktemp(request.param), request.param)
+    out = tmp_path_factory.mktemp(f"{request.param}-out") / "out"
+    proc = run_cli("build", copy.root, "--out", out, "--max-reject-rate", "0.5", "--no-progress",
+                   "--shard-size", "200KB", check_code=0)
+    return request.param, copy, Build(out, proc)
+
+
+def test_layout_is_detected_and_reported(layout_build):
+    layout, copy, b = layout_build
+    assert detect_layout(copy.root) == layout
+    assert b.manifest["layout"] == layout
+    assert f"layout: {layout}" in b.proc.stderr
+
+
+def test_every_sample_lands_with_its_label_and_source(layout_build):
+    layout, copy, b = layout_build
+    for split, expected in copy.expected.items():
+        s = b.manifest["splits"][split]
+        assert s["read"] == len(expected) == s["samples"] + s["rejected"], split
+        rows = pq.read_table([str(b.path(p)) for p in s["index"]]).to_pylist()
+        kept = {k: e for k, e in expected.items() if e.outcome == "kept"}
+        assert {r["key"]: (r["label"], r["wnid"], r["source"]) for r in rows} == {
+            k: (e.label, e.wnid, e.source) for k, e in kept.items()}, split
+    rejects = pq.read_table([str(b.path(p)) for p in b.manifest["rejects"]]).to_pylist()
+    assert {(r["split"], r["key"]): r["reason"] for r in rejects} == {
+        (split, k): e.outcome for split, es in copy.expected.items() for k, e in es.items() if e.outcome != "kept"}
+
+
+def test_imagefolder_with_arbitrary_class_names(tmp_path):
+    for split, cls, name in [("train", "dog", "001.jpg"), ("train", "cat", "001.jpg"), ("val", "cat", "7.jpg")]:
+        (tmp_path / "src" / split / cls).mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+        Image.new("RGB", (20, 10), (10, 200, 30)).save(tmp_path / "src" / split / cls / name, quality=90)
+    d = discover(str(tmp_path / "src"))
+    assert d.layout == "imagefolder"
+    assert [(c.label, c.wnid) for c in d.classes] == [(0, "cat"), (1, "dog")]
+    run_cli("build", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", check_code=0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [c["wnid"] for c in manifest["classes"]] == ["cat", "dog"]
+    rows = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    assert sorted((r["key"], r["label"]) for r in rows) == [("cat_001", 0), ("dog_001", 1)]
+
+
+def test_unknown_layout_says_what_each_layout_expects(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(SourceError) as e:
+        discover(str(tmp_path))
+    message = str(e.value)
+    assert "photos" in message
+    for name in ("ilsvrc2012", "kaggle", "imagefolder"):
+        assert name in message
