@@ -14,6 +14,7 @@ import apache_beam as beam
 import pipeline
 from pipeline.options import BuildConfig
 from transforms.archives import IndexArchives
+from transforms.boxes import ReadAnnotations
 from transforms.index import WriteIndex, WriteRejects
 from transforms.manifest import WriteManifest
 from transforms.sharding import GroupIntoShards
@@ -52,15 +53,19 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler())
     members, index_rejects = indexed["members"], indexed["rejects"]
 
-    # -> (ShardTask(split, shard_id), [MemberRef, ...]), every shard id of every split
+    # -> boxes: BoxesRef(key, split, boxes, names); rejects: AnnotationReject (hostile or broken XML)
+    annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
+
+    # -> (ShardTask(split, shard_id), [MemberRef, ...], [BoxesRef, ...]), every shard id of every split
     grouping = GroupIntoShards(config.seed, config.shard_size, config.resize.mode, config.resize.size,
                                config.quality)
-    tasks = members | "GroupIntoShards" >> grouping
+    tasks = {"members": members, "boxes": annotations["boxes"]} | "GroupIntoShards" >> grouping
     if progress_dir:
         _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
 
-    # -> shards: ShardInfo; rows: (ShardTask, [IndexRow]); rejects: Reject
-    written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir)
+    # -> shards: ShardInfo; rows: (ShardTask, [IndexRow]); rejects: Reject; orphans: (split, n)
+    written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
+                                                   discovery.loc_blacklist)
 
     # -> IndexFile (one Parquet per shard, duplicates flagged)
     index_files = written["rows"] | "WriteIndex" >> WriteIndex(out)
@@ -68,6 +73,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     # -> RejectsFile (one Parquet per split)
     rejects = (index_rejects, written["rejects"]) | "AllRejects" >> beam.Flatten()
     rejects_files = rejects | "WriteRejects" >> WriteRejects(out)
+    annotation_rejects_files = annotations["rejects"] | "WriteAnnotationRejects" >> WriteRejects(out, "annotations")
+    orphans = (grouping.orphans, written["orphans"]) | "AllOrphans" >> beam.Flatten()
 
     # -> (split, members read): every non-directory member, kept or rejected
     read = (
@@ -78,5 +85,11 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     )
 
     # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written
-    _ = {"read": read, "shard": written["shards"], "index": index_files, "rejects": rejects_files} | (
+    # -> (split, members left out by --classes)
+    left_out = indexed["left_out"] | "SplitOfLeftOut" >> beam.Map(lambda item: item.split) | (
+        "CountLeftOut" >> beam.combiners.Count.PerElement())
+
+    facts = {"read": read, "left_out": left_out, "shard": written["shards"], "index": index_files, "rejects": rejects_files,
+             "annotation_rejects": annotation_rejects_files, "orphans": orphans}
+    _ = facts | (
         "WriteManifest" >> WriteManifest(out, manifest_header(config, discovery, codecs), config.max_reject_rate))

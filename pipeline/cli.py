@@ -21,7 +21,7 @@ import fsspec
 
 from pipeline.options import BuildConfig, UsageError, add_build_arguments, beam_options, config_from_args
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
-from transforms.sources import OFFICIAL_MD5, SourceError, discover, verify_md5
+from transforms.sources import OFFICIAL_MD5, SourceError, discover, read_class_list, verify_md5
 from transforms.storage import is_local
 
 __all__ = ["main", "run_build"]
@@ -154,6 +154,12 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
     if manifest["rejects_by_reason"]:
         _say("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items()))
     _say(f"duplicates (same bytes under several keys): {manifest['duplicates']}")
+    boxes = sum(s.get("boxes", 0) for s in splits.values())
+    if boxes or manifest.get("annotation_rejects") or manifest.get("orphan_annotations"):
+        _say(f"boxes: {boxes} on {sum(s.get('with_boxes', 0) for s in splits.values())} images; "
+             f"annotation rejects: {manifest.get('annotation_rejects_by_reason') or 0}; "
+             f"orphan annotations: {manifest.get('orphan_annotations', 0)}; "
+             f"val label disagreements: {splits.get('val', {}).get('label_disagreements', 0)}")
     _say(f"wall time {wall:.1f} s, {samples / wall if wall else 0:.1f} images/s")
     if status != "ok":
         _say(f"FAILED: {manifest.get('error', status)}")
@@ -169,11 +175,15 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
     options = beam_options(beam_args)
     started = time.monotonic()
     if discovery is None:
-        discovery = discover(config.source, config.layout)
+        classes = read_class_list(config.classes_file) if config.classes_file else None
+        discovery = (discover(config.source, config.layout).with_boxes(config.boxes)
+                     .select(config.splits, classes, config.relabel))
     for w in discovery.warnings:
         _say(f"warning: {w}")
     _say(f"layout: {discovery.layout}; splits: "
          + ", ".join(f"{a.split} <- {a.name}" for a in discovery.archives))
+    if discovery.annotations:
+        _say("boxes: " + ", ".join(a.name for a in discovery.annotations))
     if config.verify_inputs:
         _verify_inputs(discovery)
     prepare_output(config)

@@ -32,6 +32,10 @@ class BuildConfig:
     source: str
     out: str
     layout: Optional[str]
+    boxes: tuple
+    splits: tuple
+    classes_file: Optional[str]
+    relabel: bool
     resize: ResizeSpec
     quality: int
     reencode: str
@@ -57,6 +61,9 @@ class BuildConfig:
             "seed": self.seed,
             "max_pixels": self.max_pixels,
             "max_reject_rate": self.max_reject_rate,
+            "splits": list(self.splits),
+            "classes_file": self.classes_file,
+            "relabel": self.relabel,
         }
 
 
@@ -107,6 +114,15 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
         parser.add_argument("source", metavar="SOURCE",
                             help="folder (local path or fsspec URL) holding the ILSVRC2012 archives")
         parser.add_argument("--out", required=True, metavar="OUT", help="output folder (local path or fsspec URL)")
+        parser.add_argument("--boxes", action="append", default=[], metavar="PATH",
+                            help="bounding-box XML: an archive (.tar, .tar.gz) or folder, local or remote; "
+                                 "repeatable (default: the bbox archives found in SOURCE)")
+        parser.add_argument("--splits", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                            default=(), metavar="LIST", help="only these splits, e.g. train,val (default: all found)")
+        parser.add_argument("--classes", dest="classes_file", metavar="FILE", default=None,
+                            help="only these classes: a file with one WNID (class name) a line, e.g. ImageNet-100")
+        parser.add_argument("--relabel", action="store_true",
+                            help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
         parser.add_argument("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder"), default=None,
                             help="how SOURCE is laid out (default: detected)")
     parser.add_argument("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
@@ -130,7 +146,9 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
-        source=args.source, out=args.out, layout=getattr(args, "layout", None), resize=args.resize, quality=args.quality, reencode=args.reencode,
+        source=args.source, out=args.out, layout=getattr(args, "layout", None),
+        boxes=tuple(getattr(args, "boxes", ())), splits=tuple(getattr(args, "splits", ())),
+        classes_file=getattr(args, "classes_file", None), relabel=getattr(args, "relabel", False), resize=args.resize, quality=args.quality, reencode=args.reencode,
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
         progress=args.progress,

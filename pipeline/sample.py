@@ -41,6 +41,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclasses_field
 from typing import Callable, Optional, Union
 
 from PIL import Image
@@ -152,6 +153,10 @@ class ExpectedSample:
     orig_width: Optional[int] = None  # kept samples only
     orig_height: Optional[int] = None  # kept samples only
     note: str = ""  # where the bytes came from, for humans
+    boxes: tuple = ()  # expected normalised [xmin, ymin, xmax, ymax] boxes joined from the XML
+    box_names: tuple = ()  # the object name of each expected box
+    loc_blacklisted: bool = False  # val: in the devkit's localisation blacklist
+    label_disagrees: bool = False  # the XML's WNID differs from the label
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,8 @@ class SampleRelease:
     archives: dict[str, str]  # role -> path: "train", "val", "devkit", and "test" when written
     expected: dict[str, dict[str, ExpectedSample]]  # split -> key -> ExpectedSample ("train", "val", "test")
     classes: list[str]  # the WNIDs used in train, sorted
+    annotation_rejects: dict = dataclasses_field(default_factory=dict)  # (split, key) -> reason
+    orphan_annotations: int = 0  # XML files without an image
 
 
 # case -> (outcome, reencoded) for everything make_sample_release can plant.
@@ -608,6 +615,7 @@ def make_sample_release(
     plant_faults: bool = True,
     seed: int = 0,
     min_size: Union[int, str, None] = None,
+    boxes: bool = True,
 ) -> SampleRelease:
     """Write a miniature ILSVRC2012 release under `dest` (created if missing) and say what it holds.
 
@@ -833,7 +841,123 @@ def make_sample_release(
     archives = {"train": train_path, "val": os.path.join(dest, VAL_TAR), "devkit": os.path.join(dest, DEVKIT_TAR)}
     if test_images:
         archives["test"] = test_path
-    return SampleRelease(root=dest, archives=archives, expected=expected, classes=class_list)
+    release = SampleRelease(root=dest, archives=archives, expected=expected, classes=class_list)
+    return _plant_annotations(release, seed, plant_faults) if boxes else release
+
+
+# --- bounding-box XML ------------------------------------------------------------------
+
+BBOX_TRAIN = "ILSVRC2012_bbox_train_v2.tar.gz"
+BBOX_VAL = "ILSVRC2012_bbox_val_v3.tgz"
+
+_HOSTILE_XML = {
+    "billion_laughs": (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+                       b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+                       b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+                       b"<annotation><name>&lol3;</name></annotation>", "forbidden_xml"),
+    "external_entity": (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+                        b"<annotation><filename>&xxe;</filename></annotation>", "forbidden_xml"),
+    "malformed": (b"<annotation><size><width>500</width><height>375</height></size><object>", "malformed_xml"),
+}
+
+
+def _voc_xml(folder: str, filename: str, size: tuple, objects: list) -> bytes:
+    """A Pascal VOC annotation as ImageNet writes it (tabs, no XML declaration)."""
+    parts = [f"<annotation>\n\t<folder>{folder}</folder>\n\t<filename>{filename}</filename>\n"
+             "\t<source>\n\t\t<database>ILSVRC_2012</database>\n\t</source>\n"
+             f"\t<size>\n\t\t<width>{size[0]}</width>\n\t\t<height>{size[1]}</height>\n"
+             "\t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n"]
+    for name, (x0, y0, x1, y1) in objects:
+        parts.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n"
+                     "\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
+                     f"\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n"
+                     f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+    parts.append("</annotation>\n")
+    return "".join(parts).encode()
+
+
+def _expected_box(box: tuple, size: tuple) -> Optional[tuple]:
+    """The documented convention: x/W, y/H by <size>, min/max swapped, clipped, zero area dropped."""
+    (x0, y0, x1, y1), (w, h) = [float(v) for v in box], size
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    clip = lambda v: min(1.0, max(0.0, v))  # noqa: E731
+    b = (clip(x0 / w), clip(y0 / h), clip(x1 / w), clip(y1 / h))
+    return b if b[0] < b[2] and b[1] < b[3] else None
+
+
+def _gz_tar(path: str, files: list) -> None:
+    raw = _tar_bytes([_Member(name, "", "", data) for name, data in files])
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=os.path.basename(path).rsplit(".", 1)[0], mode="wb", fileobj=buf, mtime=_MTIME) as gz:
+        gz.write(raw)
+    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _plant_annotations(release: SampleRelease, seed: int, plant_faults: bool) -> SampleRelease:
+    """Write the two bbox archives for about half the train photos and every val image,
+    with the oddities of the real ones planted when plant_faults, and expect their boxes."""
+    rng = random.Random(f"boxes-{seed}")
+    blacklist = {int(x) for x in _data_bytes("ILSVRC2012_validation_blacklist.txt").split()}
+    oddities = {  # planted once each, on the first annotated images of the split
+        "train": ["float_coords", "swapped", "outside", "zero_area", "percent_s_filename", "breed_name",
+                  "size_differs", "billion_laughs", "external_entity"],
+        "val": ["val_disagrees", "malformed"],
+    } if plant_faults else {"train": [], "val": []}
+    expected = {split: dict(es) for split, es in release.expected.items()}
+    files = {"train": [], "val": []}
+    annotation_rejects = {}
+    for split in ("train", "val"):
+        for key, e in sorted(expected[split].items()):
+            if split == "val" and e.wnid:
+                index = int(key.rsplit("_", 1)[1])
+                expected[split][key] = e = replace(e, loc_blacklisted=index in blacklist)
+            if e.outcome != "kept" or e.case == "duplicate" or (split == "train" and rng.random() < 0.5):
+                continue
+            w, h = e.orig_width, e.orig_height
+            case = oddities[split].pop(0) if oddities[split] else "plain"
+            size, name, filename = (w, h), e.wnid, key
+            box = (rng.randint(0, w // 3), rng.randint(0, h // 3), rng.randint(w // 2, w - 1), rng.randint(h // 2, h - 1))
+            objects = [(name, box)]
+            if case == "float_coords":
+                objects = [(name, tuple(f"{v}.0" for v in box))]
+            elif case == "swapped":
+                objects = [(name, (box[2], box[3], box[0], box[1]))]
+            elif case == "outside":
+                objects = [(name, (-20, box[1], w + 40, box[3]))]
+            elif case == "zero_area":
+                objects = [(name, box), (name, (box[0], box[1], box[0], box[3]))]
+            elif case == "percent_s_filename":
+                filename = "%s"
+            elif case == "breed_name":
+                objects = [("Scottish_deerhound", box)]
+            elif case == "size_differs":
+                size = (w * 2, h * 2)  # the annotator saw a larger image: normalise by <size>
+                objects = [(name, (box[0] * 2, box[1] * 2, box[2] * 2, box[3] * 2))]
+            elif case == "val_disagrees":
+                objects = [("n01440764" if e.wnid != "n01440764" else "n01443537", box)]
+            member = f"{e.wnid}/{key}.xml" if split == "train" else f"val/{key}.xml"
+            if case in _HOSTILE_XML:
+                data, reason = _HOSTILE_XML[case]
+                annotation_rejects[(split, key)] = reason
+            else:
+                data = _voc_xml(e.wnid, filename, size, objects)
+                kept = [(n, b) for n, b in ((n, _expected_box(b, size)) for n, b in objects) if b]
+                expected[split][key] = replace(
+                    e, boxes=tuple(b for _, b in kept), box_names=tuple(n for n, _ in kept),
+                    label_disagrees=case == "val_disagrees")
+            files[split].append((member, data))
+    orphans = 0
+    if plant_faults:  # an annotation whose image is not in the release
+        files["train"].append((f"{release.classes[0]}/{release.classes[0]}_999999999.xml",
+                               _voc_xml(release.classes[0], "x", (10, 10), [(release.classes[0], (1, 1, 5, 5))])))
+        orphans = 1
+    _gz_tar(os.path.join(release.root, BBOX_TRAIN), files["train"])
+    _gz_tar(os.path.join(release.root, BBOX_VAL), files["val"])
+    archives = {**release.archives, "bbox_train": os.path.join(release.root, BBOX_TRAIN),
+                "bbox_val": os.path.join(release.root, BBOX_VAL)}
+    return replace(release, archives=archives, expected=expected, annotation_rejects=annotation_rejects,
+                   orphan_annotations=orphans)
 
 
 def _official_members(release: SampleRelease):
@@ -858,9 +982,10 @@ def _official_members(release: SampleRelease):
 
 
 def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
-    """The same samples in another layout: "kaggle" (ILSVRC/Data/CLS-LOC + LOC_val_solution.csv)
-    or "imagefolder" (<split>/<wnid>/<file>; the test split flat). Links of the official tars
-    have no folder form and are left out (with their expectations)."""
+    """The same samples in another layout: "kaggle" (ILSVRC/Data/CLS-LOC + ILSVRC/Annotations/CLS-LOC +
+    LOC_val_solution.csv) or "imagefolder" (<split>/<wnid>/<file>; the test split flat; the bbox
+    archives stay where they are, in `archives`, for --boxes). Links of the official tars have no
+    folder form and are left out (with their expectations)."""
     dest = os.fspath(dest)
     if layout not in ("kaggle", "imagefolder"):
         raise ValueError(f"unknown layout {layout!r}")
@@ -882,12 +1007,25 @@ def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
         with open(path, "wb") as f:
             f.write(data)
         expected[split][e.key] = replace(e, source=relative)
-    if layout == "kaggle":
+    if layout == "kaggle":  # the annotation XML as files under ILSVRC/Annotations/CLS-LOC/{train/<wnid>,val}/
+        for role, prefix in (("bbox_train", "train/"), ("bbox_val", "")):
+            if role not in release.archives:
+                continue
+            with tarfile.open(release.archives[role]) as tar:
+                for info in tar:
+                    if info.isreg():
+                        path = os.path.join(dest, "ILSVRC/Annotations/CLS-LOC", prefix + info.name)
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                        with open(path, "wb") as f:
+                            f.write(tar.extractfile(info).read())
         with open(os.path.join(dest, "LOC_val_solution.csv"), "w") as f:
             f.write("ImageId,PredictionString\n" + "".join(row + "\n" for row in sorted(csv_rows)))
         with open(os.path.join(dest, "LOC_synset_mapping.txt"), "wb") as f:
             f.write(_data_bytes("LOC_synset_mapping.txt"))
-    return SampleRelease(dest, {}, expected, list(release.classes))
+    # ImageFolder has no place for annotations: pass the original archives with --boxes.
+    bbox = {r: p for r, p in release.archives.items() if r.startswith("bbox_")}
+    return SampleRelease(dest, bbox, expected, list(release.classes), release.annotation_rejects,
+                         release.orphan_annotations)
 
 
 def _header_of(data: bytes) -> dict:

@@ -253,3 +253,44 @@ def test_resize_modes_give_exact_sizes_and_faithful_pixels(clean_release, tmp_pa
         reference = Image.open(io.BytesIO(source_bytes(clean_release.root, row["source"]))).convert("RGB")
         reference = np.asarray(reference.resize(target, Image.LANCZOS))
         assert psnr(stored, reference) > 30, row["key"]
+
+
+def test_boxes_joined_from_the_annotation_archives(built, release):
+    checked = 0
+    for split in ("train", "val"):
+        for row in index_rows(built, split):
+            e = release.expected[split][row["key"]]
+            assert row["has_boxes"] == bool(e.boxes), row["key"]
+            assert tuple(row["box_names"]) == e.box_names, row["key"]
+            assert len(row["boxes"]) == len(e.boxes)
+            for got, want in zip(row["boxes"], e.boxes):
+                assert got == pytest.approx(want, abs=1e-6)
+            assert row["label_disagrees"] == e.label_disagrees, row["key"]
+            assert row["loc_blacklisted"] == e.loc_blacklisted, row["key"]
+            checked += bool(e.boxes)
+    assert checked > 10
+    disagreements = sum(e.label_disagrees for e in release.expected["val"].values())
+    assert built.manifest["splits"]["val"]["label_disagreements"] == disagreements == 1
+
+
+def test_boxes_in_the_json_are_within_half_a_pixel_of_the_stored_image(built, release):
+    for path in built.shard_paths("train") + built.shard_paths("val"):
+        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+            meta = json.loads(sample["json"])
+            e = release.expected[meta["split"]][meta["key"]]
+            stored = Image.open(io.BytesIO(sample["jpg"]))
+            assert stored.size == (meta["width"], meta["height"])
+            assert len(meta["boxes_px"]) == len(e.boxes)
+            for px, want in zip(meta["boxes_px"], e.boxes):
+                scale = (stored.width, stored.height) * 2
+                assert all(abs(p - w * s) <= 0.5 for p, w, s in zip(px, want, scale)), meta["key"]
+
+
+def test_hostile_and_broken_xml_are_set_aside_and_orphans_counted(built, release):
+    rows = pq.read_table([str(built.path(p)) for p in built.manifest["annotation_rejects"]]).to_pylist()
+    assert {(r["split"], r["key"]): r["reason"] for r in rows} == release.annotation_rejects
+    assert all("root:" not in r["detail"] for r in rows)  # nothing of /etc/passwd leaked
+    assert built.manifest["orphan_annotations"] == release.orphan_annotations == 1
+    for split, key in release.annotation_rejects:  # their images are kept, without boxes
+        assert release.expected[split][key].outcome == "kept"
+        assert [r for r in index_rows(built, split) if r["key"] == key][0]["has_boxes"] is False

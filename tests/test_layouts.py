@@ -13,8 +13,10 @@ from transforms.sources import SourceError, detect_layout, discover
 def layout_build(request, release, tmp_path_factory):
     copy = export_layout(release, tmp_path_factory.mktemp(request.param), request.param)
     out = tmp_path_factory.mktemp(f"{request.param}-out") / "out"
+    boxes = [a for role in ("bbox_train", "bbox_val") for a in ("--boxes", copy.archives[role])
+             ] if request.param == "imagefolder" else []
     proc = run_cli("build", copy.root, "--out", out, "--max-reject-rate", "0.5", "--no-progress",
-                   "--shard-size", "200KB", check_code=0)
+                   "--shard-size", "200KB", *boxes, check_code=0)
     return request.param, copy, Build(out, proc)
 
 
@@ -34,6 +36,9 @@ def test_every_sample_lands_with_its_label_and_source(layout_build):
         kept = {k: e for k, e in expected.items() if e.outcome == "kept"}
         assert {r["key"]: (r["label"], r["wnid"], r["source"]) for r in rows} == {
             k: (e.label, e.wnid, e.source) for k, e in kept.items()}, split
+        # boxes from Kaggle's annotation folders, or from --boxes archives for an ImageFolder
+        assert {r["key"]: (len(r["boxes"]), tuple(r["box_names"])) for r in rows} == {
+            k: (len(e.boxes), e.box_names) for k, e in kept.items()}, split
     rejects = pq.read_table([str(b.path(p)) for p in b.manifest["rejects"]]).to_pylist()
     assert {(r["split"], r["key"]): r["reason"] for r in rejects} == {
         (split, k): e.outcome for split, es in copy.expected.items() for k, e in es.items() if e.outcome != "kept"}

@@ -21,7 +21,8 @@ GOLDEN_INDEX_COLUMNS = [
     ("label", "int64"), ("wnid", "string"), ("width", "int32"), ("height", "int32"),
     ("orig_width", "int32"), ("orig_height", "int32"), ("orig_format", "string"), ("orig_mode", "string"),
     ("reencoded", "bool"), ("sha256", "string"), ("duplicate_of", "string"), ("exif_orientation", "int32"),
-    ("boxes", "list<item: list<item: float>>"), ("source", "string"),
+    ("boxes", "list<item: list<item: float>>"), ("source", "string"), ("has_boxes", "bool"),
+    ("box_names", "list<item: string>"), ("loc_blacklisted", "bool"), ("label_disagrees", "bool"),
 ]
 
 

@@ -107,12 +107,14 @@ def test_archive_names_and_roles(release):
     root = Path(release.root)
     assert sorted(os.listdir(root)) == sorted([
         "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz",
-        "ILSVRC2012_img_test_v10102019.tar"])
+        "ILSVRC2012_img_test_v10102019.tar", "ILSVRC2012_bbox_train_v2.tar.gz", "ILSVRC2012_bbox_val_v3.tgz"])
     assert release.archives == {
         "train": str(root / "ILSVRC2012_img_train.tar"),
         "val": str(root / "ILSVRC2012_img_val.tar"),
         "devkit": str(root / "ILSVRC2012_devkit_t12.tar.gz"),
         "test": str(root / "ILSVRC2012_img_test_v10102019.tar"),
+        "bbox_train": str(root / "ILSVRC2012_bbox_train_v2.tar.gz"),
+        "bbox_val": str(root / "ILSVRC2012_bbox_val_v3.tgz"),
     }
 
 

@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from transforms.archives import IndexArchives, Labeler
+from transforms.boxes import BoxesRef
 from transforms.labels import imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
 from transforms.index import IndexFile, RejectsFile, WriteIndex, WriteRejects
@@ -73,15 +74,21 @@ def test_group_into_shards_includes_empty_shards():
     refs = _refs(3) + _refs(2, split="val")
     with TestPipeline() as p:
         grouping = GroupIntoShards(seed=0, shard_size=3000, resize_mode="none", resize_size=None, quality=90)
-        tasks = p | beam.Create(refs) | grouping
-        shape = tasks | beam.MapTuple(lambda task, rs: (task.split, task.shard_id, sorted(r.key for r in rs)))
+        members = p | "Members" >> beam.Create(refs)
+        boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
+                                            BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
+        tasks = {"members": members, "boxes": boxes} | grouping
+        shape = tasks | beam.MapTuple(lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs),
+                                                             [b.key for b in bs]))
         # each ~10-byte source estimates to ~2.8 KB: one shard per sample
-        expected = [("train", shard, sorted(r.key for r in refs[:3] if shard_of(r.key, 0, 3) == shard))
-                    for shard in range(3)]
-        expected += [("val", shard, sorted(r.key for r in refs[3:] if shard_of(r.key, 0, 2) == shard))
+        # k1's boxes meet k1 in its shard; the test split has no samples, so its annotation is an orphan
+        expected = [("train", shard, sorted(r.key for r in refs[:3] if shard_of(r.key, 0, 3) == shard),
+                     ["k1"] if shard_of("k1", 0, 3) == shard else []) for shard in range(3)]
+        expected += [("val", shard, sorted(r.key for r in refs[3:] if shard_of(r.key, 0, 2) == shard), [])
                      for shard in range(2)]
         assert_that(shape, equal_to(expected), label="tasks")
         assert_that(grouping.plan, equal_to([("train", (3, 3)), ("val", (2, 2))]), label="plan")
+        assert_that(grouping.orphans, equal_to([("test", 1)]), label="orphans")
 
 
 def test_write_shards(tmp_path):
@@ -94,11 +101,16 @@ def test_write_shards(tmp_path):
     out = tmp_path / "out"
     options = ImageOptions(resize=ResizeSpec.parse("longer:512"))
     with TestPipeline() as p:
-        written = p | beam.Create([(ShardTask("train", 0), refs)]) | WriteShards(options, str(out), 0, codec_versions())
+        boxes = [BoxesRef("n01440764_1", "train", ((0.25, 0.0, 0.75, 1.0),), ("n01440764",), 0, "b/1"),
+                 BoxesRef("n01440764_9", "train", (), (), 0, "b/9")]  # no such image: an orphan
+        written = (p | beam.Create([(ShardTask("train", 0), refs, boxes)])
+                   | WriteShards(options, str(out), 0, codec_versions()))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 1)]), label="shards")
-        assert_that(written["rows"] | beam.MapTuple(lambda t, rows: [(r.key, r.reencoded, r.size) for r in rows]),
-                    equal_to([[("n01440764_1", False, len(good))]]), label="rows")
+        assert_that(written["rows"] | beam.MapTuple(lambda t, rows: [(r.key, r.reencoded, r.size, r.boxes, r.has_boxes)
+                                                                     for r in rows]),
+                    equal_to([[("n01440764_1", False, len(good), ([0.25, 0.0, 0.75, 1.0],), True)]]), label="rows")
+        assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
         assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("n01440764_2", "not_an_image")]), label="rejects")
     shard = (out / "train" / "train-000000.tar").read_bytes()

@@ -76,6 +76,10 @@ def iter_tar_entries(fileobj: IO[bytes], base_offset: int = 0, length: Optional[
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r:")
         while True:
+            if tar.offset and length is not None:
+                # tarfile probes the byte before each header with a 1-byte read: on an object store that
+                # is one more round trip per member. `length` already catches cut-off members.
+                fileobj.seek(tar.offset)
             info = tar.next()
             if info is None:
                 break
@@ -115,6 +119,17 @@ def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSl
                 yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file")
 
 
+LEFT_OUT = "left_out"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """A member of a class the build leaves out on purpose (--classes): counted, not read."""
+
+    split: str
+    key: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Labeler:
     """Turns a member's class (from its per-class tar or folder, or from a key table) into a label.
@@ -127,14 +142,18 @@ class Labeler:
     class_index: dict
     key_classes: dict
     labelled_splits: frozenset
+    left_out: frozenset = frozenset()  # classes of the dataset this build leaves out (--classes)
 
     def classify(self, split: str, key: str, class_hint: Optional[str]) -> tuple:
-        """(label, class) for a member, or (None, why) when a labelled split has no class for it."""
+        """(label, class) for a member, (LEFT_OUT, class) for a class left out on purpose, or
+        (None, why) when a labelled split has no class for it."""
         if split not in self.labelled_splits:
             return -1, None
         name = class_hint if class_hint is not None else self.key_classes.get(split, {}).get(key)
         if name is None:
             return None, "no label for this key in the ground truth"
+        if name in self.left_out:
+            return LEFT_OUT, name
         label = self.class_index.get(name)
         if label is None:
             return None, f"{name} is not one of the build's classes"
@@ -142,8 +161,10 @@ class Labeler:
 
 
 def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, offset: int, size: int,
-            class_hint: Optional[str]) -> Union[MemberRef, Reject]:
+            class_hint: Optional[str]) -> Union[MemberRef, Reject, LeftOut]:
     label, name = labeler.classify(split, key, class_hint)
+    if label == LEFT_OUT:
+        return LeftOut(split, key)
     if label is None:
         return Reject(key, split, source, "unlabeled", name)
     return MemberRef(key=key, split=split, archive=archive, offset=offset, size=size, label=label, wnid=name,
@@ -269,6 +290,8 @@ class _ExpandArchivesFn(beam.DoFn):
                 yield pvalue.TaggedOutput("rejects", _count_reject(item))
             elif isinstance(item, MemberRef):
                 yield pvalue.TaggedOutput("members", item)
+            elif isinstance(item, LeftOut):
+                yield pvalue.TaggedOutput("left_out", item)
             else:
                 yield item
 
@@ -288,12 +311,14 @@ class _IndexUnitFn(beam.DoFn):
         for item in items:
             if isinstance(item, Reject):
                 yield pvalue.TaggedOutput("rejects", _count_reject(item))
+            elif isinstance(item, LeftOut):
+                yield pvalue.TaggedOutput("left_out", item)
             else:
                 yield item
 
 
 class IndexArchives(beam.PTransform):
-    """PBegin -> {"members": MemberRef, "rejects": Reject}: every member, headers only.
+    """PBegin -> {"members": MemberRef, "rejects": Reject, "left_out": LeftOut}: every member, headers only.
 
     Nested tars and folders of class folders are split into their classes first, and a
     Reshuffle spreads those over the workers (otherwise the whole fan-out would stay on the
@@ -311,14 +336,15 @@ class IndexArchives(beam.PTransform):
             pbegin
             | "ListArchives" >> beam.Create(self._archives)
             | "ListClassTars" >> beam.ParDo(_ExpandArchivesFn(self._labeler)).with_outputs(
-                "members", "rejects", main="units")
+                "members", "rejects", "left_out", main="units")
         )
         indexed = (
             units.units
             | "SpreadUnits" >> beam.Reshuffle()
             | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes)).with_outputs(
-                "rejects", main="members")
+                "rejects", "left_out", main="members")
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()
         rejects = (units.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
-        return {"members": members, "rejects": rejects}
+        left_out = (units.left_out, indexed.left_out) | "MergeLeftOut" >> beam.Flatten()
+        return {"members": members, "rejects": rejects, "left_out": left_out}

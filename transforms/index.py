@@ -31,6 +31,9 @@ class IndexFile:
     path: str  # relative to the manifest
     rows: int
     duplicates: int
+    with_boxes: int = 0  # samples with at least one box
+    boxes: int = 0
+    label_disagreements: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,7 @@ class RejectsFile:
     path: str
     rows: int
     by_reason: dict
+    kind: str = "images"  # "images" | "annotations"
 
 
 def duplicate_links(entries: Iterable[tuple]) -> list[tuple]:
@@ -61,15 +65,18 @@ def write_index_file(layout: OutputLayout, split: str, shard_id: int, rows: list
         rows = [dataclasses.replace(r, duplicate_of=duplicate_of.get(r.key)) for r in rows]
     relative = layout.index(split, shard_id)
     _write_parquet(layout, relative, rows_to_table(rows))
-    return IndexFile(split, shard_id, relative, len(rows), sum(1 for r in rows if r.duplicate_of))
+    return IndexFile(split, shard_id, relative, len(rows), sum(1 for r in rows if r.duplicate_of),
+                     with_boxes=sum(1 for r in rows if r.has_boxes), boxes=sum(len(r.boxes) for r in rows),
+                     label_disagreements=sum(1 for r in rows if r.label_disagrees))
 
 
-def write_rejects_file(layout: OutputLayout, split: str, rejects: list) -> RejectsFile:
+def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: str = "images") -> RejectsFile:
+    """kind "images": the images' rejects table; "annotations": the annotation files set aside."""
     rejects = sorted(rejects)
-    relative = layout.rejects(split)
+    relative = layout.rejects(split) if kind == "images" else layout.annotation_rejects(split)
     _write_parquet(layout, relative, rejects_to_table(rejects))
     by_reason = dict(sorted(collections.Counter(r.reason for r in rejects).items()))
-    return RejectsFile(split, relative, len(rejects), by_reason)
+    return RejectsFile(split, relative, len(rejects), by_reason, kind)
 
 
 # --- Beam wiring -------------------------------------------------------------------
@@ -114,17 +121,19 @@ class WriteIndex(beam.PTransform):
 
 
 class WriteRejects(beam.PTransform):
-    """Reject -> RejectsFile, one Parquet file per split that has rejects."""
+    """Reject | AnnotationReject -> RejectsFile, one Parquet file per split that has rejects."""
 
-    def __init__(self, out_root: str):
+    def __init__(self, out_root: str, kind: str = "images"):
         super().__init__()
         self._out_root = out_root
+        self._kind = kind
 
     def expand(self, rejects):
-        root = self._out_root
+        root, kind = self._out_root, self._kind
         return (
             rejects
             | "KeyBySplit" >> beam.Map(lambda r: (r.split, r))
             | "GroupBySplit" >> beam.GroupByKey()
-            | "WriteParquet" >> beam.MapTuple(lambda split, rs: write_rejects_file(OutputLayout(root), split, list(rs)))
+            | "WriteParquet" >> beam.MapTuple(
+                lambda split, rs: write_rejects_file(OutputLayout(root), split, list(rs), kind))
         )

@@ -51,3 +51,7 @@ class OutputLayout:
     @staticmethod
     def rejects(split: str) -> str:
         return f"rejects/{split}-rejects.parquet"
+
+    @staticmethod
+    def annotation_rejects(split: str) -> str:
+        return f"rejects/{split}-annotation-rejects.parquet"

@@ -25,12 +25,20 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
     """header: format-independent fields (tool, codecs, config, inputs, classes, splits read).
 
     facts: ("read", (split, n)) | ("shard", ShardInfo) | ("index", IndexFile) | ("rejects", RejectsFile)
+           | ("annotation_rejects", RejectsFile) | ("orphans", (split, n))
     """
-    read = collections.Counter()
+    read, orphans, left_out = collections.Counter(), collections.Counter(), collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
+    annotation_rejects = {}
     for kind, fact in facts:
         if kind == "read":
             read[fact[0]] += fact[1]
+        elif kind == "orphans":
+            orphans[fact[0]] += fact[1]
+        elif kind == "left_out":
+            left_out[fact[0]] += fact[1]
+        elif kind == "annotation_rejects":
+            annotation_rejects[fact.split] = fact
         elif kind == "shard":
             shards[fact.split].append(fact)
         elif kind == "index":
@@ -47,9 +55,13 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
         split_rejects = rejects.get(split)
         splits[split] = {
             "read": read[split],
+            "left_out": left_out[split],  # members of classes --classes left out (not read)
             "samples": sum(s.samples for s in split_shards),
             "rejected": split_rejects.rows if split_rejects else 0,
             "duplicates": sum(i.duplicates for i in split_index),
+            "with_boxes": sum(i.with_boxes for i in split_index),
+            "boxes": sum(i.boxes for i in split_index),
+            "label_disagreements": sum(i.label_disagreements for i in split_index),
             "bytes": sum(s.bytes for s in split_shards),
             "rejects_by_reason": split_rejects.by_reason if split_rejects else {},
             "shards": [{"path": s.path, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
@@ -66,6 +78,10 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
         "rejects": [rejects[s].path for s in sorted(rejects)],
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "duplicates": sum(s["duplicates"] for s in splits.values()),
+        "annotation_rejects": [annotation_rejects[s].path for s in sorted(annotation_rejects)],
+        "annotation_rejects_by_reason": dict(sorted(sum(
+            (collections.Counter(r.by_reason) for r in annotation_rejects.values()), collections.Counter()).items())),
+        "orphan_annotations": sum(orphans.values()),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-__all__ = ["REJECT_REASONS", "MemberRef", "Reject", "ImageRejected"]
+__all__ = ["REJECT_REASONS", "ANNOTATION_REJECT_REASONS", "MemberRef", "Reject", "AnnotationReject", "ImageRejected"]
 
 # The closed set of reasons a sample can be rejected for; one Beam counter each.
 REJECT_REASONS = (
@@ -52,6 +52,31 @@ class Reject:
     def __post_init__(self):
         if self.reason not in REJECT_REASONS:
             raise ValueError(f"unknown reject reason {self.reason!r}")
+
+
+# Why an annotation file was set aside (its image is kept, without boxes).
+ANNOTATION_REJECT_REASONS = (
+    "empty",  # zero bytes
+    "malformed_xml",  # not well-formed XML
+    "forbidden_xml",  # a DTD, entity or external reference: refused, never expanded
+    "no_size",  # no usable <size>, so boxes cannot be normalised
+    "bad_coordinates",  # non-numeric box coordinates
+)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class AnnotationReject:
+    """An annotation file that could not be used (one row of the annotation-rejects table)."""
+
+    key: str
+    split: str
+    source: str
+    reason: str  # one of ANNOTATION_REJECT_REASONS
+    detail: str
+
+    def __post_init__(self):
+        if self.reason not in ANNOTATION_REJECT_REASONS:
+            raise ValueError(f"unknown annotation reject reason {self.reason!r}")
 
 
 class ImageRejected(Exception):

@@ -35,6 +35,10 @@ INDEX_SCHEMA = pa.schema([
     pa.field("exif_orientation", pa.int32()),  # EXIF Orientation of the source (not applied), or null
     pa.field("boxes", pa.list_(BOX_TYPE), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # where the source bytes came from
+    pa.field("has_boxes", pa.bool_(), nullable=False),  # at least one box joined from the annotations
+    pa.field("box_names", pa.list_(pa.string()), nullable=False),  # object name of each box, as written
+    pa.field("loc_blacklisted", pa.bool_(), nullable=False),  # in the devkit's localisation blacklist (val)
+    pa.field("label_disagrees", pa.bool_(), nullable=False),  # annotation WNIDs exist and miss the label
 ])
 
 REJECTS_SCHEMA = pa.schema([
@@ -65,6 +69,10 @@ class IndexRow:
     exif_orientation: Optional[int]
     boxes: tuple
     source: str
+    has_boxes: bool = False
+    box_names: tuple = ()
+    loc_blacklisted: bool = False
+    label_disagrees: bool = False
 
 
 def rows_to_table(rows) -> pa.Table:

@@ -73,6 +73,8 @@ def parse_byte_size(text: str) -> int:
 
 # --- Beam wiring -------------------------------------------------------------------
 
+import typing  # noqa: E402
+
 import apache_beam as beam  # noqa: E402
 
 
@@ -84,11 +86,29 @@ def _add_pairs(pairs):
     return count, total
 
 
-class GroupIntoShards(beam.PTransform):
-    """MemberRef -> (ShardTask, [MemberRef]) for every shard of every split (empty ones too).
+@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
+class _AssignShardFn(beam.DoFn):
+    """MemberRef | BoxesRef -> ((split, shard_id), record); annotations of a split without samples -> orphans."""
 
-    Only MemberRefs (~200 bytes each) cross this shuffle, never image bytes.
-    Also exposes `self.plan`: PCollection of (split, (samples, shards)).
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def process(self, item, counts):
+        n = counts.get(item.split)
+        if n:
+            yield (item.split, shard_of(item.key, self._seed, n)), item
+        else:  # an annotation for a split with no samples at all: nothing to join with
+            yield beam.pvalue.TaggedOutput("orphans", (item.split, 1))
+
+
+class GroupIntoShards(beam.PTransform):
+    """{"members": MemberRef, "boxes": BoxesRef} -> (ShardTask, [MemberRef], [BoxesRef]) for every
+    shard of every split (empty ones too).
+
+    Only small records cross this shuffle (MemberRefs ~280 bytes, boxes), never image bytes.
+    Annotations go to the shard their key hashes to, so they meet their image there.
+    Also exposes `self.plan`: PCollection of (split, (samples, shards)), and `self.orphans`:
+    (split, 1) for each annotation of a split that has no samples.
     """
 
     def __init__(self, seed: int, shard_size: int, resize_mode: str, resize_size, quality: int):
@@ -97,10 +117,12 @@ class GroupIntoShards(beam.PTransform):
         self._shard_size = shard_size
         self._estimate = (resize_mode, resize_size, quality)
         self.plan = None
+        self.orphans = None
 
-    def expand(self, members):
+    def expand(self, inputs):
         from transforms.write_shards import ShardTask  # local: write_shards imports this module's core
 
+        members, boxes = inputs["members"], inputs["boxes"]
         seed, shard_size, (mode, size, quality) = self._seed, self._shard_size, self._estimate
         totals = (
             members
@@ -110,14 +132,29 @@ class GroupIntoShards(beam.PTransform):
         self.plan = totals | "CountShards" >> beam.MapTuple(
             lambda split, t: (split, (t[0], plan_num_shards(t[0], t[1], shard_size))))
         shard_counts = beam.pvalue.AsDict(self.plan | "ShardsPerSplit" >> beam.MapTuple(lambda s, p: (s, p[1])))
-        assigned = members | "AssignShard" >> beam.Map(
-            lambda r, counts: ((r.split, shard_of(r.key, seed, counts[r.split])), r), counts=shard_counts)
+
+        routed = (members, boxes) | "AllRecords" >> beam.Flatten() | "AssignShard" >> beam.ParDo(
+            _AssignShardFn(seed), counts=shard_counts).with_outputs("orphans", main="assigned")
+        assigned, self.orphans = routed.assigned, routed.orphans
         every_shard = self.plan | "EveryShardId" >> beam.FlatMapTuple(
             lambda split, p: [((split, i), None) for i in range(p[1])])
         return (
             (assigned, every_shard)
             | "WithEmptyShards" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "ToShardTask" >> beam.MapTuple(
-                lambda k, refs: (ShardTask(k[0], k[1]), [r for r in refs if r is not None]))
+            | "ToShardTask" >> beam.MapTuple(_to_shard_task(ShardTask))
         )
+
+
+def _to_shard_task(shard_task):
+    from transforms.records import MemberRef
+
+    def split_records(key, records):
+        refs, boxes = [], []
+        for r in records:
+            if isinstance(r, MemberRef):
+                refs.append(r)
+            elif r is not None:
+                boxes.append(r)
+        return shard_task(key[0], key[1]), refs, boxes
+    return split_records

@@ -24,11 +24,12 @@ from typing import Callable, Optional
 import fsspec
 
 from transforms.archives import Labeler
-from transforms.labels import ClassInfo, imagenet_classes, parse_validation_ground_truth
+from transforms.boxes import AnnotationSource
+from transforms.labels import ClassInfo, imagenet_classes, parse_validation_ground_truth, val_key
 from transforms.storage import open_input
 
 __all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
-           "OFFICIAL_MD5", "verify_md5"]
+           "read_devkit", "read_class_list", "OFFICIAL_MD5", "verify_md5"]
 
 # Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
 OFFICIAL_MD5 = {
@@ -42,6 +43,9 @@ VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 TEST_GLOB = "ILSVRC2012_img_test*.tar"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+BLACKLIST = "ILSVRC2012_validation_blacklist.txt"
+BBOX_GLOBS = ("ILSVRC2012_bbox_*.tar.gz", "ILSVRC2012_bbox_*.tgz", "ILSVRC2012_bbox_*.tar")
+KAGGLE_ANNOTATIONS = "ILSVRC/Annotations/CLS-LOC"
 KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
 KAGGLE_VAL_CSV = "LOC_val_solution.csv"
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -80,10 +84,41 @@ class Discovery:
     key_classes: dict  # {split: {key: class}} for splits labelled by a table
     inputs: tuple  # [{name, size}] of the files the build reads (folders: their image count is not listed)
     warnings: tuple
+    annotations: tuple = ()  # AnnotationSource of the bounding-box XML
+    loc_blacklist: frozenset = frozenset()  # val keys the devkit excludes from localisation
+    left_out: frozenset = frozenset()  # classes of the dataset left out by --classes
+
+    def select(self, splits=None, classes=None, relabel: bool = False) -> "Discovery":
+        """Only these splits and/or classes (e.g. ImageNet-100). Labels keep their index in the
+        full class list unless `relabel` compacts them to 0..K-1 (in sorted class order)."""
+        d = self
+        if splits:
+            unknown = set(splits) - {a.split for a in d.archives}
+            if unknown:
+                raise SourceError(f"--splits names {', '.join(sorted(unknown))}, which SOURCE does not have "
+                                  f"(it has {', '.join(sorted({a.split for a in d.archives}))})")
+            d = dataclasses.replace(d, archives=tuple(a for a in d.archives if a.split in splits))
+        if classes:
+            known = {c.wnid: c for c in d.classes}
+            unknown = [c for c in classes if c not in known]
+            if unknown:
+                raise SourceError(f"--classes names {len(unknown)} classes this dataset does not have, "
+                                  f"e.g. {', '.join(unknown[:5])}")
+            chosen = sorted(set(classes))
+            subset = tuple(ClassInfo(i if relabel else known[w].label, w, known[w].name) for i, w in enumerate(chosen))
+            d = dataclasses.replace(d, classes=subset, left_out=frozenset(known) - set(chosen))
+        elif relabel:
+            raise SourceError("--relabel goes with --classes")
+        return d
+
+    def with_boxes(self, urls) -> "Discovery":
+        """The same, with annotation sources given by the user (--boxes) added."""
+        extra = tuple(AnnotationSource(u, posixpath.basename(u.rstrip("/"))) for u in urls)
+        return dataclasses.replace(self, annotations=self.annotations + extra)
 
     def labeler(self) -> Labeler:
         return Labeler({c.wnid: c.label for c in self.classes}, self.key_classes,
-                       frozenset(a.split for a in self.archives if a.labelled))
+                       frozenset(a.split for a in self.archives if a.labelled), self.left_out)
 
 
 def _fs(source: str):
@@ -134,6 +169,17 @@ def _standard_classes() -> tuple:
     return imagenet_classes()
 
 
+def read_class_list(url: str) -> list:
+    """Class names (WNIDs) from a file: one a line, the first word of each line counts
+    (so LOC_synset_mapping.txt-style lines work too); blank lines and # comments are skipped."""
+    with open_input(url) as f:
+        text = f.read().decode("utf-8")
+    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise SourceError(f"{url}: no class names in it")
+    return names
+
+
 def _no_split_error(source: str, layout: str, found) -> SourceError:
     return SourceError(f"no {layout} split found in SOURCE {source!r}.\n  expected: {LAYOUTS[layout]}"
                        f"\n  found: {', '.join(sorted(found)) or 'nothing'}")
@@ -144,7 +190,7 @@ def _no_split_error(source: str, layout: str, found) -> SourceError:
 def _discover_ilsvrc2012(source: str) -> Discovery:
     fs, root, url = _fs(source)
     found = {n: (url(i["name"]), int(i.get("size") or 0)) for n, i in _entries(fs, root).items() if i["type"] == "file"}
-    archives, warnings, inputs, key_classes = [], [], [], {}
+    archives, warnings, inputs, key_classes, blacklist = [], [], [], {}, frozenset()
 
     def use(name: str, split: str, kind: str, labelled: bool) -> None:
         path, size = found[name]
@@ -162,7 +208,7 @@ def _discover_ilsvrc2012(source: str) -> Discovery:
         use(VAL_TAR, "val", "tar", labelled=True)
         path, size = found[DEVKIT]
         inputs.append({"name": DEVKIT, "size": size})
-        key_classes["val"] = read_devkit_labels(path)
+        key_classes["val"], blacklist = read_devkit(path)
     else:
         warnings.append(f"no {VAL_TAR} in SOURCE: building without the val split")
     tests = sorted(n for n in found if fnmatch.fnmatch(n, TEST_GLOB))
@@ -172,27 +218,39 @@ def _discover_ilsvrc2012(source: str) -> Discovery:
         warnings.append(f"several test tars ({', '.join(tests)}): all go into the test split")
     if not archives:
         raise _no_split_error(source, "ilsvrc2012", found)
-    return Discovery("ilsvrc2012", tuple(archives), _standard_classes(), key_classes, tuple(inputs), tuple(warnings))
+    boxes = sorted(n for n in found if any(fnmatch.fnmatch(n, g) for g in BBOX_GLOBS))
+    inputs += [{"name": n, "size": found[n][1]} for n in boxes]
+    return Discovery("ilsvrc2012", tuple(archives), _standard_classes(), key_classes, tuple(inputs), tuple(warnings),
+                     tuple(AnnotationSource(found[n][0], n) for n in boxes), blacklist)
 
 
-def _find_member(tar: tarfile.TarFile, basename: str) -> Optional[bytes]:
+def _find_members(tar: tarfile.TarFile, basenames) -> dict:
+    """{basename: bytes} of the members with those base names, at any depth (one streaming pass)."""
+    found = {}
     for info in tar:
-        if info.isreg() and posixpath.basename(info.name) == basename:
-            f = tar.extractfile(info)
-            return f.read() if f else None
-    return None
+        name = posixpath.basename(info.name)
+        if info.isreg() and name in basenames:
+            found[name] = tar.extractfile(info).read()
+    return found
+
+
+def read_devkit(devkit_url: str) -> tuple:
+    """({val key: wnid}, localisation blacklist keys) from the devkit, members found at any depth."""
+    with open_input(devkit_url) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        found = _find_members(tar, {GROUND_TRUTH, BLACKLIST})
+    if GROUND_TRUTH not in found:
+        raise SourceError(f"{devkit_url}: no {GROUND_TRUTH} inside the devkit")
+    try:
+        labels = parse_validation_ground_truth(found[GROUND_TRUTH].decode("ascii"))
+        blacklist = frozenset(val_key(int(x)) for x in found.get(BLACKLIST, b"").decode("ascii").split())
+    except ValueError as e:
+        raise SourceError(f"{devkit_url}: {e}") from None
+    return labels, blacklist
 
 
 def read_devkit_labels(devkit_url: str) -> dict[str, str]:
-    """{val key: wnid} from the devkit's ground truth, found by base name at any depth."""
-    with open_input(devkit_url) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-        data = _find_member(tar, GROUND_TRUTH)
-    if data is None:
-        raise SourceError(f"{devkit_url}: no {GROUND_TRUTH} inside the devkit")
-    try:
-        return parse_validation_ground_truth(data.decode("ascii"))
-    except ValueError as e:
-        raise SourceError(f"{devkit_url}: {e}") from None
+    """{val key: wnid} from the devkit's ground truth."""
+    return read_devkit(devkit_url)[0]
 
 
 # --- Kaggle -------------------------------------------------------------------------
@@ -233,7 +291,11 @@ def _discover_kaggle(source: str) -> Discovery:
     if not archives:
         raise _no_split_error(source, "kaggle", present)
     inputs = tuple({"name": a.name, "size": 0} for a in archives)
-    return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings))
+    annotations = ()
+    if fs.isdir(f"{root}/{KAGGLE_ANNOTATIONS}"):
+        annotations = (AnnotationSource(url(f"{root}/{KAGGLE_ANNOTATIONS}"), KAGGLE_ANNOTATIONS),)
+    return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings),
+                     annotations)
 
 
 # --- ImageFolder --------------------------------------------------------------------

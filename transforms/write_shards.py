@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import tarfile
 import time
 from typing import IO, Callable, Iterable, Optional
@@ -56,6 +57,25 @@ class ShardResult:
     shard: ShardInfo
     rows: list
     rejects: list
+    orphan_annotations: int = 0  # annotations whose image is not in this shard's split
+
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def _box_fields(ref: MemberRef, boxes, blacklist) -> dict:
+    """The index fields a sample takes from its annotation (and the devkit's blacklist)."""
+    if boxes is None:
+        return {"boxes": (), "has_boxes": False, "box_names": (), "loc_blacklisted": ref.key in blacklist,
+                "label_disagrees": False}
+    wnids = {n for n in boxes.names if _WNID.match(n)}
+    return {
+        "boxes": tuple(list(b) for b in boxes.boxes),
+        "has_boxes": bool(boxes.boxes),
+        "box_names": boxes.names,
+        "loc_blacklisted": ref.key in blacklist,
+        "label_disagrees": bool(wnids) and ref.wnid is not None and ref.wnid not in wnids,
+    }
 
 
 class _HashingWriter:
@@ -134,6 +154,9 @@ def _json_bytes(row: IndexRow) -> bytes:
     # duplicate_of is a property of the whole dataset, known only once every shard is
     # written: it lives in the Parquet index, not in the per-sample JSON.
     del fields["duplicate_of"]
+    # Boxes also in pixels of the stored image, for readers that draw or crop directly.
+    fields["boxes_px"] = [[round(b[0] * row.width, 2), round(b[1] * row.height, 2),
+                           round(b[2] * row.width, 2), round(b[3] * row.height, 2)] for b in row.boxes]
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -145,8 +168,15 @@ def write_shard(
     seed: int,
     reader: ArchiveReader,
     on_progress: Optional[Callable[[int, int], None]] = None,
+    boxes: Optional[dict] = None,
+    blacklist: frozenset = frozenset(),
 ) -> ShardResult:
-    """Build one shard file from its members; the file appears only when complete."""
+    """Build one shard file from its members; the file appears only when complete.
+
+    boxes: {key: BoxesRef} of the annotations that hash to this shard.
+    blacklist: keys in the devkit's localisation blacklist.
+    """
+    boxes = boxes or {}
     members, rejects = order_members(refs, seed)
     relative = layout.shard(task.split, task.shard_id)
     rows = []
@@ -172,7 +202,8 @@ def write_shard(
                 orig_width=image.orig_width, orig_height=image.orig_height,
                 orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
                 sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
-                exif_orientation=image.exif_orientation, boxes=(), source=ref.source,
+                exif_orientation=image.exif_orientation, source=ref.source,
+                **_box_fields(ref, boxes.get(ref.key), blacklist),
             )
             tar.add(f"{ref.key}.json", _json_bytes(row))
             rows.append(row)
@@ -183,7 +214,8 @@ def write_shard(
     if on_progress:
         on_progress(len(members), len(members))
     info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest)
-    return ShardResult(info, rows, rejects)
+    orphans = len(set(boxes) - {r.key for r in refs})
+    return ShardResult(info, rows, rejects, orphans)
 
 
 # --- Beam wiring -------------------------------------------------------------------
@@ -208,8 +240,19 @@ def check_codecs(expected: dict) -> None:
                            "install pillow-simd as the README says (make install)")
 
 
+def _boxes_by_key(boxes) -> dict:
+    from transforms.boxes import merge_boxes
+
+    grouped = {}
+    for b in boxes:
+        grouped.setdefault(b.key, []).append(b)
+    return {key: merge_boxes(refs) for key, refs in grouped.items()}
+
+
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict, progress_dir: Optional[str]):
+    def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict, progress_dir: Optional[str],
+                 blacklist: frozenset):
+        self._blacklist = blacklist
         self._options = options
         self._out_root = out_root
         self._seed = seed
@@ -235,9 +278,11 @@ class _WriteShardFn(beam.DoFn):
         return report
 
     def process(self, element):
-        task, refs = element
+        task, refs, boxes = element
         result = write_shard(task, refs, self._options, self._layout, self._seed, self._reader,
-                             self._heartbeat(task))
+                             self._heartbeat(task), _boxes_by_key(boxes), self._blacklist)
+        if result.orphan_annotations:
+            yield pvalue.TaggedOutput("orphans", (task.split, result.orphan_annotations))
         beam.metrics.Metrics.counter("samples", task.split).inc(len(result.rows))
         for reject in result.rejects:
             beam.metrics.Metrics.counter("rejects", reject.reason).inc()
@@ -250,13 +295,15 @@ class _WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """(ShardTask, [MemberRef]) -> {"shards": ShardInfo, "rows": (ShardTask, [IndexRow]), "rejects": Reject}."""
+    """(ShardTask, [MemberRef], [BoxesRef]) -> {"shards": ShardInfo, "rows": (ShardTask, [IndexRow]),
+    "rejects": Reject, "orphans": (split, annotations without an image)}."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
-                 progress_dir: Optional[str] = None):
+                 progress_dir: Optional[str] = None, blacklist: frozenset = frozenset()):
         super().__init__()
-        self._fn = _WriteShardFn(options, out_root, seed, codecs, progress_dir)
+        self._fn = _WriteShardFn(options, out_root, seed, codecs, progress_dir, blacklist)
 
     def expand(self, tasks):
-        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("rows", "rejects", main="shards")
-        return {"shards": out.shards, "rows": out.rows, "rejects": out.rejects}
+        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("rows", "rejects", "orphans",
+                                                                              main="shards")
+        return {"shards": out.shards, "rows": out.rows, "rejects": out.rejects, "orphans": out.orphans}

@@ -1,0 +1,223 @@
+"""SOURCE and --out as s3:// URLs, against a real S3 API server on loopback (moto's server, through s3fs).
+
+The build runs as the real command line in a subprocess, its Beam workers in further processes:
+they all reach the server through the environment (tests/s3server.py). The server logs every
+response it sends, which is how the archives are shown to be read by ranged GETs, never whole.
+"""
+import hashlib
+import io
+import json
+import os
+import posixpath
+import subprocess
+import tarfile
+
+import fsspec.config
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from conftest import CLI, REPO
+from s3server import S3Server
+
+BUILD_OPTIONS = ["--no-progress", "--max-reject-rate", "0.5", "--shard-size", "120KB", "--direct_num_workers", "2"]
+TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_test_v10102019.tar")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """The server, with this process's environment and fsspec's config pointed at it for the module."""
+    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env.items():
+            mp.setenv(name, value)
+        # fsspec read FSSPEC_* at import, long before: set what it would have read from them.
+        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+        yield server
+
+
+def run_cli(s3, *args):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, **s3.env, "PYTHONUNBUFFERED": "1"})
+
+
+def check(proc, code=0):
+    assert proc.returncode == code, f"exit {proc.returncode} != {code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def kept(release, split):
+    return {k: e for k, e in release.expected[split].items() if e.outcome == "kept"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def s3_source(s3, release):
+    """The release's files uploaded with s3fs: s3://BUCKET/src/<name>."""
+    files = sorted(os.path.relpath(os.path.join(d, n), release.root)
+                   for d, _, names in os.walk(release.root) for n in names)
+    assert set(TARS) <= set(files)
+    for name in files:
+        s3.fs.put_file(os.path.join(release.root, name), f"{s3.bucket}/src/{name}")
+    assert sorted(p[len(f"{s3.bucket}/src/"):] for p in s3.fs.find(f"{s3.bucket}/src")) == files
+    return s3.url("src")
+
+
+class RemoteBuild:
+    def __init__(self, s3, url, proc, requests):
+        self.fs = s3.fs
+        self.url = url
+        self.root = url[len("s3://"):]
+        self.proc = proc
+        self.requests = requests  # what the server sent during the build
+        self.manifest = json.loads(self.fs.cat(f"{self.root}/manifest.json"))
+
+    def path(self, relative):
+        return f"{self.root}/{relative}"
+
+
+@pytest.fixture(scope="module")
+def s3_build(s3, s3_source):
+    """s3:// SOURCE -> s3:// --out, with the server's log of the build."""
+    s3.clear_log()
+    out = s3.url("out")
+    proc = check(run_cli(s3, "build", s3_source, "--out", out, *BUILD_OPTIONS))
+    return RemoteBuild(s3, out, proc, s3.requests())
+
+
+@pytest.fixture(scope="module")
+def s3_shards(s3_build, tmp_path_factory):
+    """{relative shard path: local copy} of every shard of the S3 build, fetched with s3fs."""
+    local = tmp_path_factory.mktemp("s3-shards")
+    copies = {}
+    for split, s in s3_build.manifest["splits"].items():
+        for shard in s["shards"]:
+            target = local / shard["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3_build.fs.get(s3_build.path(shard["path"]), str(target))
+            copies[shard["path"]] = target
+    return copies
+
+
+def test_s3_to_s3_build_reads_back_with_webdataset_and_pyarrow(s3_build, s3_shards, release):
+    m, fs = s3_build.manifest, s3_build.fs
+    assert m["format"] == "imagenet-shards/1" and m["layout"] == "ilsvrc2012"
+    assert {i["name"] for i in m["inputs"]} >= {*TARS, "ILSVRC2012_devkit_t12.tar.gz"}
+    assert set(m["splits"]) == {"train", "val", "test"}
+    assert len(m["splits"]["train"]["shards"]) > 3
+    # Everything the manifest lists is in the bucket; no temporary file or progress folder is left there.
+    listed = {s["path"] for sp in m["splits"].values() for s in sp["shards"]}
+    listed |= {p for sp in m["splits"].values() for p in sp["index"]} | set(m["rejects"]) | {"manifest.json"}
+    in_bucket = {p[len(s3_build.root) + 1:] for p in fs.find(s3_build.root)}
+    assert listed <= in_bucket
+    assert [p for p in in_bucket if any(part.startswith((".", "_")) or "tmp" in part or part.endswith(".part")
+                                        for part in p.split("/"))] == []
+
+    for split, s in m["splits"].items():
+        expected = release.expected[split]
+        assert s["read"] == len(expected) == s["samples"] + s["rejected"], split
+        # shards: the bytes in the bucket are the ones the manifest describes
+        for shard in s["shards"]:
+            data = s3_shards[shard["path"]].read_bytes()
+            assert (len(data), sha256(data)) == (shard["bytes"], shard["sha256"]), shard["path"]
+            assert fs.size(s3_build.path(shard["path"])) == shard["bytes"]
+        # webdataset over the shards: every kept key once, with its label
+        seen = {}
+        urls = [str(s3_shards[shard["path"]]) for shard in s["shards"]]
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            assert sample["__key__"] not in seen
+            seen[sample["__key__"]] = int(sample["cls"])
+            assert json.loads(sample["json"])["key"] == sample["__key__"]
+        assert seen == {k: e.label for k, e in kept(release, split).items()}, split
+        # the Parquet index, read by pyarrow through s3fs
+        rows = pq.read_table([s3_build.path(p) for p in s["index"]], filesystem=fs).to_pylist()
+        assert {r["key"]: r["label"] for r in rows} == seen
+        assert len(rows) == len(seen)
+
+    rejects = pq.read_table([s3_build.path(p) for p in m["rejects"]], filesystem=fs).to_pylist()
+    assert {(r["split"], r["key"]): r["reason"] for r in rejects} == {
+        (split, k): e.outcome for split, es in release.expected.items() for k, e in es.items() if e.outcome != "kept"}
+
+
+def test_s3_index_offsets_point_at_the_jpeg_payloads_by_ranged_read(s3_build, s3_shards):
+    for split, s in s3_build.manifest["splits"].items():
+        for row in pq.read_table([s3_build.path(p) for p in s["index"]], filesystem=s3_build.fs).to_pylist():
+            # one seek and one read, on the object in the bucket
+            with s3_build.fs.open(s3_build.path(row["shard"]), "rb", cache_type="none") as f:
+                f.seek(row["offset"])
+                payload = f.read(row["size"])
+            with tarfile.open(s3_shards[row["shard"]]) as tar:
+                assert tar.extractfile(f"{row['key']}.jpg").read() == payload, row["key"]
+            assert payload[:2] == b"\xff\xd8"
+
+
+def test_s3_source_gives_the_same_shards_as_a_local_build(s3, s3_source, s3_build, s3_shards, built, tmp_path):
+    """s3:// -> local and s3:// -> s3:// are byte-identical to local -> local (conftest's `built`, same options)."""
+    proc = check(run_cli(s3, "build", s3_source, "--out", tmp_path / "out", *BUILD_OPTIONS))
+    local_manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert built.manifest["config"] == local_manifest["config"] == s3_build.manifest["config"], \
+        "conftest's `built` no longer uses BUILD_OPTIONS: keep them in step"
+    assert built.manifest["inputs"] == local_manifest["inputs"] == s3_build.manifest["inputs"]
+    for split in built.manifest["splits"]:
+        reference = built.manifest["splits"][split]["shards"]
+        assert local_manifest["splits"][split]["shards"] == reference, split
+        assert s3_build.manifest["splits"][split]["shards"] == reference, split
+        for shard in reference:
+            want = sha256(built.path(shard["path"]).read_bytes())
+            assert sha256((tmp_path / "out" / shard["path"]).read_bytes()) == want, shard["path"]
+            assert sha256(s3_shards[shard["path"]].read_bytes()) == want, shard["path"]
+        for index in built.manifest["splits"][split]["index"]:
+            assert (tmp_path / "out" / index).read_bytes() == built.path(index).read_bytes(), index
+    assert "manifest:" in proc.stderr
+
+
+def leaf_sizes(data: bytes) -> set:
+    """Sizes of the files in a tar, looking inside the tars it holds (the train tar's class tars)."""
+    sizes = set()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            if m.isreg() and m.name.endswith(".tar"):
+                sizes |= leaf_sizes(tar.extractfile(m).read())
+            elif m.isreg():
+                sizes.add(m.size)
+    return sizes
+
+
+def test_archives_are_read_by_ranged_gets_never_whole(s3_build, release):
+    gets = {}
+    for r in s3_build.requests:
+        if r.method == "GET" and r.key.startswith("src/"):
+            gets.setdefault(posixpath.basename(r.key), []).append(r)
+    assert set(gets) >= set(TARS)
+    rows = [r for s in s3_build.manifest["splits"].values()
+            for r in pq.read_table([s3_build.path(p) for p in s["index"]], filesystem=s3_build.fs).to_pylist()]
+    for name in TARS:
+        with open(os.path.join(release.root, name), "rb") as f:
+            data = f.read()
+        size, members = len(data), leaf_sizes(data)
+        requests = gets[name]
+        for r in requests:
+            # a bounded range, answered with exactly those bytes
+            assert r.status == 206 and r.range and r.range.startswith("bytes="), (name, r)
+            first, last = (int(x) for x in r.range[len("bytes="):].split("-"))
+            assert r.sent == min(last + 1, size) - first, (name, r)
+            # a tar header (512 bytes; tarfile's 1-byte end-of-member probe) or exactly one image:
+            # never a block of several members, let alone the archive
+            assert r.sent <= 512 or r.sent in members, (name, r)
+            assert r.sent < 2_000_000
+        # In all, each byte about once: less than the archive (padding and end blocks are never read),
+        # at least the images that were kept from it.
+        total = sum(r.sent for r in requests)
+        kept_bytes = sum(r["size"] for r in rows if r["source"].split("/")[0] == name and not r["reencoded"])
+        assert kept_bytes <= total <= size, (name, total, size)
+        assert len(requests) > len(members) / 2, name
+
+
+def test_out_holding_a_previous_s3_build_needs_overwrite(s3, s3_source, s3_build):
+    before = s3_build.fs.cat(s3_build.path("manifest.json"))
+    proc = run_cli(s3, "build", s3_source, "--out", s3_build.url, "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert "holds a previous build" in proc.stderr and "--overwrite" in proc.stderr
+    assert s3_build.fs.cat(s3_build.path("manifest.json")) == before

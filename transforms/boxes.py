@@ -1,0 +1,108 @@
+"""Bounding boxes: from annotation XML (or Kaggle's CSV) to the shard that holds the image.
+
+Contract:
+  annotation sources (archives or folders of Pascal VOC XML)
+    -> BoxesRef(key, split, boxes, ...)   small records, joined with the images in the shuffle
+                                          that already groups samples into shards (no side input
+                                          holding 544k annotations in every worker)
+    -> AnnotationReject (an annotation-rejects table of its own; the image is kept without boxes)
+An XML's split comes from its key: ILSVRC20xx_val_* -> val, ILSVRC20xx_test_* -> test, else
+train (how every ImageNet release names its files).
+
+The convention every reader must agree on is parse_voc_xml's (transforms/annotations.py):
+x / W and y / H with W, H from <size> as given, min/max swapped when reversed, clipped to
+[0, 1], zero-area boxes dropped. Resizing keeps the aspect ratio, so normalised boxes hold
+in the stored image's frame unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterator, Optional, Union
+
+from transforms.annotations import AnnotationRejected, annotation_key, iter_annotation_archive, parse_voc_xml
+from transforms.records import AnnotationReject
+
+__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes"]
+
+_EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationSource:
+    url: str
+    name: str  # readable, the prefix of rejects' `source`
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxesRef:
+    """The boxes of one image, on their way to its shard."""
+
+    key: str
+    split: str
+    boxes: tuple  # ((xmin, ymin, xmax, ymax), ...) normalised to [0, 1]
+    names: tuple  # the object name of each box, as written (a WNID or e.g. a breed name)
+    dropped: int  # zero-area boxes dropped
+    source: str
+    from_xml: bool = True  # XML wins over CSV where both give boxes
+
+
+def split_of_key(key: str) -> str:
+    m = _EVAL_KEY.match(key)
+    return m.group(1) if m else "train"
+
+
+def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, AnnotationReject]]:
+    """Every XML of an archive or folder, parsed; hostile or broken XML becomes a Reject."""
+    for path, data in iter_annotation_archive(src.url):
+        key = annotation_key(path)
+        split = split_of_key(key)
+        source = f"{src.name}/{path}"
+        try:
+            ann = parse_voc_xml(data, key)
+        except AnnotationRejected as e:
+            yield AnnotationReject(key, split, source, e.reason, e.detail)
+            continue
+        yield BoxesRef(key, split, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in ann.boxes),
+                       tuple(b.name for b in ann.boxes), ann.dropped_boxes, source)
+
+
+def merge_boxes(refs: list) -> Optional[BoxesRef]:
+    """One image's boxes from several sources: the first XML wins (by source), else the first CSV."""
+    if not refs:
+        return None
+    return sorted(refs, key=lambda r: (not r.from_xml, r.source))[0]
+
+
+# --- Beam wiring -------------------------------------------------------------------
+
+import apache_beam as beam  # noqa: E402
+from apache_beam import pvalue  # noqa: E402
+
+
+class _ReadSourceFn(beam.DoFn):
+    def process(self, src: AnnotationSource):
+        for item in read_annotation_source(src):
+            if isinstance(item, AnnotationReject):
+                beam.metrics.Metrics.counter("annotation_rejects", item.reason).inc()
+                yield pvalue.TaggedOutput("rejects", item)
+            else:
+                beam.metrics.Metrics.counter("annotations", "read").inc()
+                yield item
+
+
+class ReadAnnotations(beam.PTransform):
+    """PBegin -> {"boxes": BoxesRef, "rejects": AnnotationReject}. gz archives are streamed once."""
+
+    def __init__(self, sources):
+        super().__init__()
+        self._sources = list(sources)
+
+    def expand(self, pbegin):
+        out = (
+            pbegin
+            | "ListSources" >> beam.Create(self._sources)
+            | "SpreadSources" >> beam.Reshuffle()
+            | "ParseXml" >> beam.ParDo(_ReadSourceFn()).with_outputs("rejects", main="boxes")
+        )
+        return {"boxes": out.boxes, "rejects": out.rejects}
