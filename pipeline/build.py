@@ -50,7 +50,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     out = config.out
 
     # -> members: MemberRef(key, split, archive, offset, size, label, wnid, source); rejects: Reject
-    indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler())
+    indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
+                                                     discovery.holdout_per_class, config.seed)
     members, index_rejects = indexed["members"], indexed["rejects"]
 
     # -> boxes: BoxesRef(key, split, boxes, names); rejects: AnnotationReject (hostile or broken XML)

@@ -9,6 +9,7 @@ or unusable input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,8 @@ import fsspec
 
 from pipeline.options import BuildConfig, UsageError, add_build_arguments, beam_options, config_from_args
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
-from transforms.sources import OFFICIAL_MD5, SourceError, discover, read_class_list, verify_md5
+from transforms.sources import (OFFICIAL_MD5, SourceError, discover, read_class_list, stage_gzipped_tar,
+                               verify_md5)
 from transforms.storage import is_local
 
 __all__ = ["main", "run_build"]
@@ -165,6 +167,29 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
         _say(f"FAILED: {manifest.get('error', status)}")
 
 
+def _stage(discovery, staging: str):
+    """A gzipped tar cannot be read by ranges: one sequential pass copies its class tars to
+    the output's staging area, and the build reads those instead."""
+    from tqdm import tqdm
+
+    spec = discovery.needs_staging
+    _say(f"staging the class tars of {spec.name} (gzip cannot be read by ranges: one sequential pass)")
+    with tqdm(unit="B", unit_scale=True, desc="staging", file=sys.stderr, disable=None) as bar:
+        stage_gzipped_tar(spec, staging, bar.update)
+    staged = discover(staging, "in21k")
+    return dataclasses.replace(staged, inputs=discovery.inputs)
+
+
+def _refine(discovery, config: BuildConfig):
+    """Apply the options that narrow or relabel what was discovered."""
+    if config.label_map:
+        discovery = discovery.with_label_map(read_class_list(config.label_map))
+    if config.val_per_class:
+        discovery = discovery.with_holdout(config.val_per_class)
+    classes = read_class_list(config.classes_file) if config.classes_file else None
+    return discovery.with_boxes(config.boxes).select(config.splits, classes, config.relabel)
+
+
 def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
     import apache_beam as beam
 
@@ -174,21 +199,25 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
 
     options = beam_options(beam_args)
     started = time.monotonic()
+    layout = OutputLayout(config.out)
     if discovery is None:
-        classes = read_class_list(config.classes_file) if config.classes_file else None
-        discovery = (discover(config.source, config.layout).with_boxes(config.boxes)
-                     .select(config.splits, classes, config.relabel))
+        discovery = discover(config.source, config.layout)
+    if not discovery.needs_staging:
+        discovery = _refine(discovery, config)  # usage errors before OUT is touched
+    if config.verify_inputs:
+        _verify_inputs(discovery)
+    prepare_output(config)
+    staging = None
+    if discovery.needs_staging:
+        staging = layout.url(f"_staging/{discovery.needs_staging.name}")
+        discovery = _refine(_stage(discovery, staging), config)
     for w in discovery.warnings:
         _say(f"warning: {w}")
     _say(f"layout: {discovery.layout}; splits: "
          + ", ".join(f"{a.split} <- {a.name}" for a in discovery.archives))
     if discovery.annotations:
         _say("boxes: " + ", ".join(a.name for a in discovery.annotations))
-    if config.verify_inputs:
-        _verify_inputs(discovery)
-    prepare_output(config)
 
-    layout = OutputLayout(config.out)
     local = is_local_runner(options) and is_local(config.out)
     progress_dir = None
     if local and config.progress:
@@ -208,6 +237,9 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
             import shutil
 
             shutil.rmtree(progress_dir, ignore_errors=True)
+        if staging:
+            fs, path = fsspec.core.url_to_fs(layout.url("_staging"))
+            fs.rm(path, recursive=True)
     wall = time.monotonic() - started
 
     fs, _ = fsspec.core.url_to_fs(config.out)

@@ -36,6 +36,8 @@ class BuildConfig:
     splits: tuple
     classes_file: Optional[str]
     relabel: bool
+    label_map: Optional[str]
+    val_per_class: int
     resize: ResizeSpec
     quality: int
     reencode: str
@@ -64,6 +66,8 @@ class BuildConfig:
             "splits": list(self.splits),
             "classes_file": self.classes_file,
             "relabel": self.relabel,
+            "label_map": self.label_map,
+            "val_per_class": self.val_per_class,
         }
 
 
@@ -123,7 +127,12 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
                             help="only these classes: a file with one WNID (class name) a line, e.g. ImageNet-100")
         parser.add_argument("--relabel", action="store_true",
                             help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
-        parser.add_argument("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder"), default=None,
+        parser.add_argument("--label-map", metavar="FILE", default=None,
+                            help="labels = line index of the class in FILE (one WNID a line; ImageNet-21k orders)")
+        parser.add_argument("--val-per-class", type=int, default=0, metavar="N",
+                            help="hold out N train images per class as val, chosen by the seeded key hash "
+                                 "(datasets without a val split, e.g. ImageNet-21k)")
+        parser.add_argument("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder", "in21k"), default=None,
                             help="how SOURCE is laid out (default: detected)")
     parser.add_argument("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
                         help="longer:N | shorter:N | none (default longer:512); never upscales")
@@ -148,7 +157,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         source=args.source, out=args.out, layout=getattr(args, "layout", None),
         boxes=tuple(getattr(args, "boxes", ())), splits=tuple(getattr(args, "splits", ())),
-        classes_file=getattr(args, "classes_file", None), relabel=getattr(args, "relabel", False), resize=args.resize, quality=args.quality, reencode=args.reencode,
+        classes_file=getattr(args, "classes_file", None), relabel=getattr(args, "relabel", False),
+        label_map=getattr(args, "label_map", None), val_per_class=getattr(args, "val_per_class", 0), resize=args.resize, quality=args.quality, reencode=args.reencode,
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
         progress=args.progress,

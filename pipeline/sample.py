@@ -987,6 +987,8 @@ def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
     archives stay where they are, in `archives`, for --boxes). Links of the official tars have no
     folder form and are left out (with their expectations)."""
     dest = os.fspath(dest)
+    if layout.startswith("in21k"):
+        return _export_in21k(release, dest, layout)
     if layout not in ("kaggle", "imagefolder"):
         raise ValueError(f"unknown layout {layout!r}")
     expected = {split: {} for split in release.expected}
@@ -1026,6 +1028,40 @@ def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
     bbox = {r: p for r, p in release.archives.items() if r.startswith("bbox_")}
     return SampleRelease(dest, bbox, expected, list(release.classes), release.annotation_rejects,
                          release.orphan_annotations)
+
+
+def _export_in21k(release: SampleRelease, dest: str, layout: str) -> SampleRelease:
+    """The train class tars as ImageNet-21k ships them: "in21k_folder" (<wnid>.tar files),
+    "in21k_tar" (fall11_whole.tar, a tar of them) or "in21k_gz" (winter21_whole.tar.gz).
+    Labels become the index in the sorted WNIDs present; only the train split exists."""
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(release.archives["train"]) as outer:
+        class_tars = [(os.path.basename(i.name), outer.extractfile(i).read()) for i in outer if i.isreg()]
+    wnids = sorted(name[: -len(".tar")] for name, _ in class_tars)
+    if layout == "in21k_folder":
+        for name, data in class_tars:
+            with open(os.path.join(dest, name), "wb") as f:
+                f.write(data)
+        prefix = ""
+    else:
+        raw = _tar_bytes([_Member(f"winter21_whole/{n}", "", "", d) for n, d in class_tars])
+        if layout == "in21k_tar":
+            name, payload = "fall11_whole.tar", raw
+        else:
+            buf = io.BytesIO()
+            with gzip.GzipFile(filename="winter21_whole.tar", mode="wb", fileobj=buf, mtime=_MTIME) as gz:
+                gz.write(raw)
+            name, payload = "winter21_whole.tar.gz", buf.getvalue()
+        with open(os.path.join(dest, name), "wb") as f:
+            f.write(payload)
+        prefix = f"{name}/winter21_whole/" if layout == "in21k_tar" else ""
+    expected = {"train": {}}
+    for key, e in release.expected["train"].items():  # class tars are copied whole: links and faults stay
+        wnid_source = e.source.split("/", 1)[1]  # "<wnid>.tar/<member>"
+        expected["train"][key] = replace(e, label=wnids.index(e.wnid) if e.wnid in wnids else e.label,
+                                         source=prefix + wnid_source, boxes=(), box_names=(),
+                                         label_disagrees=False)
+    return SampleRelease(dest, {}, expected, wnids)
 
 
 def _header_of(data: bytes) -> dict:

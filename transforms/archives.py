@@ -29,7 +29,7 @@ from transforms.records import MemberRef, Reject
 from transforms.storage import RangeFile, file_size, open_input
 
 __all__ = ["TarSlice", "FolderSlice", "TarEntry", "Labeler", "sample_key", "folder_member_key", "index_folder",
-           "expand_archive", "iter_tar_entries", "list_inner_tars", "index_tar_slice"]
+           "expand_archive", "hold_out", "iter_tar_entries", "list_inner_tars", "index_tar_slice"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +243,17 @@ def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberR
         yield _member(labeler, key, piece.split, f"{piece.source}/{relative}", url, 0, size, piece.wnid)
 
 
+def hold_out(items: list, per_class: int, seed: int) -> list:
+    """Move `per_class` samples of one class from train to val: those whose seeded key hash is
+    smallest, so the choice is deterministic and independent of archive order."""
+    from transforms.sharding import key_hash
+
+    refs = [i for i in items if isinstance(i, MemberRef) and i.split == "train"]
+    chosen = {r.key for r in sorted(refs, key=lambda r: (key_hash(r.key, seed), r.key))[:per_class]}
+    return [dataclasses.replace(i, split="val") if isinstance(i, MemberRef) and i.key in chosen else i
+            for i in items]
+
+
 def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject]]:
     """An ArchiveSpec -> the units indexed in parallel (class tars, class folders, whole tars)."""
     if spec.kind == "nested_tar":
@@ -299,15 +310,19 @@ class _ExpandArchivesFn(beam.DoFn):
 class _IndexUnitFn(beam.DoFn):
     """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
 
-    def __init__(self, labeler: Labeler, sizes: dict):
+    def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int):
         self._labeler = labeler
         self._sizes = sizes
+        self._holdout = holdout
+        self._seed = seed
 
     def process(self, piece):
         if isinstance(piece, FolderSlice):
             items = index_folder(piece, self._labeler)
         else:
             items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive))
+        if self._holdout and piece.wnid is not None:  # one unit = one whole class
+            items = hold_out(list(items), self._holdout, self._seed)
         for item in items:
             if isinstance(item, Reject):
                 yield pvalue.TaggedOutput("rejects", _count_reject(item))
@@ -325,10 +340,12 @@ class IndexArchives(beam.PTransform):
     worker that listed it).
     """
 
-    def __init__(self, archives, labeler: Labeler):
+    def __init__(self, archives, labeler: Labeler, holdout_per_class: int = 0, seed: int = 0):
         super().__init__()
         self._archives = list(archives)
         self._labeler = labeler
+        self._holdout = holdout_per_class
+        self._seed = seed
 
     def expand(self, pbegin):
         sizes = {a.url: a.size for a in self._archives}
@@ -341,7 +358,7 @@ class IndexArchives(beam.PTransform):
         indexed = (
             units.units
             | "SpreadUnits" >> beam.Reshuffle()
-            | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes)).with_outputs(
+            | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes, self._holdout, self._seed)).with_outputs(
                 "rejects", "left_out", main="members")
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()

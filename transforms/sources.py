@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import io
 import posixpath
+import re
 import tarfile
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ from transforms.labels import ClassInfo, imagenet_classes, parse_validation_grou
 from transforms.storage import open_input
 
 __all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
-           "read_devkit", "read_class_list", "OFFICIAL_MD5", "verify_md5"]
+           "read_devkit", "read_class_list", "stage_gzipped_tar", "OFFICIAL_MD5", "verify_md5"]
 
 # Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
 OFFICIAL_MD5 = {
@@ -56,7 +57,11 @@ LAYOUTS = {
     "kaggle": f"{KAGGLE_DATA}/train/<wnid>/*.JPEG, {KAGGLE_DATA}/val/*.JPEG with {KAGGLE_VAL_CSV}, "
               f"optionally {KAGGLE_DATA}/test/",
     "imagefolder": "<split>/<class>/<image> with split folders named train, val (or validation), test",
+    "in21k": "ImageNet-21k: per-class tars <wnid>.tar in a folder, or a tar (fall11_whole.tar) or gzipped tar "
+             "(winter21_whole.tar.gz) of them",
 }
+_CLASS_TAR = re.compile(r"^n\d{8}\.tar$")
+_WHOLE = re.compile(r".*\.(tar|tar\.gz|tgz)$")
 
 
 class SourceError(Exception):
@@ -87,6 +92,8 @@ class Discovery:
     annotations: tuple = ()  # AnnotationSource of the bounding-box XML
     loc_blacklist: frozenset = frozenset()  # val keys the devkit excludes from localisation
     left_out: frozenset = frozenset()  # classes of the dataset left out by --classes
+    needs_staging: Optional[ArchiveSpec] = None  # a gzipped tar of class tars: stage it, then discover again
+    holdout_per_class: int = 0  # --val-per-class: train images per class moved to val (by seeded key hash)
 
     def select(self, splits=None, classes=None, relabel: bool = False) -> "Discovery":
         """Only these splits and/or classes (e.g. ImageNet-100). Labels keep their index in the
@@ -111,14 +118,25 @@ class Discovery:
             raise SourceError("--relabel goes with --classes")
         return d
 
+    def with_label_map(self, wnids) -> "Discovery":
+        """Labels from a list (one WNID a line, e.g. a 21k model's order) instead of sorted order;
+        classes present but missing from the list become `unlabeled` rejects."""
+        return dataclasses.replace(self, classes=_class_infos(wnids))
+
+    def with_holdout(self, per_class: int) -> "Discovery":
+        if any(a.split == "val" for a in self.archives):
+            raise SourceError("--val-per-class: this dataset has a val split already")
+        return dataclasses.replace(self, holdout_per_class=per_class)
+
     def with_boxes(self, urls) -> "Discovery":
         """The same, with annotation sources given by the user (--boxes) added."""
         extra = tuple(AnnotationSource(u, posixpath.basename(u.rstrip("/"))) for u in urls)
         return dataclasses.replace(self, annotations=self.annotations + extra)
 
     def labeler(self) -> Labeler:
-        return Labeler({c.wnid: c.label for c in self.classes}, self.key_classes,
-                       frozenset(a.split for a in self.archives if a.labelled), self.left_out)
+        labelled = {a.split for a in self.archives if a.labelled} | ({"val"} if self.holdout_per_class else set())
+        return Labeler({c.wnid: c.label for c in self.classes}, self.key_classes, frozenset(labelled),
+                       self.left_out)
 
 
 def _fs(source: str):
@@ -148,7 +166,7 @@ def discover(source: str, layout: Optional[str] = None) -> Discovery:
     if layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}")
     return {"ilsvrc2012": _discover_ilsvrc2012, "kaggle": _discover_kaggle,
-            "imagefolder": _discover_imagefolder}[layout](source)
+            "imagefolder": _discover_imagefolder, "in21k": _discover_in21k}[layout](source)
 
 
 def detect_layout(source: str) -> str:
@@ -160,6 +178,8 @@ def detect_layout(source: str) -> str:
         return "kaggle"
     if any(n.lower() in SPLIT_NAMES and names[n]["type"] == "directory" for n in names):
         return "imagefolder"
+    if any(_CLASS_TAR.match(n) for n in names) or any("whole" in n and _WHOLE.match(n) for n in names):
+        return "in21k"
     found = ", ".join(sorted(names)[:20]) or "nothing"
     expected = "\n".join(f"  {name}: {what}" for name, what in LAYOUTS.items())
     raise SourceError(f"SOURCE {source!r} is in no layout this tool knows.\nfound: {found}\nexpected one of:\n{expected}")
@@ -335,6 +355,57 @@ def _discover_imagefolder(source: str) -> Discovery:
         classes = tuple(ClassInfo(i, name, name) for i, name in enumerate(sorted(class_names)))
     inputs = tuple({"name": a.name, "size": 0} for a in archives)
     return Discovery("imagefolder", tuple(archives), classes, {}, inputs, tuple(warnings))
+
+
+# --- ImageNet-21k -------------------------------------------------------------------
+
+def _class_infos(wnids) -> tuple:
+    names = {c.wnid: c.name for c in imagenet_classes()}
+    return tuple(ClassInfo(i, w, names.get(w, "")) for i, w in enumerate(wnids))
+
+
+def _discover_in21k(source: str) -> Discovery:
+    """Per-class tars in SOURCE, or one tar / gzipped tar of them (train only: 21k has no val;
+    --val-per-class holds some out). Labels: index in the sorted WNIDs present (or --label-map)."""
+    from transforms.archives import list_inner_tars
+
+    fs, root, url = _fs(source)
+    entries = {n: i for n, i in _entries(fs, root).items() if i["type"] == "file"}
+    class_tars = sorted(n for n in entries if _CLASS_TAR.match(n))
+    if class_tars:
+        archives = tuple(ArchiveSpec("train", url(entries[n]["name"]), n, int(entries[n]["size"]), "tar", True,
+                                     n[: -len(".tar")]) for n in class_tars)
+        inputs = tuple({"name": n, "size": int(entries[n]["size"])} for n in class_tars)
+        return Discovery("in21k", archives, _class_infos(a.class_name for a in archives), {}, inputs, ())
+    wholes = sorted(n for n in entries if _WHOLE.match(n))
+    if len(wholes) != 1:
+        raise _no_split_error(source, "in21k", entries)
+    name = wholes[0]
+    spec = ArchiveSpec("train", url(entries[name]["name"]), name, int(entries[name]["size"]),
+                       "nested_tar", True)
+    inputs = ({"name": name, "size": spec.size},)
+    if not name.endswith(".tar"):  # gzip: not seekable, stage its class tars first
+        return Discovery("in21k", (), (), {}, inputs, (), needs_staging=spec)
+    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if hasattr(t, "wnid"))
+    return Discovery("in21k", (spec,), _class_infos(wnids), {}, inputs, ())
+
+
+def stage_gzipped_tar(spec: ArchiveSpec, staging_url: str, progress: Optional[Callable[[int], None]] = None) -> None:
+    """One sequential pass over a gzipped tar of class tars: each <wnid>.tar is written whole to
+    staging (a temporary area of the output, never memory) so the build can read it by ranges."""
+    from transforms.storage import atomic_write
+
+    with open_input(spec.url) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+        for info in tar:
+            name = posixpath.basename(info.name)
+            if not (info.isreg() and _CLASS_TAR.match(name)):
+                continue
+            src = tar.extractfile(info)
+            with atomic_write(f"{staging_url.rstrip('/')}/{name}") as out:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+            if progress:
+                progress(info.size)
 
 
 def verify_md5(url: str, expected: str, progress: Optional[Callable[[int], None]] = None) -> Optional[str]:
