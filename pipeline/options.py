@@ -38,6 +38,7 @@ class BuildConfig:
     relabel: bool
     label_map: Optional[str]
     val_per_class: int
+    exif_transpose: bool
     resize: ResizeSpec
     quality: int
     reencode: str
@@ -51,7 +52,7 @@ class BuildConfig:
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(resize=self.resize, quality=self.quality, reencode=self.reencode,
-                            max_pixels=self.max_pixels)
+                            max_pixels=self.max_pixels, exif_transpose=self.exif_transpose)
 
     def for_manifest(self) -> dict:
         """The options that decide the output (recorded in the manifest)."""
@@ -68,6 +69,7 @@ class BuildConfig:
             "relabel": self.relabel,
             "label_map": self.label_map,
             "val_per_class": self.val_per_class,
+            "exif_transpose": self.exif_transpose,
         }
 
 
@@ -147,6 +149,9 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
                         help=f"reject images with more pixels (default {PIL_MAX_IMAGE_PIXELS:,}, PIL's limit)")
     parser.add_argument("--max-reject-rate", type=_rate, default=0.05,
                         help="fail (exit 1) when more than this fraction of samples is rejected (default 0.05)")
+    parser.add_argument("--exif-transpose", action="store_true",
+                        help="apply the EXIF orientation to the pixels (and boxes) before resizing; "
+                             "default: pixels as stored, as torchvision and TFDS read ImageNet")
     parser.add_argument("--verify-inputs", action="store_true",
                         help="check the official archives against their published MD5 sums first (reads every byte)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous build in OUT")
@@ -158,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         source=args.source, out=args.out, layout=getattr(args, "layout", None),
         boxes=tuple(getattr(args, "boxes", ())), splits=tuple(getattr(args, "splits", ())),
         classes_file=getattr(args, "classes_file", None), relabel=getattr(args, "relabel", False),
-        label_map=getattr(args, "label_map", None), val_per_class=getattr(args, "val_per_class", 0), resize=args.resize, quality=args.quality, reencode=args.reencode,
+        label_map=getattr(args, "label_map", None), val_per_class=getattr(args, "val_per_class", 0),
+        exif_transpose=args.exif_transpose, resize=args.resize, quality=args.quality, reencode=args.reencode,
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
         progress=args.progress,

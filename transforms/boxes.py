@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Union
 from transforms.annotations import AnnotationRejected, annotation_key, iter_annotation_archive, parse_voc_xml
 from transforms.records import AnnotationReject
 
-__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes"]
+__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes", "orient_boxes"]
 
 _EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
 
@@ -65,6 +65,30 @@ def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, An
             continue
         yield BoxesRef(key, split, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in ann.boxes),
                        tuple(b.name for b in ann.boxes), ann.dropped_boxes, source)
+
+
+# EXIF orientation -> where a normalised point (x, y) lands once the image is shown upright.
+_ORIENT_POINT = {
+    2: lambda x, y: (1 - x, y),
+    3: lambda x, y: (1 - x, 1 - y),
+    4: lambda x, y: (x, 1 - y),
+    5: lambda x, y: (y, x),
+    6: lambda x, y: (1 - y, x),
+    7: lambda x, y: (1 - y, 1 - x),
+    8: lambda x, y: (y, 1 - x),
+}
+
+
+def orient_boxes(boxes, orientation: Optional[int]) -> tuple:
+    """Normalised boxes of the stored pixels -> the same boxes after --exif-transpose."""
+    move = _ORIENT_POINT.get(orientation)
+    if move is None:
+        return tuple(tuple(b) for b in boxes)
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        (ax, ay), (bx, by) = move(x0, y0), move(x1, y1)
+        out.append((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)))
+    return tuple(out)
 
 
 def merge_boxes(refs: list) -> Optional[BoxesRef]:

@@ -129,6 +129,7 @@ class ImageOptions:
     quality: int = 90  # JPEG quality of re-encoded images, 1..100
     reencode: str = "auto"  # "auto": keep conforming JPEGs byte for byte; "always": never keep
     max_pixels: int = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS
+    exif_transpose: bool = False  # apply the EXIF orientation to the pixels (default: pixels as stored)
 
     def __post_init__(self) -> None:
         if not isinstance(self.resize, ResizeSpec):
@@ -154,6 +155,18 @@ class ProcessedImage:
     orig_mode: str  # PIL's mode of the source: "RGB", "L", "CMYK", "P", "I;16", ...
     reencoded: bool  # False: `jpeg` is the source, byte for byte
     exif_orientation: int | None  # the source's EXIF Orientation (1..8), None when absent
+
+
+# EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def codec_versions() -> dict:
@@ -201,8 +214,10 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         pixels = pixels.resize(target, _RESAMPLE, box=box)
     if pixels.mode != "RGB":
         pixels = pixels.convert("RGB")  # grayscale is resized as one channel, expanded last
+    if options.exif_transpose and orientation in EXIF_TRANSPOSE:
+        pixels = pixels.transpose(EXIF_TRANSPOSE[orientation])  # after the resize: fewer pixels to move
     return ProcessedImage(
-        jpeg=_encode_jpeg(pixels, options.quality), width=target[0], height=target[1],
+        jpeg=_encode_jpeg(pixels, options.quality), width=pixels.width, height=pixels.height,
         orig_width=width, orig_height=height, orig_format=fmt, orig_mode=orig_mode,
         reencoded=True, exif_orientation=orientation,
     )

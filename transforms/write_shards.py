@@ -20,6 +20,7 @@ import tarfile
 import time
 from typing import IO, Callable, Iterable, Optional
 
+from transforms.boxes import orient_boxes
 from transforms.image import ImageOptions, process_image
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject
@@ -63,14 +64,17 @@ class ShardResult:
 _WNID = re.compile(r"^n\d{8}$")
 
 
-def _box_fields(ref: MemberRef, boxes, blacklist) -> dict:
-    """The index fields a sample takes from its annotation (and the devkit's blacklist)."""
+def _box_fields(ref: MemberRef, boxes, blacklist, orientation=None) -> dict:
+    """The index fields a sample takes from its annotation (and the devkit's blacklist).
+
+    orientation: the EXIF orientation applied to the stored pixels (--exif-transpose), if any.
+    """
     if boxes is None:
         return {"boxes": (), "has_boxes": False, "box_names": (), "loc_blacklisted": ref.key in blacklist,
                 "label_disagrees": False}
     wnids = {n for n in boxes.names if _WNID.match(n)}
     return {
-        "boxes": tuple(list(b) for b in boxes.boxes),
+        "boxes": tuple(list(b) for b in orient_boxes(boxes.boxes, orientation)),
         "has_boxes": bool(boxes.boxes),
         "box_names": boxes.names,
         "loc_blacklisted": ref.key in blacklist,
@@ -203,7 +207,8 @@ def write_shard(
                 orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
                 sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
                 exif_orientation=image.exif_orientation, source=ref.source,
-                **_box_fields(ref, boxes.get(ref.key), blacklist),
+                **_box_fields(ref, boxes.get(ref.key), blacklist,
+                              image.exif_orientation if options.exif_transpose else None),
             )
             tar.add(f"{ref.key}.json", _json_bytes(row))
             rows.append(row)
