@@ -1000,7 +1000,12 @@ def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
         if layout == "kaggle":
             relative = f"ILSVRC/Data/CLS-LOC/{split}/" + (f"{wnid}/{name}" if wnid else name)
             if split == "val" and e.wnid:
-                csv_rows.append(f"{e.key},{e.wnid} 0 0 1 1")
+                if e.boxes or e.outcome != "kept":  # an XML gives its boxes: a different CSV box must lose
+                    csv_rows.append(f"{e.key},{e.wnid} 0 0 1 1")
+                else:  # no usable XML: the CSV's box counts, normalised by the decoded image's size
+                    w, h = e.orig_width, e.orig_height
+                    csv_rows.append(f"{e.key},{e.wnid} {w} 2 1 {h // 2}")  # xmin > xmax: swapped
+                    e = replace(e, boxes=((1 / w, 2 / h, 1.0, (h // 2) / h),), box_names=(e.wnid,))
         else:
             folder = wnid or (e.wnid if split == "val" else None)
             relative = f"{split}/{folder}/{name}" if folder else f"{split}/{name}"

@@ -39,6 +39,9 @@ def test_every_sample_lands_with_its_label_and_source(layout_build):
         # boxes from Kaggle's annotation folders, or from --boxes archives for an ImageFolder
         assert {r["key"]: (len(r["boxes"]), tuple(r["box_names"])) for r in rows} == {
             k: (len(e.boxes), e.box_names) for k, e in kept.items()}, split
+        for r in rows:  # Kaggle: the XML's boxes where it has one, else the CSV's, by the decoded size
+            for got, want in zip(r["boxes"], kept[r["key"]].boxes):
+                assert got == pytest.approx(want, abs=1e-6), r["key"]
     rejects = pq.read_table([str(b.path(p)) for p in b.manifest["rejects"]]).to_pylist()
     assert {(r["split"], r["key"]): r["reason"] for r in rejects} == {
         (split, k): e.outcome for split, es in copy.expected.items() for k, e in es.items() if e.outcome != "kept"}

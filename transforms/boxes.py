@@ -23,7 +23,8 @@ from typing import Iterator, Optional, Union
 from transforms.annotations import AnnotationRejected, annotation_key, iter_annotation_archive, parse_voc_xml
 from transforms.records import AnnotationReject
 
-__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes", "orient_boxes"]
+__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes", "orient_boxes",
+           "normalise_pixel_boxes"]
 
 _EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
 
@@ -32,6 +33,7 @@ _EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
 class AnnotationSource:
     url: str
     name: str  # readable, the prefix of rejects' `source`
+    kind: str = "voc"  # "voc": Pascal VOC XML files; "kaggle_csv": LOC_*_solution.csv rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,7 @@ class BoxesRef:
     dropped: int  # zero-area boxes dropped
     source: str
     from_xml: bool = True  # XML wins over CSV where both give boxes
+    in_pixels: bool = False  # Kaggle CSV boxes: pixels of the decoded image, normalised once it is decoded
 
 
 def split_of_key(key: str) -> str:
@@ -53,7 +56,10 @@ def split_of_key(key: str) -> str:
 
 
 def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, AnnotationReject]]:
-    """Every XML of an archive or folder, parsed; hostile or broken XML becomes a Reject."""
+    """Every XML of an archive or folder (or row of a Kaggle CSV), parsed; broken ones become rejects."""
+    if src.kind == "kaggle_csv":
+        yield from _read_kaggle_csv(src)
+        return
     for path, data in iter_annotation_archive(src.url):
         key = annotation_key(path)
         split = split_of_key(key)
@@ -65,6 +71,45 @@ def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, An
             continue
         yield BoxesRef(key, split, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in ann.boxes),
                        tuple(b.name for b in ann.boxes), ann.dropped_boxes, source)
+
+
+def _read_kaggle_csv(src: AnnotationSource) -> Iterator[Union[BoxesRef, AnnotationReject]]:
+    """LOC_{train,val}_solution.csv: `ImageId,PredictionString` of repeated `wnid xmin ymin xmax ymax`."""
+    import csv
+    import io
+
+    from transforms.storage import open_input
+
+    with open_input(src.url) as f:
+        for line, row in enumerate(csv.reader(io.TextIOWrapper(f, encoding="utf-8")), start=1):
+            if line == 1 or not row:
+                continue  # the header
+            key, words = row[0], (row[1].split() if len(row) > 1 else [])
+            split, source = split_of_key(key), f"{src.name}:{line}"
+            if len(words) % 5:
+                yield AnnotationReject(key, split, source, "bad_coordinates", "PredictionString is not groups of 5")
+                continue
+            try:
+                boxes = tuple(tuple(float(v) for v in words[i + 1:i + 5]) for i in range(0, len(words), 5))
+            except ValueError as e:
+                yield AnnotationReject(key, split, source, "bad_coordinates", str(e)[:200])
+                continue
+            yield BoxesRef(key, split, boxes, tuple(words[0::5]), 0, source, from_xml=False, in_pixels=True)
+
+
+def normalise_pixel_boxes(ref: BoxesRef, width: int, height: int) -> BoxesRef:
+    """Pixel boxes -> the documented convention, by the decoded image's size: min/max swapped,
+    x / W and y / H, clipped to [0, 1], zero-area boxes dropped (and counted)."""
+    kept, names = [], []
+    for (x0, y0, x1, y1), name in zip(ref.boxes, ref.names):
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        b = tuple(min(1.0, max(0.0, v)) for v in (x0 / width, y0 / height, x1 / width, y1 / height))
+        if b[0] < b[2] and b[1] < b[3]:
+            kept.append(b)
+            names.append(name)
+    return dataclasses.replace(ref, boxes=tuple(kept), names=tuple(names),
+                               dropped=ref.dropped + len(ref.boxes) - len(kept), in_pixels=False)
 
 
 # EXIF orientation -> where a normalised point (x, y) lands once the image is shown upright.

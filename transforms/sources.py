@@ -49,6 +49,7 @@ BBOX_GLOBS = ("ILSVRC2012_bbox_*.tar.gz", "ILSVRC2012_bbox_*.tgz", "ILSVRC2012_b
 KAGGLE_ANNOTATIONS = "ILSVRC/Annotations/CLS-LOC"
 KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
 KAGGLE_VAL_CSV = "LOC_val_solution.csv"
+KAGGLE_TRAIN_CSV = "LOC_train_solution.csv"
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 LAYOUTS = {
@@ -311,9 +312,13 @@ def _discover_kaggle(source: str) -> Discovery:
     if not archives:
         raise _no_split_error(source, "kaggle", present)
     inputs = tuple({"name": a.name, "size": 0} for a in archives)
-    annotations = ()
+    annotations = []
     if fs.isdir(f"{root}/{KAGGLE_ANNOTATIONS}"):
-        annotations = (AnnotationSource(url(f"{root}/{KAGGLE_ANNOTATIONS}"), KAGGLE_ANNOTATIONS),)
+        annotations.append(AnnotationSource(url(f"{root}/{KAGGLE_ANNOTATIONS}"), KAGGLE_ANNOTATIONS))
+    for name in (KAGGLE_TRAIN_CSV, KAGGLE_VAL_CSV):  # boxes too; where an XML gives them as well, the XML wins
+        if fs.exists(f"{root}/{name}"):
+            annotations.append(AnnotationSource(url(f"{root}/{name}"), name, "kaggle_csv"))
+    annotations = tuple(annotations)
     return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings),
                      annotations)
 

@@ -20,7 +20,7 @@ import tarfile
 import time
 from typing import IO, Callable, Iterable, Optional
 
-from transforms.boxes import orient_boxes
+from transforms.boxes import normalise_pixel_boxes, orient_boxes
 from transforms.image import ImageOptions, process_image
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject
@@ -62,6 +62,13 @@ class ShardResult:
 
 
 _WNID = re.compile(r"^n\d{8}$")
+
+
+def _normalised(boxes, image):
+    """CSV boxes come in pixels of the decoded image (orientation not applied): normalise them."""
+    if boxes is not None and boxes.in_pixels:
+        return normalise_pixel_boxes(boxes, image.orig_width, image.orig_height)
+    return boxes
 
 
 def _box_fields(ref: MemberRef, boxes, blacklist, orientation=None) -> dict:
@@ -207,7 +214,7 @@ def write_shard(
                 orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
                 sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
                 exif_orientation=image.exif_orientation, source=ref.source,
-                **_box_fields(ref, boxes.get(ref.key), blacklist,
+                **_box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
                               image.exif_orientation if options.exif_transpose else None),
             )
             tar.add(f"{ref.key}.json", _json_bytes(row))
