@@ -134,3 +134,12 @@ def test_index_folder_reads_files_whole_and_skips_hidden(tmp_path):
         ("n01440764_1", 0, 3, 0, "train/n01440764/n01440764_1.JPEG"),
     ]
     assert open(refs[0].archive, "rb").read() == b"defg"
+
+
+def test_devkit_gives_val_labels_and_the_localisation_blacklist(release):
+    from transforms.sources import read_devkit
+
+    labels, blacklist = read_devkit(release.archives["devkit"])
+    assert len(labels) == 50_000 and labels["ILSVRC2012_val_00000001"] == "n01751748"
+    assert len(blacklist) == 1762  # "1762 images (3.5%) in the validation set are discarded" (devkit readme)
+    assert "ILSVRC2012_val_00000036" in blacklist and "ILSVRC2012_val_00000001" not in blacklist

@@ -122,6 +122,7 @@ def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSl
 LEFT_OUT = "left_out"
 
 
+
 @dataclasses.dataclass(frozen=True)
 class LeftOut:
     """A member of a class the build leaves out on purpose (--classes): counted, not read."""
@@ -280,6 +281,8 @@ def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSli
 
 # --- Beam wiring -------------------------------------------------------------------
 
+import typing  # noqa: E402
+
 import apache_beam as beam  # noqa: E402  (kept below the pure core on purpose)
 from apache_beam import pvalue  # noqa: E402
 
@@ -289,6 +292,9 @@ def _count_reject(reject: Reject) -> Reject:
     return reject
 
 
+# Declared output types: otherwise Beam infers them by interpreting process() and everything
+# it calls, walking every entry of the label tables it meets on the way (seconds of start-up).
+@beam.typehints.with_output_types(typing.Any)
 class _ExpandArchivesFn(beam.DoFn):
     """ArchiveSpec -> the units to index (TarSlice, FolderSlice), or members found on the way."""
 
@@ -307,6 +313,7 @@ class _ExpandArchivesFn(beam.DoFn):
                 yield item
 
 
+@beam.typehints.with_output_types(typing.Any)
 class _IndexUnitFn(beam.DoFn):
     """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
 

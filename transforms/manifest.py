@@ -133,7 +133,8 @@ class WriteManifest(beam.PTransform):
     def __init__(self, out_root: str, header: dict, max_reject_rate: float):
         super().__init__()
         self._out_root = out_root
-        self._header = header
+        # As JSON text: Beam's type inference would walk the 1,000 classes of a dict in a closure.
+        self._header = json.dumps(header)
         self._max_reject_rate = max_reject_rate
 
     def expand(self, facts: dict):
@@ -147,5 +148,5 @@ class WriteManifest(beam.PTransform):
             | "AllFacts" >> beam.Flatten()
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(
-                lambda fs: write_manifest(OutputLayout(root), assemble_manifest(header, fs), rate))
+                lambda fs: write_manifest(OutputLayout(root), assemble_manifest(json.loads(header), fs), rate))
         )
