@@ -10,7 +10,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-__all__ = ["IndexRow", "INDEX_SCHEMA", "REJECTS_SCHEMA", "rows_to_table", "rejects_to_table"]
+__all__ = ["IndexRow", "INDEX_SCHEMA", "REJECTS_SCHEMA", "as_dict", "rows_to_table", "rejects_to_table"]
 
 # A bounding box: [xmin, ymin, xmax, ymax], normalised to [0, 1] in the stored image's frame.
 BOX_TYPE = pa.list_(pa.float32())
@@ -75,9 +75,15 @@ class IndexRow:
     label_disagrees: bool = False
 
 
+def as_dict(record) -> dict:
+    """A record's fields as a dict. Shallow: dataclasses.asdict deep-copies every value, which
+    costs more per sample than hashing its image."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def rows_to_table(rows) -> pa.Table:
-    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=INDEX_SCHEMA)
+    return pa.Table.from_pylist([as_dict(r) for r in rows], schema=INDEX_SCHEMA)
 
 
 def rejects_to_table(rejects) -> pa.Table:
-    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rejects], schema=REJECTS_SCHEMA)
+    return pa.Table.from_pylist([as_dict(r) for r in rejects], schema=REJECTS_SCHEMA)

@@ -24,7 +24,7 @@ from transforms.boxes import normalise_pixel_boxes, orient_boxes
 from transforms.image import ImageOptions, process_image
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject
-from transforms.schema import IndexRow
+from transforms.schema import IndexRow, as_dict
 from transforms.sharding import key_hash
 from transforms.storage import ArchiveReader, atomic_write
 
@@ -161,7 +161,7 @@ def order_members(refs: Iterable[MemberRef], seed: int) -> tuple[list[MemberRef]
 
 
 def _json_bytes(row: IndexRow) -> bytes:
-    fields = dataclasses.asdict(row)
+    fields = as_dict(row)
     # duplicate_of is a property of the whole dataset, known only once every shard is
     # written: it lives in the Parquet index, not in the per-sample JSON.
     del fields["duplicate_of"]
