@@ -1,0 +1,220 @@
+"""The benchmark's parts behave (no timing is asserted): corpus, kernels, memory sampler, report."""
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from PIL import Image
+
+from pipeline import bench
+from pipeline.procmem import process_tree, rss_bytes, run_sampled
+from pipeline.sample import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
+
+TINY = bench.CorpusSpec(train=12, val=3, classes=2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root, stats = bench.ensure_corpus(TINY, str(tmp_path_factory.mktemp("corpus")), processes=2, say=lambda m: None)
+    return root, stats
+
+
+def _open(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+# --- the corpus -------------------------------------------------------------------------------------
+
+def test_size_mix_is_imagenet_like():
+    rng = random.Random(0)
+    sizes = [bench.draw_size(rng) for _ in range(20_000)]
+    longer = [max(s) for s in sizes]
+    share = lambda pred: sum(map(pred, longer)) / len(longer)  # noqa: E731
+    assert share(lambda s: 450 <= s <= 520) > 0.7  # mostly ~500 px on the longer side
+    assert 0.04 < share(lambda s: s < 400) < 0.15  # some small
+    assert 0.01 < share(lambda s: s > 1000) < 0.08  # a few percent over 1,000 px
+    assert sum(1 for s in sizes if s == (500, 375)) / len(sizes) > 0.25  # the commonest size
+    assert 0.15 < sum(1 for w, h in sizes if h > w) / len(sizes) < 0.4  # some portrait
+
+
+def test_photo_is_a_deterministic_grainy_baseline_jpeg():
+    data = bench.make_photo("test/1")
+    assert data == bench.make_photo("test/1") != bench.make_photo("test/2")
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG" and im.mode == "RGB" and not im.info.get("progressive")
+    # ImageNet-like bytes: grain makes a 500-px photo tens of KB, not a few (content-free images are tiny)
+    assert len(data) / (im.size[0] * im.size[1]) > 0.15
+
+
+def test_corpus_has_the_official_layout(corpus):
+    root, stats = corpus
+    assert sorted(os.listdir(root)) == sorted([TRAIN_TAR, VAL_TAR, DEVKIT_TAR, "corpus.json"])
+    with tarfile.open(os.path.join(root, TRAIN_TAR)) as outer:
+        class_tars = outer.getmembers()
+        assert len(class_tars) == TINY.classes
+        names = []
+        for member in class_tars:
+            assert re.fullmatch(r"n\d{8}\.tar", member.name)
+            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                for m in inner:
+                    assert re.fullmatch(member.name[:-4] + r"_\d+\.JPEG", m.name)
+                    names.append(m.name)
+    assert len(names) == TINY.train
+    with tarfile.open(os.path.join(root, VAL_TAR)) as val:
+        assert all(re.fullmatch(r"ILSVRC2012_val_\d{8}\.JPEG", n) for n in val.getnames())
+        assert len(val.getnames()) == TINY.val
+    assert stats["images"] == TINY.images and stats["mean_bytes"] > 20_000
+
+    from transforms.sources import discover  # the project reads it as an official release
+    assert {a.split for a in discover(root).archives} == {"train", "val"}
+
+
+def test_corpus_is_cached(corpus, tmp_path):
+    root, _ = corpus
+    marker = os.path.join(root, "corpus.json")
+    before = os.stat(marker).st_mtime_ns
+    again, _ = bench.ensure_corpus(TINY, os.path.dirname(root), say=lambda m: pytest.fail("regenerated"))
+    assert again == root and os.stat(marker).st_mtime_ns == before
+
+
+def test_load_images_reads_every_image_with_its_place(corpus):
+    root, _ = corpus
+    images = bench.load_images(root)
+    assert len(images) == TINY.images
+    for image in images[:3] + images[-2:]:
+        with open(image.archive, "rb") as f:
+            f.seek(image.offset)
+            assert f.read(len(image.data)) == image.data
+
+
+# --- the kernels ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resize", ["shorter:256", "longer:512", "none"])
+def test_target_size_is_the_projects_rule(resize):
+    from transforms.image import ResizeSpec
+
+    spec = ResizeSpec.parse(resize)
+    for w, h in [(500, 375), (375, 500), (333, 500), (1, 2000), (2592, 1944), (257, 256), (100, 80), (513, 511)]:
+        assert bench.target_size(w, h, resize) == spec.target_size(w, h)
+
+
+@pytest.mark.parametrize("resize", ["shorter:256", "longer:512"])
+def test_kernels_make_valid_jpegs_of_the_target_size(resize):
+    for seed in ("k/0", "k/1"):
+        data = bench.make_photo(seed)
+        target = bench.target_size(*Image.open(io.BytesIO(data)).size, resize)
+        for name, kernel in bench.kernels_for(resize).items():
+            out = _open(kernel(data))
+            assert (out.format, out.mode, out.size) == ("JPEG", "RGB", target), name
+    large = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (90, 120, 30)).save(large, "JPEG", quality=90)
+    for kernel in (bench.reference_kernel, bench.naive_kernel):
+        assert _open(kernel(large.getvalue(), resize)).size == bench.target_size(1600, 1200, resize)
+
+
+def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
+    images = bench.load_images(corpus[0])[:3]
+    with bench.one_cpu():
+        assert len(os.sched_getaffinity(0)) == 1
+        timed = bench.time_kernels(bench.kernels_for("shorter:256"), [i.data for i in images], repeats=2)
+        profile = bench.profile_phases(images, "shorter:256", repeats=2, workdir=str(tmp_path))
+    assert len(os.sched_getaffinity(0)) == bench._cores()
+    for name in ("reference", "project", "naive"):
+        assert timed[name]["images_per_s"] > 0 and timed[name]["images"] == 3
+    assert set(profile["ms_per_image"]) == set(bench.PHASES)
+    assert all(v >= 0 for v in profile["ms_per_image"].values()) and profile["ms_per_image"]["decode"] > 0
+    assert abs(sum(profile["share"].values()) - 1) < 0.01
+
+
+def test_naive_script_writes_shards_of_every_image(corpus, tmp_path):
+    out = tmp_path / "naive"
+    assert bench.naive_convert(corpus[0], str(out), "shorter:256", 200_000) == TINY.images
+    names, shorter_sides = [], []
+    for shard in sorted(out.iterdir()):
+        with tarfile.open(shard) as tar:
+            names += tar.getnames()
+            shorter_sides += [min(_open(tar.extractfile(m).read()).size) for m in tar if m.name.endswith(".jpg")]
+    assert max(shorter_sides) == 256 and shorter_sides.count(256) > len(shorter_sides) / 2  # small ones stay small
+    assert len([n for n in names if n.endswith(".jpg")]) == len([n for n in names if n.endswith(".cls")]) == TINY.images
+    assert len(list(out.iterdir())) > 2  # shards roll over at --shard-size, per split
+
+
+# --- the memory sampler -----------------------------------------------------------------------------
+
+def test_sampler_sees_a_grandchilds_memory(tmp_path):
+    # a shell-like parent that holds little, its child 200 MB of touched pages
+    child = "import time; b = b'x' * 200_000_000; time.sleep(1.0)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    run = run_sampled([sys.executable, "-c", parent], interval=0.05)
+    peak = run.memory
+    assert run.exit_code == 0 and run.wall_s >= 1.0 and run.cpu_s > 0.05  # writing 200 MB takes CPU
+    assert peak.worker_rss >= 200_000_000 and peak.tree_rss >= peak.worker_rss + peak.root_rss * 0.5
+    assert peak.max_processes >= 2 and "time.sleep" in peak.worker_cmd
+    assert peak.root_rss < 100_000_000
+
+
+def test_process_tree_and_rss_of_this_process():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid() and proc.pid in tree
+        assert rss_bytes(os.getpid()) > 10_000_000
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rss_bytes(proc.pid) == 0
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def _fake_mode(resize: str, scale: float) -> dict:
+    kernels = {name: {"images_per_s": rate * scale, "ms_per_image": 1000 / (rate * scale), "images": 600,
+                      "repeats": 3, "median_pass_s": 2.0} for name, rate in (("reference", 200), ("project", 250),
+                                                                            ("naive", 150))}
+    profile = {"ms_per_image": dict.fromkeys(bench.PHASES, 0.5), "total_ms_per_image": 4.5,
+               "share": dict.fromkeys(bench.PHASES, 1 / 9), "process_image_ms": 3.0, "images": 600, "repeats": 3,
+               "notes": dict.fromkeys(bench.PHASES, "")}
+    memory = bench.MemoryPeak(tree_rss=900 << 20, tree_processes=4, process_rss=400 << 20, worker_rss=300 << 20,
+                              root_rss=400 << 20, max_processes=4, samples=100)
+    run = lambda name, images, wall: bench.BuildRun(name, 0, wall, wall * 1.5, images, memory, "log").as_dict()  # noqa: E731
+    return bench.make_mode_report(resize, kernels, profile, run("pipeline", 3300, 12.0 / scale),
+                                  run("startup", 20, 4.0), run("naive", 3300, 30.0), cores=2)
+
+
+def test_report_has_every_field_and_prints(capsys):
+    settings = bench.Settings(images=3000, out="bench-out", resizes=bench.RESIZES, kernel_images=600, repeats=3,
+                              shard_size="16MB", seed=0, img2dataset=False)
+    modes = {"shorter:256": _fake_mode("shorter:256", 1.0), "longer:512": _fake_mode("longer:512", 2.0)}
+    report = bench.make_report(settings, {"path": "x", "images": 3300, "mean_bytes": 110_000}, modes, 100.0)
+    report = json.loads(json.dumps(report))  # what bench.json holds
+    assert set(report) >= {"machine", "settings", "corpus", "modes", "default_vs_shorter256", "targets",
+                           "bench_wall_s"}
+    assert report["machine"]["cores"] >= 1 and report["machine"]["pil"]
+    for m in report["modes"].values():
+        assert set(m) >= {"resize", "kernels", "profile", "pipeline", "startup", "naive_script", "ratios"}
+        assert set(m["ratios"]) >= {"steady_state_vs_cores_x_reference", "cpu_bound_vs_cores_x_reference",
+                                    "project_vs_reference", "project_vs_naive",
+                                    "reference_vs_naive", "pipeline_vs_naive_script"}
+        assert m["pipeline"]["steady_state_images_per_s"] == round(3300 / (m["pipeline"]["wall_s"] - 4.0), 2)
+        cpu_s = 1.5 * (m["pipeline"]["wall_s"] - 4.0)
+        assert m["pipeline"]["cpu_bound_images_per_s"] == round(2 * 3300 / cpu_s, 2)
+        assert set(m["pipeline"]["memory"]) >= {"tree_rss", "worker_rss", "root_rss", "process_rss"}
+    short = report["modes"]["shorter:256"]["ratios"]
+    assert short["steady_state_vs_cores_x_reference"] == round(3300 / 8.0 / 400, 3)
+    assert short["project_vs_reference"] == 1.25 and short["pipeline_vs_naive_script"] == 2.5
+    assert report["default_vs_shorter256"]["pipeline_steady_state"] == round((3300 / 2.0) / (3300 / 8.0), 3)
+    names = " | ".join(t["name"] for t in report["targets"])
+    for what in ("cores x reference", "project kernel / reference", "project kernel / naive", "default path",
+                 "naive script", "peak RSS", "start-up"):
+        assert what in names
+    assert all(isinstance(t["pass"], bool) for t in report["targets"])
+    bench.print_report(report)
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "images/s" in printed and "steady state" in printed
