@@ -468,9 +468,8 @@ def _profile_pass(images: list[SourceImage], resize: str, workdir: str) -> tuple
             row = _index_row(image, processed, digest, "train/train-000000.tar", 0)
             payload = _json_bytes(row)
             clock.lap("json")
-            offset = tar.add(f"{image.key}.jpg", processed.jpeg)
-            tar.add(f"{image.key}.cls", b"0")
-            tar.add(f"{image.key}.json", payload)
+            offset = tar.add_sample([(f"{image.key}.jpg", processed.jpeg), (f"{image.key}.cls", b"0"),
+                                     (f"{image.key}.json", payload)])[0]
             clock.lap("tar")
             rows.append(dataclasses.replace(row, offset=offset))
             per_image.append(clock.spent)
