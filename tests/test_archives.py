@@ -143,3 +143,26 @@ def test_devkit_gives_val_labels_and_the_localisation_blacklist(release):
     assert len(labels) == 50_000 and labels["ILSVRC2012_val_00000001"] == "n01751748"
     assert len(blacklist) == 1762  # "1762 images (3.5%) in the validation set are discarded" (devkit readme)
     assert "ILSVRC2012_val_00000036" in blacklist and "ILSVRC2012_val_00000001" not in blacklist
+
+
+def test_key_table_is_the_dict_it_was_made_from_and_pickles_small():
+    import pickle
+
+    from apache_beam.internal import pickler
+
+    from transforms.labels import KeyTable, ilsvrc2012_id_to_wnid, val_key
+
+    wnids = sorted(ilsvrc2012_id_to_wnid().values())
+    val = {val_key(i): wnids[(i * 7919) % 1000] for i in range(1, 50_001)}  # the devkit's shape
+    sparse = {"ILSVRC2012_val_00000003": "n01", "ILSVRC2012_val_00000001": "n02"}  # a gap: not a range
+    mixed = {"dog_001": "dog", "cat": "cat", "x.y": "x"}
+    for mapping in (val, sparse, mixed, {}):
+        table = KeyTable(mapping)
+        for back in (table, pickle.loads(pickle.dumps(table)), pickler.loads(pickler.dumps(table))):
+            assert dict(back) == mapping and len(back) == len(mapping)
+            for missing in ("ILSVRC2012_val_00000000", "ILSVRC2012_val_00050001", "ILSVRC2012_val_0000001",
+                            "ILSVRC2012_val_0000000x", "ILSVRC2012_val_0000000\u00b2", "n01440764_1", ""):
+                assert back.get(missing) is None, missing
+    table = KeyTable(val)
+    assert table["ILSVRC2012_val_00050000"] == val["ILSVRC2012_val_00050000"]
+    assert len(pickle.dumps(val)) > 10 * len(pickle.dumps(table))  # ~1.5 MB as a dict, ~0.1 MB here

@@ -10,12 +10,16 @@ Conventions (the torchvision / TFDS / timm ones):
 """
 from __future__ import annotations
 
+import array
+import collections.abc
 import dataclasses
 import functools
 import importlib.resources
+import re
 
 __all__ = [
     "ClassInfo",
+    "KeyTable",
     "imagenet_classes",
     "label_of",
     "ilsvrc2012_id_to_wnid",
@@ -91,3 +95,73 @@ def parse_validation_ground_truth(text: str) -> dict[str, str]:
             ) from None
         labels[val_key(i)] = wnid
     return labels
+
+
+# --- a compact {key: class} table ------------------------------------------------------
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+class KeyTable(collections.abc.Mapping):
+    """{key: class} for the splits labelled by a table (the devkit's 50,000 val labels, Kaggle's CSV).
+
+    It travels inside the DoFns that label members, and Beam pickles every DoFn with bz2 at
+    level 9, in the driver and again in each worker: as a plain dict the val table is a 1.5 MB
+    pickle that costs ~0.1 s to write and as much to read, several times over, at every build's
+    start. When the keys are one prefix and consecutive zero-padded numbers
+    (ILSVRC2012_val_00000001..00050000) the table is held as an array of class positions, indexed
+    by the key's number: a 0.1 MB pickle that needs no unpacking. Other tables stay a dict.
+    """
+
+    def __init__(self, mapping: collections.abc.Mapping):
+        self._dict = None
+        self._range = _as_range(mapping)  # (prefix, width, first, classes, positions) or None
+        if self._range is None:
+            self._dict = dict(mapping)
+
+    def __getitem__(self, key):
+        if self._dict is not None:
+            return self._dict[key]
+        prefix, width, first, classes, positions = self._range
+        number = key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else ""
+        if len(number) != width or not (number.isascii() and number.isdigit()):
+            raise KeyError(key)
+        if not 0 <= int(number) - first < len(positions):
+            raise KeyError(key)
+        return classes[positions[int(number) - first]]
+
+    def __iter__(self):
+        if self._dict is not None:
+            return iter(self._dict)
+        prefix, width, first, _, positions = self._range
+        return (f"{prefix}{first + i:0{width}d}" for i in range(len(positions)))
+
+    def __len__(self) -> int:
+        return len(self._dict) if self._dict is not None else len(self._range[4])
+
+    def __repr__(self) -> str:
+        return f"KeyTable({len(self)} keys)"
+
+    def __getstate__(self):
+        return {"dict": self._dict, "range": self._range}
+
+    def __setstate__(self, state):
+        self._dict, self._range = state["dict"], state["range"]
+
+
+def _as_range(mapping: collections.abc.Mapping):
+    """(prefix, width, first, classes, positions) when the sorted keys are prefix + consecutive
+    numbers of one width, else None. positions[i] is the index in `classes` of key i's class."""
+    if not mapping:
+        return None
+    keys = sorted(mapping)
+    match = _NUMBERED.match(keys[0])
+    if not match:
+        return None
+    prefix, width, first = match.group(1), len(match.group(2)), int(match.group(2))
+    if any(k != f"{prefix}{first + i:0{width}d}" for i, k in enumerate(keys)):
+        return None
+    classes = tuple(sorted(set(mapping.values())))
+    position = {c: i for i, c in enumerate(classes)}
+    typecode = "H" if len(classes) <= 0xFFFF else "I"
+    return prefix, width, first, classes, array.array(typecode, (position[mapping[k]] for k in keys))

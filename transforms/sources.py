@@ -26,7 +26,7 @@ import fsspec
 
 from transforms.archives import Labeler
 from transforms.boxes import AnnotationSource
-from transforms.labels import ClassInfo, imagenet_classes, parse_validation_ground_truth, val_key
+from transforms.labels import ClassInfo, KeyTable, imagenet_classes, parse_validation_ground_truth, val_key
 from transforms.storage import open_input
 
 __all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
@@ -136,8 +136,8 @@ class Discovery:
 
     def labeler(self) -> Labeler:
         labelled = {a.split for a in self.archives if a.labelled} | ({"val"} if self.holdout_per_class else set())
-        return Labeler({c.wnid: c.label for c in self.classes}, self.key_classes, frozenset(labelled),
-                       self.left_out)
+        tables = {split: KeyTable(keys) for split, keys in self.key_classes.items()}  # compact in pickles
+        return Labeler({c.wnid: c.label for c in self.classes}, tables, frozenset(labelled), self.left_out)
 
 
 def _fs(source: str):
