@@ -30,5 +30,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6"],
     },
-    entry_points={"console_scripts": ["imagenet-shards=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["imagenet-shards=pipeline.launch:main"]},
 )

@@ -538,7 +538,7 @@ def _run_build(name: str, cmd: list[str], logdir: str, images: Callable[[int], i
 
 def _cli() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "imagenet-shards")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "pipeline.cli"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "pipeline.launch"]
 
 
 def _images_read(out: str) -> int:

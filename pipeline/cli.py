@@ -190,7 +190,8 @@ def _refine(discovery, config: BuildConfig):
     return discovery.with_boxes(config.boxes).select(config.splits, classes, config.relabel)
 
 
-def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
+def run_build(config: BuildConfig, beam_args: list[str], discovery=None, workers=None) -> int:
+    """Build; `workers`: local Beam workers already started (pipeline.workers), or None."""
     import apache_beam as beam
 
     from pipeline.build import build_graph
@@ -224,7 +225,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
         progress_dir = os.path.abspath(fsspec.core.url_to_fs(layout.progress_dir)[1])
         os.makedirs(progress_dir, exist_ok=True)
 
-    p = beam.Pipeline(runner=local_runner(options), options=options)
+    p = beam.Pipeline(runner=local_runner(options, workers.command if workers else None), options=options)
     build_graph(p, config, discovery, codec_versions(), progress_dir)
     try:
         if progress_dir:
@@ -275,7 +276,7 @@ How to read it (webdataset and pyarrow):
 """
 
 
-def run_demo(args, beam_args: list[str]) -> int:
+def run_demo(args, beam_args: list[str], workers=None) -> int:
     from pipeline.sample import make_sample_release
 
     base = os.path.abspath(args.out)
@@ -287,7 +288,7 @@ def run_demo(args, beam_args: list[str]) -> int:
     _say(f"  {sum(len(v) for v in release.expected.values())} members, {planted} planted to be rejected")
     args.source, args.out, args.overwrite = source, out, True
     config = config_from_args(args)
-    code = run_build(config, beam_args)
+    code = run_build(config, beam_args, workers=workers)
     if code == 0:
         _say("")
         _say(READING_EXAMPLE.format(out=out))
@@ -326,14 +327,15 @@ def _setup_logging() -> None:
         handler.addFilter(_DropBeamImportNoise())
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, workers=None) -> int:
+    """The command line. `workers`: local Beam workers started ahead (pipeline.launch does)."""
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     _setup_logging()
     try:
         if args.command == "demo":
-            return run_demo(args, beam_args)
-        return run_build(config_from_args(args), beam_args)
+            return run_demo(args, beam_args, workers)
+        return run_build(config_from_args(args), beam_args, workers=workers)
     except (UsageError, SourceError) as e:
         _say(f"imagenet-shards: error: {e}")
         return 2

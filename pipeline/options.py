@@ -224,14 +224,20 @@ def is_local_runner(options) -> bool:
     return name.rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS
 
 
-def local_runner(options):
+def local_runner(options, worker_command: Optional[str] = None):
     """The FnApiRunner object for a local build, or None to let Beam create the runner.
 
     The FnApiRunner gives its worker processes no pipeline options, so they would log at
     INFO whatever --default_sdk_harness_log_level says (dozens of lines per build). Handing
     the options to the workers through the runner's provision info fixes that.
+
+    worker_command: the command that starts a worker (pipeline.workers: workers started ahead
+    of time) instead of Beam's `python -m apache_beam.runners.worker.sdk_worker_main`. The
+    FnApiRunner takes its own command in multi-processing mode, so the runner is given the
+    command as its environment and runs in its default mode, which then only means "use that
+    environment", with --direct_num_workers parallel workers all the same.
     """
-    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     if options.view_as(StandardOptions).runner != "FnApiRunner":
         return None
@@ -243,4 +249,28 @@ def local_runner(options):
     worker_options = {"default_sdk_harness_log_level": options.get_all_options()["default_sdk_harness_log_level"]}
     info = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
                                                 pipeline_options=job_utils.dict_to_struct(worker_options))
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+    provision = fn_runner.ExtendedProvisionInfo(info)
+    direct = options.view_as(DirectOptions)
+    if worker_command is None or direct.direct_running_mode != "multi_processing":
+        return fn_runner.FnApiRunner(provision_info=provision)
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    direct.direct_running_mode = "in_memory"
+    _quiet_running_mode_warning()
+    return fn_runner.FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(worker_command),
+                                 provision_info=provision)
+
+
+def _quiet_running_mode_warning() -> None:
+    """The FnApiRunner warns that in_memory with several workers gives no parallelism; with a
+    subprocess environment it does (that is what multi_processing itself sets up)."""
+    import logging
+
+    logger = logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner")
+    if not any(isinstance(f, _RunningModeWarningFilter) for f in logger.filters):
+        logger.addFilter(_RunningModeWarningFilter())
+
+
+class _RunningModeWarningFilter:
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("If direct_num_workers is not equal to 1")
