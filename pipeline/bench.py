@@ -1,13 +1,13 @@
 """The benchmark behind `make bench`: how fast and how lean a build is, against fixed yardsticks.
 
     python -m pipeline.bench [--images N] [--out DIR] [--quick] [--img2dataset]
-    python -m pipeline.bench --memory [--sizes 1500,7500]
+    python -m pipeline.bench --memory [--sizes 2400,12000]
 
 What is measured, and why:
 
 1. A corpus that looks like ImageNet to the code: the official layout (a train tar of per-class
    tars, a flat val tar in shuffled order, the devkit; written with pipeline/sample.py's tar and
-   devkit writers), N train images and N/10 val images, ImageNet's size mix (mostly 500x375,
+   devkit writers), N train images (12,000 by default) and N/10 val images, ImageNet's size mix (mostly 500x375,
    500x333, 375x500; some small; a few percent over 1,000 px) and ImageNet's bytes (~110 KB a
    file: crops of the bundled photos with film grain added, baseline 4:2:0 JPEG at quality 85-95;
    grain matters, it is what makes decoding and encoding cost what they cost on real photos).
@@ -34,8 +34,10 @@ What is measured, and why:
 
 4. Memory: peak RSS of the whole process tree (driver + Beam workers, summed, sampled from /proc
    every 0.1 s; see pipeline/procmem.py) and of its largest single process, for every build.
-   `--memory` builds two corpus sizes (5x apart by default) and projects the per-sample slope to
-   ImageNet-1k (1.33M samples) and ImageNet-21k (14M).
+   A second build of a 4x smaller corpus (3,000 train images, the default resize) gives the
+   per-sample slope of each figure, projected to ImageNet-1k (1.33M samples) and ImageNet-21k
+   (14M), and how the steady-state time per image changes with size. `--memory` does only
+   that, at the sizes given (5x apart by default).
 
 Each is done for `--resize shorter:256` and for the default `longer:512`. The figures are printed
 with their targets (PASS/FAIL, informative: the command does not fail on them) and written to
@@ -73,7 +75,8 @@ __all__ = ["CorpusSpec", "draw_size", "make_photo", "ensure_corpus", "load_image
            "reference_kernel", "naive_kernel", "project_kernel", "time_kernels", "profile_phases",
            "naive_convert", "make_mode_report", "check_targets", "main"]
 
-DEFAULT_IMAGES = 3000
+DEFAULT_IMAGES = 12000  # the size the issue's end-to-end target is set at
+DEFAULT_SCALING_IMAGES = 3000  # the smaller build: 4x fewer
 DEFAULT_OUT = "bench-out"
 RESIZES = ("shorter:256", "longer:512")  # the second is the build's default
 DEFAULT_RESIZE = "longer:512"
@@ -775,6 +778,15 @@ def check_targets(report: dict) -> list[dict]:
         targets.append(_target(f"largest worker peak RSS (GiB), {resize}",
                                round(m["pipeline"]["memory"]["worker_rss"] / GiB, 3), "<=", 1.0))
         targets.append(_target(f"start-up (s), {resize}", m["startup"]["wall_s"], "<", 5.0))
+    scaling = report.get("scaling")
+    if scaling:
+        sizes = f"{scaling['runs'][0]['images']} and {scaling['runs'][-1]['images']} images"
+        targets.append(_target("peak RSS of the process tree projected to ImageNet-1k (GiB)",
+                               round(scaling["tree_rss"]["projected_imagenet_1k"] / GiB, 2), "<=", 12.0,
+                               f"half this machine's 24 GB; from {sizes}"))
+        change = scaling["steady_state_change"]
+        targets.append(_target("steady-state time per image, change between the two sizes",
+                               abs(change) if change is not None else None, "<=", 0.15, sizes))
     return targets
 
 
@@ -860,6 +872,7 @@ class Settings:
     shard_size: str
     seed: int
     img2dataset: bool
+    scaling_images: int = 0  # train images of the second, smaller build (0: none)
 
     @property
     def corpus_cache(self) -> str:
@@ -897,6 +910,17 @@ def bench_mode(resize: str, s: Settings, corpus: str, images: list[SourceImage],
     return make_mode_report(resize, kernels, profile, pipeline, startup, naive, _cores(), i2d)
 
 
+def bench_scaling(s: Settings, default_mode: dict) -> dict:
+    """A second, smaller build (default resize) beside the main one: memory and steady-state time
+    per image at two sizes, and the memory projected to ImageNet."""
+    spec = CorpusSpec.for_images(s.scaling_images, s.seed)
+    corpus, _ = ensure_corpus(spec, s.corpus_cache)
+    print(f"\n[scaling] building {spec.images} images ({DEFAULT_RESIZE}) ...", flush=True)
+    small = pipeline_build(corpus, s.build_dir("scaling-small"), DEFAULT_RESIZE, s.shard_size, s.logdir,
+                           "scaling-small").as_dict()
+    return memory_scaling([small, default_mode["pipeline"]], default_mode["startup"])
+
+
 def run_bench(s: Settings) -> dict:
     started = time.perf_counter()
     os.makedirs(s.logdir, exist_ok=True)
@@ -909,7 +933,10 @@ def run_bench(s: Settings) -> dict:
           f"450-520 px {100 * stats['share_longer_450_520']:.0f}%, under 400 {100 * stats['share_small_under_400']:.0f}%, "
           f"over 1000 {100 * stats['share_over_1000']:.1f}%")
     modes = {resize: bench_mode(resize, s, corpus, images, startup_corpus) for resize in s.resizes}
-    report = make_report(s, {"path": corpus, **stats}, modes, time.perf_counter() - started)
+    scaling = None
+    if DEFAULT_RESIZE in modes and s.scaling_images and s.scaling_images < s.images:
+        scaling = bench_scaling(s, modes[DEFAULT_RESIZE])
+    report = make_report(s, {"path": corpus, **stats}, modes, time.perf_counter() - started, scaling)
     print_report(report)
     path = os.path.join(s.out, "bench.json")
     with open(path, "w") as f:
@@ -918,10 +945,10 @@ def run_bench(s: Settings) -> dict:
     return report
 
 
-def make_report(s: Settings, corpus: dict, modes: dict, wall_s: float) -> dict:
+def make_report(s: Settings, corpus: dict, modes: dict, wall_s: float, scaling: Optional[dict] = None) -> dict:
     """The whole report (what bench.json holds): settings, corpus, every mode, the targets."""
     report = {"machine": machine_info(), "settings": dataclasses.asdict(s), "corpus": corpus, "modes": modes,
-              "default_vs_shorter256": None, "targets": None, "bench_wall_s": round(wall_s, 1)}
+              "scaling": scaling, "default_vs_shorter256": None, "targets": None, "bench_wall_s": round(wall_s, 1)}
     if "shorter:256" in modes and DEFAULT_RESIZE in modes:
         default, short = modes[DEFAULT_RESIZE], modes["shorter:256"]
         report["default_vs_shorter256"] = {
@@ -942,6 +969,8 @@ def print_report(report: dict) -> None:
     if d:
         print(f"\ndefault path / shorter:256 path: pipeline steady state {d['pipeline_steady_state']}, "
               f"project kernel {d['project_kernel']}")
+    if report.get("scaling"):
+        print_memory_scaling(report["scaling"])
     print_targets(report["targets"])
 
 
@@ -956,12 +985,51 @@ def _ms_per_image(seconds: float, images: int) -> Optional[float]:
     return round(1000 * seconds / images, 3) if images else None
 
 
+def _sized_run(run: dict, startup: dict) -> dict:
+    """A build's figures with its steady-state cost per image (its start-up build subtracted)."""
+    return {**run, "steady_state_ms_per_image": _ms_per_image(run["wall_s"] - startup["wall_s"], run["images"]),
+            "steady_state_cpu_ms_per_image": _ms_per_image(run["cpu_s"] - startup["cpu_s"], run["images"])}
+
+
+def memory_scaling(runs: list[dict], startup: dict) -> dict:
+    """Peak RSS and steady-state time per image against corpus size: the per-sample slope of each
+    memory figure (least squares over the runs), projected to ImageNet-1k and -21k, and how much
+    the steady-state time per image moves between the smallest and the largest run."""
+    runs = sorted((_sized_run(r, startup) for r in runs), key=lambda r: r["images"])
+    xs = [r["images"] for r in runs]
+    report = {"runs": runs, "startup_s": startup["wall_s"]}
+    for what in ("tree_rss", "worker_rss", "root_rss"):
+        slope, intercept = _fit_line(xs, [r["memory"][what] for r in runs])
+        report[what] = {"bytes_per_sample": round(slope, 1), "intercept_bytes": round(intercept),
+                        "projected_imagenet_1k": round(intercept + slope * IMAGENET_1K),
+                        "projected_imagenet_21k": round(intercept + slope * IMAGENET_21K)}
+    small, large = runs[0]["steady_state_ms_per_image"], runs[-1]["steady_state_ms_per_image"]
+    report["size_ratio"] = round(xs[-1] / xs[0], 2)
+    report["steady_state_change"] = round(large / small - 1, 3) if small and large else None
+    return report
+
+
+def print_memory_scaling(m: dict) -> None:
+    print(f"\nmemory and time against corpus size (start-up {m['startup_s']:.2f} s subtracted):")
+    for r in m["runs"]:
+        mem = r["memory"]
+        print(f"  {r['images']:>7} images  wall {r['wall_s']:7.2f} s  steady state {r['steady_state_ms_per_image']} ms/image "
+              f"(CPU {r['steady_state_cpu_ms_per_image']} ms/image, load {r['loadavg_at_start']})  "
+              f"peak tree {_mib(mem['tree_rss'])}  largest worker {_mib(mem['worker_rss'])}  driver {_mib(mem['root_rss'])}")
+    for what, label in (("tree_rss", "tree"), ("worker_rss", "largest worker"), ("root_rss", "driver")):
+        f = m[what]
+        print(f"  {label:<15} slope {f['bytes_per_sample']:>10,.0f} bytes/sample -> ImageNet-1k "
+              f"{f['projected_imagenet_1k'] / GiB:8.2f} GiB, ImageNet-21k {f['projected_imagenet_21k'] / GiB:8.2f} GiB")
+    if m["steady_state_change"] is not None:
+        print(f"  steady-state time per image, {m['size_ratio']}x the images: {100 * m['steady_state_change']:+.1f}%")
+
+
 def run_memory(s: Settings, sizes: list[int]) -> dict:
     """Peak RSS against corpus size (longer:512): the per-sample slope, projected to ImageNet."""
     os.makedirs(s.logdir, exist_ok=True)
     startup_corpus, _ = ensure_corpus(STARTUP_SPEC, s.corpus_cache)
     startup = pipeline_build(startup_corpus, s.build_dir("startup-memory"), DEFAULT_RESIZE, s.shard_size,
-                             s.logdir, "startup-memory")
+                             s.logdir, "startup-memory").as_dict()
     runs = []
     for n in sizes:
         spec = CorpusSpec.for_images(n, s.seed)
@@ -971,27 +1039,10 @@ def run_memory(s: Settings, sizes: list[int]) -> dict:
                              f"memory-{n}")
         if run.exit_code != 0:
             print(f"warning: the build of {n} exited {run.exit_code}: see {run.log}")
-        runs.append({**run.as_dict(), "train_images": n,
-                     "steady_state_ms_per_image": _ms_per_image(run.wall_s - startup.wall_s, run.images),
-                     "steady_state_cpu_ms_per_image": _ms_per_image(run.cpu_s - startup.cpu_s, run.images)})
-    xs = [r["images"] for r in runs]
+        runs.append({**run.as_dict(), "train_images": n})
     report = {"machine": machine_info(), "shard_size": s.shard_size, "resize": DEFAULT_RESIZE,
-              "startup": startup.as_dict(), "runs": runs}
-    for what in ("tree_rss", "worker_rss", "root_rss"):
-        slope, intercept = _fit_line(xs, [r["memory"][what] for r in runs])
-        report[what] = {"bytes_per_sample": round(slope, 1), "intercept_bytes": round(intercept),
-                        "projected_imagenet_1k": round(intercept + slope * IMAGENET_1K),
-                        "projected_imagenet_21k": round(intercept + slope * IMAGENET_21K)}
-    print(f"\nmemory against corpus size ({DEFAULT_RESIZE}, shard size {s.shard_size}, start-up {startup.wall_s:.2f} s):")
-    for r in runs:
-        mem = r["memory"]
-        print(f"  {r['images']:>7} images  wall {r['wall_s']:7.2f} s  steady state {r['steady_state_ms_per_image']} ms/image "
-              f"(CPU {r['steady_state_cpu_ms_per_image']} ms/image, load {r['loadavg_at_start']})  "
-              f"peak tree {_mib(mem['tree_rss'])}  largest worker {_mib(mem['worker_rss'])}  driver {_mib(mem['root_rss'])}")
-    for what, label in (("tree_rss", "tree"), ("worker_rss", "largest worker"), ("root_rss", "driver")):
-        f = report[what]
-        print(f"  {label:<15} slope {f['bytes_per_sample']:>10,.0f} bytes/sample -> ImageNet-1k "
-              f"{f['projected_imagenet_1k'] / GiB:8.2f} GiB, ImageNet-21k {f['projected_imagenet_21k'] / GiB:8.2f} GiB")
+              "startup": startup, **memory_scaling(runs, startup)}
+    print_memory_scaling(report)
     path = os.path.join(s.out, "bench-memory.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
@@ -1012,8 +1063,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img2dataset", action="store_true",
                    help="also run img2dataset (installed into OUT/img2dataset-venv on first use)")
+    p.add_argument("--scaling-images", type=int, default=None,
+                   help=f"train images of the smaller build that measures scaling (default {DEFAULT_SCALING_IMAGES}; "
+                        "0 with --quick; 0: none)")
     p.add_argument("--memory", action="store_true", help="peak RSS against corpus size, projected to ImageNet")
-    p.add_argument("--sizes", default="1500,7500", help="train images of the --memory builds (default 1500,7500)")
+    p.add_argument("--sizes", default="2400,12000", help="train images of the --memory builds (default 2400,12000)")
     p.add_argument("--naive-script", nargs=2, metavar=("SOURCE", "OUT"), help=argparse.SUPPRESS)
     return p
 
@@ -1030,7 +1084,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     s = Settings(images=a.images or (300 if a.quick else DEFAULT_IMAGES), out=a.out, resizes=resizes,
                  kernel_images=a.kernel_images or (100 if a.quick else 600), repeats=a.repeats or (1 if a.quick else 3),
-                 shard_size=a.shard_size, seed=a.seed, img2dataset=a.img2dataset)
+                 shard_size=a.shard_size, seed=a.seed, img2dataset=a.img2dataset,
+                 scaling_images=a.scaling_images if a.scaling_images is not None else
+                 (0 if a.quick else DEFAULT_SCALING_IMAGES))
     if a.memory:
         run_memory(s, [int(x) for x in a.sizes.split(",")])
     else:

@@ -218,3 +218,18 @@ def test_report_has_every_field_and_prints(capsys):
     bench.print_report(report)
     printed = capsys.readouterr().out
     assert "PASS" in printed and "images/s" in printed and "steady state" in printed
+
+
+def test_memory_scaling_fits_the_slope_and_the_time_per_image():
+    memory = lambda tree: bench.MemoryPeak(tree_rss=tree, worker_rss=tree // 4, root_rss=tree // 3).as_dict()  # noqa: E731
+    startup = {"wall_s": 4.0, "cpu_s": 6.0}
+    small = {"images": 3300, "wall_s": 4.0 + 3300 * 0.004, "cpu_s": 6.0 + 3300 * 0.008, "memory": memory(800 << 20),
+             "loadavg_at_start": 0.1}
+    large = {"images": 13200, "wall_s": 4.0 + 13200 * 0.0044, "cpu_s": 6.0 + 13200 * 0.008,
+             "memory": memory((800 << 20) + 9900 * 1000), "loadavg_at_start": 0.1}
+    m = bench.memory_scaling([large, small], startup)
+    assert [r["images"] for r in m["runs"]] == [3300, 13200]
+    assert m["tree_rss"]["bytes_per_sample"] == 1000.0
+    assert m["tree_rss"]["projected_imagenet_1k"] == round((800 << 20) - 3300 * 1000 + 1000 * bench.IMAGENET_1K)
+    assert m["runs"][0]["steady_state_ms_per_image"] == 4.0 and m["runs"][1]["steady_state_ms_per_image"] == 4.4
+    assert m["steady_state_change"] == 0.1 and m["size_ratio"] == 4.0
