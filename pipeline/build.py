@@ -1,8 +1,9 @@
 """The build graph: one labelled step a line, the element shape between steps.
 
-Image bytes exist only inside WriteShards (one fused stage per shard); everything that
-crosses a shuffle is small: MemberRefs (~200 B), index rows, rejects, file facts. That
-keeps the local runner's memory flat however large the dataset (see README "Design").
+Image bytes and index rows exist only inside WriteShards (one fused stage per shard, which
+writes the tar and its Parquet index); everything that crosses a shuffle is small: MemberRefs
+(~300 B), one (sha256, key) record a sample for the duplicate search, rejects, file facts.
+That keeps the local runner's memory low however large the dataset (see README "Design").
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pipeline
 from pipeline.options import BuildConfig
 from transforms.archives import IndexArchives
 from transforms.boxes import ReadAnnotations
-from transforms.index import WriteIndex, WriteRejects
+from transforms.index import FlagDuplicates, WriteRejects
 from transforms.manifest import WriteManifest
 from transforms.sharding import GroupIntoShards
 from transforms.sources import Discovery
@@ -64,12 +65,13 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     if progress_dir:
         _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
 
-    # -> shards: ShardInfo; rows: (ShardTask, [IndexRow]); rejects: Reject; orphans: (split, n)
+    # -> shards: ShardInfo; index: IndexFile; hashes: (sha256, (sha256, key, split, shard_id));
+    #    rejects: Reject; orphans: (split, n)
     written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
                                                    discovery.loc_blacklist)
 
-    # -> IndexFile (one Parquet per shard, duplicates flagged)
-    index_files = written["rows"] | "WriteIndex" >> WriteIndex(out)
+    # -> (split, shard_id, n): the index files holding duplicates, rewritten with duplicate_of set
+    duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)
 
     # -> RejectsFile (one Parquet per split)
     rejects = (index_rejects, written["rejects"]) | "AllRejects" >> beam.Flatten()
@@ -90,7 +92,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     left_out = indexed["left_out"] | "SplitOfLeftOut" >> beam.Map(lambda item: item.split) | (
         "CountLeftOut" >> beam.combiners.Count.PerElement())
 
-    facts = {"read": read, "left_out": left_out, "shard": written["shards"], "index": index_files, "rejects": rejects_files,
+    facts = {"read": read, "left_out": left_out, "shard": written["shards"], "index": written["index"],
+             "duplicates": duplicates, "rejects": rejects_files,
              "annotation_rejects": annotation_rejects_files, "orphans": orphans}
     _ = facts | (
         "WriteManifest" >> WriteManifest(out, manifest_header(config, discovery, codecs), config.max_reject_rate))

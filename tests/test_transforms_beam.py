@@ -1,4 +1,5 @@
 """One TestPipeline test per composite transform, asserting each of its outputs exactly."""
+import hashlib
 import io
 import tarfile
 
@@ -12,10 +13,10 @@ from transforms.archives import IndexArchives, Labeler
 from transforms.boxes import BoxesRef
 from transforms.labels import imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
-from transforms.index import IndexFile, RejectsFile, WriteIndex, WriteRejects
+from transforms.index import FlagDuplicates, IndexFile, RejectsFile, WriteRejects, write_index_file
 from transforms.layout import OutputLayout
 from transforms.records import MemberRef, Reject
-from transforms.schema import IndexRow
+from transforms.schema import INDEX_SCHEMA, IndexRow
 from transforms.sharding import GroupIntoShards, shard_of
 from transforms.sources import ArchiveSpec
 from transforms.write_shards import ShardTask, WriteShards
@@ -107,9 +108,10 @@ def test_write_shards(tmp_path):
                    | WriteShards(options, str(out), 0, codec_versions()))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 1)]), label="shards")
-        assert_that(written["rows"] | beam.MapTuple(lambda t, rows: [(r.key, r.reencoded, r.size, r.boxes, r.has_boxes)
-                                                                     for r in rows]),
-                    equal_to([[("n01440764_1", False, len(good), ([0.25, 0.0, 0.75, 1.0],), True)]]), label="rows")
+        assert_that(written["index"], equal_to([IndexFile("train", 0, "train/train-000000.parquet", 1, 0,
+                                                          with_boxes=1, boxes=1)]), label="index")
+        sha = hashlib.sha256(good).hexdigest()
+        assert_that(written["hashes"], equal_to([(sha, (sha, "n01440764_1", "train", 0))]), label="hashes")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
         assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("n01440764_2", "not_an_image")]), label="rejects")
@@ -117,6 +119,10 @@ def test_write_shards(tmp_path):
     with tarfile.open(out / "train" / "train-000000.tar") as tar:
         assert tar.getnames() == ["n01440764_1.jpg", "n01440764_1.cls", "n01440764_1.json"]
     assert good in shard
+    rows = pq.read_table(out / "train" / "train-000000.parquet").to_pylist()  # the index, written beside the tar
+    assert [(r["key"], r["reencoded"], r["size"], r["boxes"], r["has_boxes"], r["duplicate_of"]) for r in rows] == [
+        ("n01440764_1", False, len(good), [[0.25, 0.0, 0.75, 1.0]], True, None)]
+    assert shard[rows[0]["offset"]:rows[0]["offset"] + rows[0]["size"]] == good
 
 
 def _row(key, shard_id, sha):
@@ -124,15 +130,20 @@ def _row(key, shard_id, sha):
                     "RGB", False, sha, None, None, (), f"x/{key}")
 
 
-def test_write_index_flags_duplicates_across_shards(tmp_path):
-    rows = [(ShardTask("train", 0), [_row("b", 0, "s1"), _row("c", 0, "s2")]),
-            (ShardTask("train", 1), [_row("a", 1, "s1")])]
+def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):
+    layout = OutputLayout(str(tmp_path))
+    shards = {0: [_row("b", 0, "s1"), _row("c", 0, "s2")], 1: [_row("a", 1, "s1")], 2: [_row("d", 2, "s3")]}
+    for shard_id, rows in shards.items():
+        write_index_file(layout, "train", shard_id, rows, {})
+    untouched = {i: (tmp_path / "train" / f"train-{i:06d}.parquet").read_bytes() for i in (1, 2)}
+    hashes = [(r.sha256, (r.sha256, r.key, r.split, shard_id)) for shard_id, rows in shards.items() for r in rows]
     with TestPipeline() as p:
-        files = p | beam.Create(rows) | WriteIndex(str(tmp_path))
-        assert_that(files, equal_to([IndexFile("train", 0, "train/train-000000.parquet", 2, 1),
-                                     IndexFile("train", 1, "train/train-000001.parquet", 1, 0)]))
-    table = pq.read_table(tmp_path / "train" / "train-000000.parquet").to_pylist()
-    assert {r["key"]: r["duplicate_of"] for r in table} == {"b": "a", "c": None}
+        flagged = p | beam.Create(hashes) | FlagDuplicates(str(tmp_path))
+        assert_that(flagged, equal_to([("train", 0, 1)]))  # b has a's bytes; a sorts first and stays unflagged
+    table = pq.read_table(tmp_path / "train" / "train-000000.parquet")
+    assert table.schema == INDEX_SCHEMA
+    assert {r["key"]: r["duplicate_of"] for r in table.to_pylist()} == {"b": "a", "c": None}
+    assert {i: (tmp_path / "train" / f"train-{i:06d}.parquet").read_bytes() for i in (1, 2)} == untouched
 
 
 def test_write_rejects(tmp_path):

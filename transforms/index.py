@@ -5,6 +5,9 @@ Contracts:
       for every sample whose source bytes another key also has; duplicate_of is the key
       that sorts first, which itself stays unflagged.
   write_index_file(rows of one shard, {key: duplicate_of}) -> IndexFile
+      (the shard writer calls it with no duplicates: they are known only once every shard is done)
+  flag_duplicates(one shard's index file, {key: duplicate_of}) -> the number flagged, the
+      file rewritten in place (atomically) with duplicate_of set
   write_rejects_file(rejects of one split) -> RejectsFile
 Index files sit next to their shard (train/train-000003.parquet for train-000003.tar),
 rows in the shard's order; one rejects file per split.
@@ -15,13 +18,16 @@ import collections
 import dataclasses
 from typing import Iterable
 
+import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.layout import OutputLayout
-from transforms.schema import rejects_to_table, rows_to_table
+from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 
-__all__ = ["IndexFile", "RejectsFile", "duplicate_links", "write_index_file", "write_rejects_file"]
+__all__ = ["IndexFile", "RejectsFile", "duplicate_links", "write_index_file", "flag_duplicates",
+           "write_rejects_file"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,21 @@ def write_index_file(layout: OutputLayout, split: str, shard_id: int, rows: list
                      label_disagreements=sum(1 for r in rows if r.label_disagrees))
 
 
+def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_of: dict) -> int:
+    """Set duplicate_of in one shard's index file for the keys in `duplicate_of`; return how many.
+
+    A read-modify-write of a file of a few thousand rows, done only for shards that hold a
+    duplicate; a retry rewrites the same values."""
+    url = layout.url(layout.index(split, shard_id))
+    with fsspec.open(url, "rb") as f:
+        table = pq.read_table(f, schema=INDEX_SCHEMA)
+    keys = table.column("key").to_pylist()
+    flags = pa.array([duplicate_of.get(k) for k in keys], pa.string())
+    column = INDEX_SCHEMA.get_field_index("duplicate_of")
+    _write_parquet(layout, layout.index(split, shard_id), table.set_column(column, INDEX_SCHEMA.field(column), flags))
+    return sum(1 for f in flags if f.is_valid)
+
+
 def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: str = "images") -> RejectsFile:
     """kind "images": the images' rejects table; "annotations": the annotation files set aside."""
     rejects = sorted(rejects)
@@ -84,39 +105,28 @@ def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: st
 import apache_beam as beam  # noqa: E402
 
 
-def _write_index(layout_root: str):
-    def write(task_key, grouped):
-        rows = [row for batch in grouped["rows"] for row in batch]
-        duplicate_of = dict(grouped["links"])
-        return write_index_file(OutputLayout(layout_root), task_key[0], task_key[1], rows, duplicate_of)
-    return write
+class FlagDuplicates(beam.PTransform):
+    """(sha256, (sha256, key, split, shard_id)) a sample -> (split, shard_id, duplicates flagged),
+    for each shard that holds a duplicate, after its index file is rewritten.
 
-
-class WriteIndex(beam.PTransform):
-    """(ShardTask, [IndexRow]) -> IndexFile, one Parquet file per shard, duplicates flagged.
-
-    Duplicates are found by a shuffle of (sha256, key) pairs only; the flags then join the
-    rows of their shard. Rows cross one shuffle (to meet their flags), images none.
+    Only these small records are shuffled (by sha256, then the few links by shard): the rows
+    themselves stay in the files the shard writers made.
     """
 
     def __init__(self, out_root: str):
         super().__init__()
         self._out_root = out_root
 
-    def expand(self, shard_rows):
-        by_shard = shard_rows | "KeyByShard" >> beam.MapTuple(lambda task, rows: ((task.split, task.shard_id), rows))
-        links = (
-            shard_rows
-            | "HashesOfShard" >> beam.FlatMapTuple(
-                lambda task, rows: [(r.sha256, (r.sha256, r.key, r.split, task.shard_id)) for r in rows])
+    def expand(self, hashes):
+        root = self._out_root
+        return (
+            hashes
             | "GroupBySha256" >> beam.GroupByKey()
             | "LinkDuplicates" >> beam.FlatMapTuple(lambda sha, entries: duplicate_links(entries))
             | "KeyLinkByShard" >> beam.Map(lambda link: ((link[0], link[1]), (link[2], link[3])))
-        )
-        return (
-            {"rows": by_shard, "links": links}
-            | "JoinLinks" >> beam.CoGroupByKey()
-            | "WriteParquet" >> beam.MapTuple(_write_index(self._out_root))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "RewriteIndex" >> beam.MapTuple(
+                lambda shard, links: (*shard, flag_duplicates(OutputLayout(root), *shard, dict(links))))
         )
 
 

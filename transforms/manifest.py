@@ -26,8 +26,10 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
 
     facts: ("read", (split, n)) | ("shard", ShardInfo) | ("index", IndexFile) | ("rejects", RejectsFile)
            | ("annotation_rejects", RejectsFile) | ("orphans", (split, n))
+           | ("duplicates", (split, shard_id, n)): n samples of that shard's index flagged duplicate_of
     """
     read, orphans, left_out = collections.Counter(), collections.Counter(), collections.Counter()
+    duplicates = collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     annotation_rejects = {}
     for kind, fact in facts:
@@ -45,11 +47,13 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
             index[fact.split].append(fact)
         elif kind == "rejects":
             rejects[fact.split] = fact
+        elif kind == "duplicates":
+            duplicates[fact[0]] += fact[2]
         else:
             raise ValueError(f"unknown fact {kind!r}")
 
     splits = {}
-    for split in sorted(set(read) | set(shards) | set(rejects)):
+    for split in sorted(set(read) | set(shards) | set(rejects) | set(duplicates)):
         split_shards = sorted(shards[split], key=lambda s: s.shard_id)
         split_index = sorted(index[split], key=lambda i: i.shard_id)
         split_rejects = rejects.get(split)
@@ -58,7 +62,7 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
             "left_out": left_out[split],  # members of classes --classes left out (not read)
             "samples": sum(s.samples for s in split_shards),
             "rejected": split_rejects.rows if split_rejects else 0,
-            "duplicates": sum(i.duplicates for i in split_index),
+            "duplicates": sum(i.duplicates for i in split_index) + duplicates[split],
             "with_boxes": sum(i.with_boxes for i in split_index),
             "boxes": sum(i.boxes for i in split_index),
             "label_disagreements": sum(i.label_disagreements for i in split_index),

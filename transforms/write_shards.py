@@ -1,8 +1,11 @@
 """Write one shard: read its members by byte range, run the image kernel, append to a tar.
 
-Contract: (ShardTask, [MemberRef]) -> ShardResult(ShardInfo, [IndexRow], [Reject]).
-This is the only stage that touches image bytes; they live inside it and never cross
-a stage boundary. Rejects here: every reason of the image kernel, plus `duplicate_key`
+Contract: (ShardTask, [MemberRef]) -> ShardResult(ShardInfo, IndexFile, [IndexRow], [Reject]).
+The shard's tar and its Parquet index are both written here. This is the only stage that
+touches image bytes; they live inside it and never cross a stage boundary, and neither do
+the index rows (~1 KB a sample: shuffled, the local runner would hold them all in memory):
+what leaves is file facts, rejects, and one (sha256, key) record per sample for the
+duplicate search (transforms/index.py). Rejects here: every reason of the image kernel, plus `duplicate_key`
 (a second member with the same key in the same split: the first by archive position wins).
 
 Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
@@ -22,6 +25,7 @@ from typing import IO, Callable, Iterable, Optional, Sequence
 
 from transforms.boxes import normalise_pixel_boxes, orient_boxes
 from transforms.image import ImageOptions, process_image
+from transforms.index import IndexFile, write_index_file
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject
 from transforms.schema import IndexRow, as_dict
@@ -56,6 +60,7 @@ class ShardInfo:
 @dataclasses.dataclass
 class ShardResult:
     shard: ShardInfo
+    index: IndexFile  # the shard's Parquet index, written beside it (duplicate_of not yet set)
     rows: list
     rejects: list
     orphan_annotations: int = 0  # annotations whose image is not in this shard's split
@@ -234,8 +239,9 @@ def write_shard(
     if on_progress:
         on_progress(len(members), len(members))
     info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest)
+    index = write_index_file(layout, task.split, task.shard_id, rows, {})  # after the tar: it indexes that file
     orphans = len(set(boxes) - {r.key for r in refs})
-    return ShardResult(info, rows, rejects, orphans)
+    return ShardResult(info, index, rows, rejects, orphans)
 
 
 # --- Beam wiring -------------------------------------------------------------------
@@ -307,7 +313,9 @@ class _WriteShardFn(beam.DoFn):
         for reject in result.rejects:
             beam.metrics.Metrics.counter("rejects", reject.reason).inc()
             yield pvalue.TaggedOutput("rejects", reject)
-        yield pvalue.TaggedOutput("rows", (task, result.rows))
+        yield pvalue.TaggedOutput("index", result.index)
+        for row in result.rows:
+            yield pvalue.TaggedOutput("hashes", (row.sha256, (row.sha256, row.key, row.split, task.shard_id)))
         yield result.shard
 
     def teardown(self):
@@ -315,8 +323,9 @@ class _WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """(ShardTask, [MemberRef], [BoxesRef]) -> {"shards": ShardInfo, "rows": (ShardTask, [IndexRow]),
-    "rejects": Reject, "orphans": (split, annotations without an image)}."""
+    """(ShardTask, [MemberRef], [BoxesRef]) -> {"shards": ShardInfo, "index": IndexFile,
+    "hashes": (sha256, (sha256, key, split, shard_id)) a sample, "rejects": Reject,
+    "orphans": (split, annotations without an image)}."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset()):
@@ -324,6 +333,7 @@ class WriteShards(beam.PTransform):
         self._fn = _WriteShardFn(options, out_root, seed, codecs, progress_dir, blacklist)
 
     def expand(self, tasks):
-        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("rows", "rejects", "orphans",
+        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("index", "hashes", "rejects", "orphans",
                                                                               main="shards")
-        return {"shards": out.shards, "rows": out.rows, "rejects": out.rejects, "orphans": out.orphans}
+        return {"shards": out.shards, "index": out.index, "hashes": out.hashes, "rejects": out.rejects,
+                "orphans": out.orphans}
