@@ -157,3 +157,12 @@ def test_an_unexpected_kernel_error_becomes_a_reject(tmp_path, monkeypatch):
                             ArchiveReader())
     assert result.shard.samples == 0
     assert [(r.reason, r.detail) for r in result.rejects] == [("corrupt", "ZeroDivisionError: decoder bug")]
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "n01440764_10026.jpg", "ILSVRC2012_val_00000001.json", "x" * 96 + ".cls",
+                                  "y" * 97 + ".jpg", "z" * 101, "dog_\udcff.jpg"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 123_456, 10**9, 8**11 - 1, 8**11])
+def test_tar_header_is_tarfiles_own(name, size):
+    from transforms.write_shards import _tar_header, _tarinfo_header
+
+    assert _tar_header(name, size) == _tarinfo_header(name, size)

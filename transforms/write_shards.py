@@ -146,7 +146,7 @@ class ShardTarWriter:
 _ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
-def _tar_header(name: str, size: int) -> bytes:
+def _tarinfo_header(name: str, size: int) -> bytes:
     # Every field but name and size is fixed: wall-clock or user-dependent values would make
     # shards differ between runs.
     info = tarfile.TarInfo(name)
@@ -156,6 +156,24 @@ def _tar_header(name: str, size: int) -> bytes:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+# tarfile's header with the name and size fields cut out: the same for every member. Filling in
+# a name and a size and summing the checksum is ~1 us; TarInfo.tobuf ~25 us, a tenth of the
+# per-sample overhead (tests check the two agree byte for byte).
+_TEMPLATE = _tarinfo_header("x", 0)
+_BEFORE_SIZE, _AFTER_SIZE = _TEMPLATE[100:124], _TEMPLATE[136:148]  # mode, uid, gid | mtime
+_TAIL = _TEMPLATE[156:]  # type flag, link name, magic, owner names, device numbers, padding
+_FIXED_SUM = sum(_BEFORE_SIZE) + sum(_AFTER_SIZE) + 8 * ord(" ") + sum(_TAIL)  # chksum counts itself as spaces
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or size >= 8 ** 11:  # GNU long-name block / base-256 size: tarfile's own way
+        return _tarinfo_header(name, size)
+    size_field = b"%011o\0" % size
+    checksum = _FIXED_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw.ljust(100, b"\0"), _BEFORE_SIZE, size_field, _AFTER_SIZE, b"%06o\0 " % checksum, _TAIL))
 
 
 def order_members(refs: Iterable[MemberRef], seed: int) -> tuple[list[MemberRef], list[Reject]]:
