@@ -2,11 +2,13 @@
 
 Image bytes and index rows exist only inside WriteShards (one fused stage per shard, which
 writes the tar and its Parquet index); everything that crosses a shuffle is small: MemberRefs
-(~300 B), one (sha256, key) record a sample for the duplicate search, rejects, file facts.
+in batches (~100 B a member), (sha256, key) records in batches for the duplicate search,
+rejects, file facts.
 That keeps the local runner's memory low however large the dataset (see README "Design").
 """
 from __future__ import annotations
 
+import collections
 import datetime
 from typing import Optional
 
@@ -50,7 +52,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
                 progress_dir: Optional[str] = None) -> None:
     out = config.out
 
-    # -> members: MemberRef(key, split, archive, offset, size, label, wnid, source); rejects: Reject
+    # -> members: batches (MemberRef(key, split, archive, offset, size, label, wnid, source), ...), one a
+    #    class tar or flat tar; rejects: Reject
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
                                                      discovery.holdout_per_class, config.seed)
     members, index_rejects = indexed["members"], indexed["rejects"]
@@ -65,7 +68,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     if progress_dir:
         _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
 
-    # -> shards: ShardInfo; index: IndexFile; hashes: (sha256, (sha256, key, split, shard_id));
+    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, ((sha256, key, split, shard_id), ...));
     #    rejects: Reject; orphans: (split, n)
     written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
                                                    discovery.loc_blacklist)
@@ -81,10 +84,10 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
 
     # -> (split, members read): every non-directory member, kept or rejected
     read = (
-        (members, index_rejects)
+        (members | "SplitsOfBatch" >> beam.FlatMap(lambda batch: collections.Counter(r.split for r in batch).items()),
+         index_rejects | "SplitOfReject" >> beam.Map(lambda reject: (reject.split, 1)))
         | "AllRead" >> beam.Flatten()
-        | "SplitOfRead" >> beam.Map(lambda item: item.split)
-        | "CountRead" >> beam.combiners.Count.PerElement()
+        | "CountRead" >> beam.CombinePerKey(sum)
     )
 
     # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written

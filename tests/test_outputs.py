@@ -1,4 +1,5 @@
 """Pure cores of the output stages: tar writer, duplicates, tables, manifest."""
+import collections
 import dataclasses
 import io
 import subprocess
@@ -166,3 +167,30 @@ def test_tar_header_is_tarfiles_own(name, size):
     from transforms.write_shards import _tar_header, _tarinfo_header
 
     assert _tar_header(name, size) == _tarinfo_header(name, size)
+
+
+def test_hash_buckets_and_links_find_every_duplicate_across_shards():
+    import hashlib
+
+    from transforms.index import HASH_BUCKETS, hash_buckets, links_in_bucket
+    from transforms.schema import IndexRow
+
+    def row(key, content):
+        return IndexRow(key, "train", "t.tar", 512, 1, 0, "n01440764", 1, 1, 1, 1, "JPEG", "RGB", False,
+                        hashlib.sha256(content).hexdigest(), None, None, (), key)
+
+    shards = {i: [row(f"k{i}_{j}", bytes([j % 7])) for j in range(40)] for i in range(3)}  # 7 contents, 120 keys
+    buckets = collections.defaultdict(list)
+    for shard_id, rows in shards.items():
+        out = hash_buckets(rows, shard_id)
+        assert len(out) <= HASH_BUCKETS and sum(len(b) for _, b in out) == len(rows)
+        for bucket, batch in out:
+            assert all(int(e[0][0], 16) % HASH_BUCKETS == bucket and e[3] == shard_id for e in batch)
+            buckets[bucket].append(batch)
+    links = [link for batches in buckets.values() for link in links_in_bucket(batches)]
+    expected = []
+    for content in range(7):
+        sha = hashlib.sha256(bytes([content])).hexdigest()
+        group = sorted((r.key, r.split, shard_id) for shard_id, rows in shards.items() for r in rows if r.sha256 == sha)
+        expected += [(split, shard_id, key, group[0][0]) for key, split, shard_id in group[1:]]
+    assert sorted(links) == sorted(expected) and len(links) == 120 - 7

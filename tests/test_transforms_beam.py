@@ -13,7 +13,7 @@ from transforms.archives import IndexArchives, Labeler
 from transforms.boxes import BoxesRef
 from transforms.labels import imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
-from transforms.index import FlagDuplicates, IndexFile, RejectsFile, WriteRejects, write_index_file
+from transforms.index import FlagDuplicates, IndexFile, RejectsFile, WriteRejects, hash_buckets, write_index_file
 from transforms.layout import OutputLayout
 from transforms.records import MemberRef, Reject
 from transforms.schema import INDEX_SCHEMA, IndexRow
@@ -59,7 +59,11 @@ def test_index_archives(tmp_path):
     labeler = Labeler(classes, {"val": {"ILSVRC2012_val_00000001": "n01751748"}}, frozenset({"train", "val"}))
     with TestPipeline() as p:
         out = p | IndexArchives(archives, labeler)
-        members = out["members"] | beam.Map(lambda r: (r.key, r.split, r.label, r.size))
+        batches = out["members"] | "BatchShape" >> beam.Map(lambda batch: sorted(r.key for r in batch))
+        assert_that(batches, equal_to([["n01440764_1"], ["n01443537_7"], ["ILSVRC2012_val_00000001"]]),
+                    label="one batch a unit")
+        members = out["members"] | beam.FlatMap(lambda batch: batch) | beam.Map(lambda r: (r.key, r.split, r.label,
+                                                                                        r.size))
         rejects = out["rejects"] | beam.Map(lambda r: (r.key, r.reason))
         assert_that(members, equal_to([("n01440764_1", "train", 0, 10), ("n01443537_7", "train", 1, 20),
                                        ("ILSVRC2012_val_00000001", "val", 65, 2)]), label="members")
@@ -75,7 +79,7 @@ def test_group_into_shards_includes_empty_shards():
     refs = _refs(3) + _refs(2, split="val")
     with TestPipeline() as p:
         grouping = GroupIntoShards(seed=0, shard_size=3000, resize_mode="none", resize_size=None, quality=90)
-        members = p | "Members" >> beam.Create(refs)
+        members = p | "Members" >> beam.Create([tuple(refs[:2]), tuple(refs[2:])])  # batches, one mixing splits
         boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
                                             BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
         tasks = {"members": members, "boxes": boxes} | grouping
@@ -111,7 +115,8 @@ def test_write_shards(tmp_path):
         assert_that(written["index"], equal_to([IndexFile("train", 0, "train/train-000000.parquet", 1, 0,
                                                           with_boxes=1, boxes=1)]), label="index")
         sha = hashlib.sha256(good).hexdigest()
-        assert_that(written["hashes"], equal_to([(sha, (sha, "n01440764_1", "train", 0))]), label="hashes")
+        assert_that(written["hashes"], equal_to([(int(sha[0], 16), ((sha, "n01440764_1", "train", 0),))]),
+                    label="hashes")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
         assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("n01440764_2", "not_an_image")]), label="rejects")
@@ -132,11 +137,12 @@ def _row(key, shard_id, sha):
 
 def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):
     layout = OutputLayout(str(tmp_path))
-    shards = {0: [_row("b", 0, "s1"), _row("c", 0, "s2")], 1: [_row("a", 1, "s1")], 2: [_row("d", 2, "s3")]}
+    s1, s2, s3 = (hashlib.sha256(bytes([i])).hexdigest() for i in range(3))
+    shards = {0: [_row("b", 0, s1), _row("c", 0, s2)], 1: [_row("a", 1, s1)], 2: [_row("d", 2, s3)]}
     for shard_id, rows in shards.items():
         write_index_file(layout, "train", shard_id, rows, {})
     untouched = {i: (tmp_path / "train" / f"train-{i:06d}.parquet").read_bytes() for i in (1, 2)}
-    hashes = [(r.sha256, (r.sha256, r.key, r.split, shard_id)) for shard_id, rows in shards.items() for r in rows]
+    hashes = [bucket for shard_id, rows in shards.items() for bucket in hash_buckets(rows, shard_id)]
     with TestPipeline() as p:
         flagged = p | beam.Create(hashes) | FlagDuplicates(str(tmp_path))
         assert_that(flagged, equal_to([("train", 0, 1)]))  # b has a's bytes; a sorts first and stays unflagged

@@ -26,8 +26,8 @@ from transforms.layout import OutputLayout
 from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 
-__all__ = ["IndexFile", "RejectsFile", "duplicate_links", "write_index_file", "flag_duplicates",
-           "write_rejects_file"]
+__all__ = ["IndexFile", "RejectsFile", "duplicate_links", "hash_buckets", "links_in_bucket", "write_index_file",
+           "flag_duplicates", "write_rejects_file"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,29 @@ def duplicate_links(entries: Iterable[tuple]) -> list[tuple]:
         return []
     first_key = group[0][1]
     return [(split, shard_id, key, first_key) for _sha, key, split, shard_id in group[1:]]
+
+
+# The duplicate search shuffles (sha256, key) records by sha256: bucketed by the digest's first
+# hex digit, one element carries a shard's records of a bucket (up to 16 elements a shard,
+# whatever its size) instead of one element a sample.
+HASH_BUCKETS = 16
+
+
+def hash_buckets(rows, shard_id: int) -> list[tuple]:
+    """[(bucket, ((sha256, key, split, shard_id), ...))] for one shard's index rows."""
+    buckets = collections.defaultdict(list)
+    for r in rows:
+        buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append((r.sha256, r.key, r.split, shard_id))
+    return [(b, tuple(entries)) for b, entries in sorted(buckets.items())]
+
+
+def links_in_bucket(batches: Iterable[tuple]) -> list[tuple]:
+    """duplicate_links for every sha256 of a bucket: its shards' record batches, merged."""
+    by_sha = collections.defaultdict(list)
+    for batch in batches:
+        for entry in batch:
+            by_sha[entry[0]].append(entry)
+    return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
 
 
 def _write_parquet(layout: OutputLayout, relative: str, table) -> None:
@@ -106,10 +129,11 @@ import apache_beam as beam  # noqa: E402
 
 
 class FlagDuplicates(beam.PTransform):
-    """(sha256, (sha256, key, split, shard_id)) a sample -> (split, shard_id, duplicates flagged),
-    for each shard that holds a duplicate, after its index file is rewritten.
+    """(bucket, ((sha256, key, split, shard_id), ...)) (hash_buckets of each shard) ->
+    (split, shard_id, duplicates flagged) for each shard that holds a duplicate, after its
+    index file is rewritten.
 
-    Only these small records are shuffled (by sha256, then the few links by shard): the rows
+    Only these small records are shuffled (by bucket, then the few links by shard): the rows
     themselves stay in the files the shard writers made.
     """
 
@@ -121,8 +145,8 @@ class FlagDuplicates(beam.PTransform):
         root = self._out_root
         return (
             hashes
-            | "GroupBySha256" >> beam.GroupByKey()
-            | "LinkDuplicates" >> beam.FlatMapTuple(lambda sha, entries: duplicate_links(entries))
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "LinkDuplicates" >> beam.FlatMapTuple(lambda bucket, batches: links_in_bucket(batches))
             | "KeyLinkByShard" >> beam.Map(lambda link: ((link[0], link[1]), (link[2], link[3])))
             | "GroupByShard" >> beam.GroupByKey()
             | "RewriteIndex" >> beam.MapTuple(

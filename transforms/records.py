@@ -38,6 +38,12 @@ class MemberRef:
     wnid: Optional[str]  # WordNet ID of the class, None when unlabeled
     source: str  # readable origin, e.g. "ILSVRC2012_img_train.tar/n01440764.tar/n01440764_10026.JPEG"
 
+    def __reduce__(self):
+        # Pickled positionally, without its field names: every member crosses two shuffles, and
+        # the local runner holds what crosses one in memory (234 bytes instead of 319 alone).
+        return MemberRef, (self.key, self.split, self.archive, self.offset, self.size, self.label, self.wnid,
+                           self.source)
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Reject:

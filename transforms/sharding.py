@@ -15,7 +15,8 @@ import hashlib
 import math
 import re
 
-__all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size"]
+__all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size",
+           "split_estimates", "assign_batch"]
 
 # Per-sample bytes in a shard besides the image: three tar headers (.jpg, .cls, .json),
 # the .cls and .json payloads padded to 512-byte blocks, and the image's average padding.
@@ -86,14 +87,35 @@ def _add_pairs(pairs):
     return count, total
 
 
+def split_estimates(batch, mode: str, size, quality: int) -> list:
+    """[(split, (samples, estimated bytes))] of one batch of MemberRefs."""
+    totals = {}
+    for ref in batch:
+        count, total = totals.get(ref.split, (0, 0))
+        totals[ref.split] = (count + 1, total + estimate_sample_bytes(ref.size, mode, size, quality))
+    return sorted(totals.items())
+
+
+def assign_batch(batch, seed: int, counts: dict) -> list:
+    """[((split, shard_id), (MemberRef, ...))]: a batch of members cut by the shard they go to."""
+    by_shard = {}
+    for ref in batch:
+        by_shard.setdefault((ref.split, shard_of(ref.key, seed, counts[ref.split])), []).append(ref)
+    return [(shard, tuple(refs)) for shard, refs in sorted(by_shard.items())]
+
+
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
 class _AssignShardFn(beam.DoFn):
-    """MemberRef | BoxesRef -> ((split, shard_id), record); annotations of a split without samples -> orphans."""
+    """(MemberRef, ...) | BoxesRef -> ((split, shard_id), record): member batches cut by shard;
+    annotations of a split without samples -> orphans."""
 
     def __init__(self, seed: int):
         self._seed = seed
 
     def process(self, item, counts):
+        if isinstance(item, tuple):  # a batch of members: every split in it has samples
+            yield from assign_batch(item, self._seed, counts)
+            return
         n = counts.get(item.split)
         if n:
             yield (item.split, shard_of(item.key, self._seed, n)), item
@@ -102,10 +124,11 @@ class _AssignShardFn(beam.DoFn):
 
 
 class GroupIntoShards(beam.PTransform):
-    """{"members": MemberRef, "boxes": BoxesRef} -> (ShardTask, [MemberRef], [BoxesRef]) for every
-    shard of every split (empty ones too).
+    """{"members": (MemberRef, ...) batches, "boxes": BoxesRef} -> (ShardTask, [MemberRef], [BoxesRef])
+    for every shard of every split (empty ones too).
 
-    Only small records cross this shuffle (MemberRefs ~280 bytes, boxes), never image bytes.
+    Only small records cross this shuffle (batches of MemberRefs, ~100 bytes a member, cut by
+    shard; boxes), never image bytes.
     Annotations go to the shard their key hashes to, so they meet their image there.
     Also exposes `self.plan`: PCollection of (split, (samples, shards)), and `self.orphans`:
     (split, 1) for each annotation of a split that has no samples.
@@ -126,7 +149,7 @@ class GroupIntoShards(beam.PTransform):
         seed, shard_size, (mode, size, quality) = self._seed, self._shard_size, self._estimate
         totals = (
             members
-            | "EstimateBytes" >> beam.Map(lambda r: (r.split, (1, estimate_sample_bytes(r.size, mode, size, quality))))
+            | "EstimateBytes" >> beam.FlatMap(split_estimates, mode, size, quality)
             | "SumPerSplit" >> beam.CombinePerKey(_add_pairs)
         )
         self.plan = totals | "CountShards" >> beam.MapTuple(
@@ -152,7 +175,9 @@ def _to_shard_task(shard_task):
     def split_records(key, records):
         refs, boxes = [], []
         for r in records:
-            if isinstance(r, MemberRef):
+            if isinstance(r, tuple):  # a batch of members
+                refs.extend(r)
+            elif isinstance(r, MemberRef):
                 refs.append(r)
             elif r is not None:
                 boxes.append(r)

@@ -4,8 +4,8 @@ Contract: (ShardTask, [MemberRef]) -> ShardResult(ShardInfo, IndexFile, [IndexRo
 The shard's tar and its Parquet index are both written here. This is the only stage that
 touches image bytes; they live inside it and never cross a stage boundary, and neither do
 the index rows (~1 KB a sample: shuffled, the local runner would hold them all in memory):
-what leaves is file facts, rejects, and one (sha256, key) record per sample for the
-duplicate search (transforms/index.py). Rejects here: every reason of the image kernel, plus `duplicate_key`
+what leaves is file facts, rejects, and the (sha256, key) records of the samples, in a few
+batches a shard, for the duplicate search (transforms/index.py). Rejects here: every reason of the image kernel, plus `duplicate_key`
 (a second member with the same key in the same split: the first by archive position wins).
 
 Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
@@ -25,7 +25,7 @@ from typing import IO, Callable, Iterable, Optional, Sequence
 
 from transforms.boxes import normalise_pixel_boxes, orient_boxes
 from transforms.image import ImageOptions, process_image
-from transforms.index import IndexFile, write_index_file
+from transforms.index import IndexFile, hash_buckets, write_index_file
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject
 from transforms.schema import IndexRow, as_dict
@@ -332,8 +332,8 @@ class _WriteShardFn(beam.DoFn):
             beam.metrics.Metrics.counter("rejects", reject.reason).inc()
             yield pvalue.TaggedOutput("rejects", reject)
         yield pvalue.TaggedOutput("index", result.index)
-        for row in result.rows:
-            yield pvalue.TaggedOutput("hashes", (row.sha256, (row.sha256, row.key, row.split, task.shard_id)))
+        for bucket in hash_buckets(result.rows, task.shard_id):
+            yield pvalue.TaggedOutput("hashes", bucket)
         yield result.shard
 
     def teardown(self):
@@ -342,7 +342,7 @@ class _WriteShardFn(beam.DoFn):
 
 class WriteShards(beam.PTransform):
     """(ShardTask, [MemberRef], [BoxesRef]) -> {"shards": ShardInfo, "index": IndexFile,
-    "hashes": (sha256, (sha256, key, split, shard_id)) a sample, "rejects": Reject,
+    "hashes": (bucket, ((sha256, key, split, shard_id), ...)) (index.hash_buckets), "rejects": Reject,
     "orphans": (split, annotations without an image)}."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
