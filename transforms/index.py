@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import pickle
 from typing import Iterable
 
 import fsspec
@@ -67,18 +68,21 @@ HASH_BUCKETS = 16
 
 
 def hash_buckets(rows, shard_id: int) -> list[tuple]:
-    """[(bucket, ((sha256, key, split, shard_id), ...))] for one shard's index rows."""
+    """[(bucket, pickled ((sha256, key, split, shard_id), ...))] for one shard's index rows.
+
+    Pickled here: the local runner would decode every grouped value into Python objects in
+    the driver and keep them until the next stage; as bytes they stay compact."""
     buckets = collections.defaultdict(list)
     for r in rows:
         buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append((r.sha256, r.key, r.split, shard_id))
-    return [(b, tuple(entries)) for b, entries in sorted(buckets.items())]
+    return [(b, pickle.dumps(tuple(entries), protocol=pickle.HIGHEST_PROTOCOL)) for b, entries in sorted(buckets.items())]
 
 
-def links_in_bucket(batches: Iterable[tuple]) -> list[tuple]:
+def links_in_bucket(batches: Iterable[bytes]) -> list[tuple]:
     """duplicate_links for every sha256 of a bucket: its shards' record batches, merged."""
     by_sha = collections.defaultdict(list)
     for batch in batches:
-        for entry in batch:
+        for entry in pickle.loads(batch):
             by_sha[entry[0]].append(entry)
     return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
 

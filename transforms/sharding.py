@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 import re
 
 __all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size",
@@ -114,13 +115,21 @@ class _AssignShardFn(beam.DoFn):
 
     def process(self, item, counts):
         if isinstance(item, tuple):  # a batch of members: every split in it has samples
-            yield from assign_batch(item, self._seed, counts)
+            for shard, refs in assign_batch(item, self._seed, counts):
+                yield shard, _opaque(refs)
             return
         n = counts.get(item.split)
         if n:
-            yield (item.split, shard_of(item.key, self._seed, n)), item
+            yield (item.split, shard_of(item.key, self._seed, n)), _opaque(item)
         else:  # an annotation for a split with no samples at all: nothing to join with
             yield beam.pvalue.TaggedOutput("orphans", (item.split, 1))
+
+
+def _opaque(record) -> bytes:
+    """The record pickled by us, for the shuffle: the local runner decodes every grouped value
+    into Python objects in the driver and keeps them all until the stage after runs (~1 KB a
+    member as objects); as bytes they stay ~100 B."""
+    return pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class GroupIntoShards(beam.PTransform):
@@ -175,11 +184,14 @@ def _to_shard_task(shard_task):
     def split_records(key, records):
         refs, boxes = [], []
         for r in records:
+            if r is None:  # the marker that makes an empty shard exist
+                continue
+            r = pickle.loads(r)
             if isinstance(r, tuple):  # a batch of members
                 refs.extend(r)
             elif isinstance(r, MemberRef):
                 refs.append(r)
-            elif r is not None:
+            else:
                 boxes.append(r)
         return shard_task(key[0], key[1]), refs, boxes
     return split_records
