@@ -233,3 +233,14 @@ def test_memory_scaling_fits_the_slope_and_the_time_per_image():
     assert m["tree_rss"]["projected_imagenet_1k"] == round((800 << 20) - 3300 * 1000 + 1000 * bench.IMAGENET_1K)
     assert m["runs"][0]["steady_state_ms_per_image"] == 4.0 and m["runs"][1]["steady_state_ms_per_image"] == 4.4
     assert m["steady_state_change"] == 0.1 and m["size_ratio"] == 4.0
+
+
+def test_best_of_keeps_the_fastest_run_and_the_highest_memory():
+    walls = iter([3.0, 2.0, 4.0])
+    trees = iter([100, 300, 200])
+
+    def build():
+        return bench.BuildRun("b", 0, next(walls), 1.0, 10, bench.MemoryPeak(tree_rss=next(trees)), "log")
+
+    best = bench.best_of(3, build)
+    assert best["wall_s"] == 2.0 and best["walls_s"] == [3.0, 2.0, 4.0] and best["memory"]["tree_rss"] == 300
