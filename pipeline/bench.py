@@ -957,11 +957,16 @@ def run_bench(s: Settings) -> dict:
         scaling = bench_scaling(s, modes[DEFAULT_RESIZE])
     report = make_report(s, {"path": corpus, **stats}, modes, time.perf_counter() - started, scaling)
     print_report(report)
-    path = os.path.join(s.out, "bench.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    path = _write_report(s.out, "bench.json", report)
     print(f"\nwritten {path} ({report['bench_wall_s']} s)")
     return report
+
+
+def _write_report(folder: str, name: str, report: dict) -> str:
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return path
 
 
 def make_report(s: Settings, corpus: dict, modes: dict, wall_s: float, scaling: Optional[dict] = None) -> dict:
@@ -1062,10 +1067,7 @@ def run_memory(s: Settings, sizes: list[int]) -> dict:
     report = {"machine": machine_info(), "shard_size": s.shard_size, "resize": DEFAULT_RESIZE,
               "startup": startup, **memory_scaling(runs, startup)}
     print_memory_scaling(report)
-    path = os.path.join(s.out, "bench-memory.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"written {path}")
+    print(f"written {_write_report(s.out, 'bench-memory.json', report)}")
     return report
 
 
