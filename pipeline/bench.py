@@ -70,6 +70,7 @@ import PIL
 from PIL import Image, features
 
 from pipeline.procmem import MemoryPeak, run_sampled
+from pipeline.workers import cpu_count
 
 __all__ = ["CorpusSpec", "draw_size", "make_photo", "ensure_corpus", "load_images", "target_size",
            "reference_kernel", "naive_kernel", "project_kernel", "time_kernels", "profile_phases",
@@ -242,7 +243,7 @@ def ensure_corpus(spec: CorpusSpec, cache_root: str, processes: Optional[int] = 
     os.makedirs(root)
     say(f"writing corpus {spec.key} ({spec.images} images) to {root} ...")
     started = time.perf_counter()
-    stats = _write_corpus(spec, root, processes or _cores())
+    stats = _write_corpus(spec, root, processes or cpu_count())
     with open(marker, "w") as f:
         json.dump({"spec": dataclasses.asdict(spec), "stats": stats}, f, indent=1)
     say(f"  done in {time.perf_counter() - started:.1f} s")
@@ -671,7 +672,7 @@ def img2dataset_run(images: list[SourceImage], name: str, resize: str, root: str
     mode, _, n = resize.partition(":")
     cmd = [exe, "--url_list", urls, "--input_format", "txt", "--output_folder", out, "--output_format",
            "webdataset", "--image_size", n, "--resize_mode", _I2D_RESIZE[mode], "--resize_only_if_bigger", "True",
-           "--encode_quality", str(QUALITY), "--processes_count", str(_cores()), "--thread_count", "4",
+           "--encode_quality", str(QUALITY), "--processes_count", str(cpu_count()), "--thread_count", "4",
            "--number_sample_per_shard", "1000", "--enable_wandb", "False", "--distributor", "multiprocessing"]
     log = os.path.join(root, "logs", f"img2dataset-{tag}.log")
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}  # no update check over the network
@@ -709,10 +710,6 @@ def _img2dataset_successes(out: str) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # Reports and targets
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -801,7 +798,7 @@ def machine_info() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    return {"cpu": model, "cores": _cores(), "python": platform.python_version(), "pil": PIL.__version__,
+    return {"cpu": model, "cores": cpu_count(), "python": platform.python_version(), "pil": PIL.__version__,
             "libjpeg_turbo": features.version("libjpeg_turbo"), "loadavg": list(os.getloadavg())}
 
 
@@ -916,7 +913,7 @@ def bench_mode(resize: str, s: Settings, corpus: str, images: list[SourceImage],
         if run["exit_code"] != 0:
             print(f"warning: {run['name']} exited {run['exit_code']}: see {run['log']}")
     i2d = img2dataset_bench(corpus, images, startup_corpus, resize, s.out, print) if s.img2dataset else None
-    return make_mode_report(resize, kernels, profile, pipeline, startup, naive, _cores(), i2d)
+    return make_mode_report(resize, kernels, profile, pipeline, startup, naive, cpu_count(), i2d)
 
 
 def best_of(repeats: int, build: Callable[[], "BuildRun"]) -> dict:

@@ -3,8 +3,8 @@
 Image bytes and index rows exist only inside WriteShards (one fused stage per shard, which
 writes the tar and its Parquet index); everything that crosses a shuffle is small: MemberRefs
 in batches (~100 B a member), (sha256, key) records in batches for the duplicate search,
-rejects, file facts.
-That keeps the local runner's memory low however large the dataset (see README "Design").
+rejects, file facts. That keeps the local runner's memory low however large the dataset
+(see README "Design").
 """
 from __future__ import annotations
 

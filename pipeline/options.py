@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 from typing import Optional
 
+from pipeline.workers import cpu_count
 from transforms.image import ImageOptions, ResizeSpec
 from transforms.sharding import parse_byte_size
 
@@ -71,13 +71,6 @@ class BuildConfig:
             "val_per_class": self.val_per_class,
             "exif_transpose": self.exif_transpose,
         }
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _resize(text: str) -> ResizeSpec:
@@ -210,7 +203,7 @@ def beam_options(beam_args: list[str]):
         if not given("--direct_running_mode"):
             args.append("--direct_running_mode=multi_processing")
         if not given("--direct_num_workers"):
-            args.append(f"--direct_num_workers={_cpu_count()}")
+            args.append(f"--direct_num_workers={cpu_count()}")
     if not given("--default_sdk_harness_log_level"):
         args.append("--default_sdk_harness_log_level=WARNING")
     return PipelineOptions(args)

@@ -40,7 +40,7 @@ import tempfile
 import threading
 from typing import Optional
 
-__all__ = ["WarmWorkers", "warm_worker_count"]
+__all__ = ["WarmWorkers", "cpu_count", "warm_worker_count"]
 
 _BEAM_WORKER = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
 
@@ -58,7 +58,8 @@ def _lock_path(folder: str, index: int) -> str:
     return os.path.join(folder, f"worker-{index}.lock")
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """The cores this process may run on (the local runner's default worker count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -89,10 +90,10 @@ def warm_worker_count(argv: list) -> int:
     if (_flag(argv, "--direct_running_mode") or "multi_processing") != "multi_processing":
         return 0
     try:
-        count = int(_flag(argv, "--direct_num_workers") or _cpu_count())
+        count = int(_flag(argv, "--direct_num_workers") or cpu_count())
     except ValueError:
         return 0
-    return count if count > 0 else _cpu_count()
+    return count if count > 0 else cpu_count()
 
 
 class WarmWorkers:
@@ -205,7 +206,7 @@ def _import_slot(folder: str, index: int):
     """At most cores - 1 workers import at once, so one core stays with the driver, whose own
     import and graph construction are what the build waits for (on 2 cores: one at a time,
     which still has both ready before the driver needs them)."""
-    slots = max(1, _cpu_count() - 1)
+    slots = max(1, cpu_count() - 1)
     with open(os.path.join(folder, f"import-{index % slots}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

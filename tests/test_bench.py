@@ -125,7 +125,7 @@ def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
         assert len(os.sched_getaffinity(0)) == 1
         timed = bench.time_kernels(bench.kernels_for("shorter:256"), [i.data for i in images], repeats=2)
         profile = bench.profile_phases(images, "shorter:256", repeats=2, workdir=str(tmp_path))
-    assert len(os.sched_getaffinity(0)) == bench._cores()
+    assert len(os.sched_getaffinity(0)) == bench.cpu_count()
     for name in ("reference", "project", "naive"):
         assert timed[name]["images_per_s"] > 0 and timed[name]["images"] == 3
     assert set(profile["ms_per_image"]) == set(bench.PHASES)

@@ -2,7 +2,6 @@
 import collections
 import dataclasses
 import io
-import pickle
 import subprocess
 import tarfile
 
@@ -174,6 +173,7 @@ def test_hash_buckets_and_links_find_every_duplicate_across_shards():
     import hashlib
 
     from transforms.index import HASH_BUCKETS, hash_buckets, links_in_bucket
+    from transforms.records import from_shuffle
     from transforms.schema import IndexRow
 
     def row(key, content):
@@ -184,9 +184,9 @@ def test_hash_buckets_and_links_find_every_duplicate_across_shards():
     buckets = collections.defaultdict(list)
     for shard_id, rows in shards.items():
         out = hash_buckets(rows, shard_id)
-        assert len(out) <= HASH_BUCKETS and sum(len(pickle.loads(b)) for _, b in out) == len(rows)
+        assert len(out) <= HASH_BUCKETS and sum(len(from_shuffle(b)) for _, b in out) == len(rows)
         for bucket, batch in out:
-            assert all(int(e[0][0], 16) % HASH_BUCKETS == bucket and e[3] == shard_id for e in pickle.loads(batch))
+            assert all(int(e[0][0], 16) % HASH_BUCKETS == bucket and e[3] == shard_id for e in from_shuffle(batch))
             buckets[bucket].append(batch)
     links = [link for batches in buckets.values() for link in links_in_bucket(batches)]
     expected = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import pickle
 from typing import Iterable
 
 import fsspec
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.layout import OutputLayout
+from transforms.records import from_shuffle, to_shuffle
 from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 
@@ -68,21 +68,18 @@ HASH_BUCKETS = 16
 
 
 def hash_buckets(rows, shard_id: int) -> list[tuple]:
-    """[(bucket, pickled ((sha256, key, split, shard_id), ...))] for one shard's index rows.
-
-    Pickled here: the local runner would decode every grouped value into Python objects in
-    the driver and keep them until the next stage; as bytes they stay compact."""
+    """[(bucket, to_shuffle(((sha256, key, split, shard_id), ...)))] for one shard's index rows."""
     buckets = collections.defaultdict(list)
     for r in rows:
         buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append((r.sha256, r.key, r.split, shard_id))
-    return [(b, pickle.dumps(tuple(entries), protocol=pickle.HIGHEST_PROTOCOL)) for b, entries in sorted(buckets.items())]
+    return [(b, to_shuffle(tuple(entries))) for b, entries in sorted(buckets.items())]
 
 
 def links_in_bucket(batches: Iterable[bytes]) -> list[tuple]:
     """duplicate_links for every sha256 of a bucket: its shards' record batches, merged."""
     by_sha = collections.defaultdict(list)
     for batch in batches:
-        for entry in pickle.loads(batch):
+        for entry in from_shuffle(batch):
             by_sha[entry[0]].append(entry)
     return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
 
@@ -108,13 +105,13 @@ def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_o
 
     A read-modify-write of a file of a few thousand rows, done only for shards that hold a
     duplicate; a retry rewrites the same values."""
-    url = layout.url(layout.index(split, shard_id))
-    with fsspec.open(url, "rb") as f:
+    relative = layout.index(split, shard_id)
+    with fsspec.open(layout.url(relative), "rb") as f:
         table = pq.read_table(f, schema=INDEX_SCHEMA)
     keys = table.column("key").to_pylist()
     flags = pa.array([duplicate_of.get(k) for k in keys], pa.string())
     column = INDEX_SCHEMA.get_field_index("duplicate_of")
-    _write_parquet(layout, layout.index(split, shard_id), table.set_column(column, INDEX_SCHEMA.field(column), flags))
+    _write_parquet(layout, relative, table.set_column(column, INDEX_SCHEMA.field(column), flags))
     return sum(1 for f in flags if f.is_valid)
 
 

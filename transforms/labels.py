@@ -142,12 +142,6 @@ class KeyTable(collections.abc.Mapping):
     def __repr__(self) -> str:
         return f"KeyTable({len(self)} keys)"
 
-    def __getstate__(self):
-        return {"dict": self._dict, "range": self._range}
-
-    def __setstate__(self, state):
-        self._dict, self._range = state["dict"], state["range"]
-
 
 def _as_range(mapping: collections.abc.Mapping):
     """(prefix, width, first, classes, positions) when the sorted keys are prefix + consecutive

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
 import re
 
 __all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size",
@@ -79,6 +78,8 @@ import typing  # noqa: E402
 
 import apache_beam as beam  # noqa: E402
 
+from transforms.records import from_shuffle, to_shuffle  # noqa: E402
+
 
 def _add_pairs(pairs):
     count = total = 0
@@ -116,20 +117,13 @@ class _AssignShardFn(beam.DoFn):
     def process(self, item, counts):
         if isinstance(item, tuple):  # a batch of members: every split in it has samples
             for shard, refs in assign_batch(item, self._seed, counts):
-                yield shard, _opaque(refs)
+                yield shard, to_shuffle(refs)
             return
         n = counts.get(item.split)
         if n:
-            yield (item.split, shard_of(item.key, self._seed, n)), _opaque(item)
+            yield (item.split, shard_of(item.key, self._seed, n)), to_shuffle(item)
         else:  # an annotation for a split with no samples at all: nothing to join with
             yield beam.pvalue.TaggedOutput("orphans", (item.split, 1))
-
-
-def _opaque(record) -> bytes:
-    """The record pickled by us, for the shuffle: the local runner decodes every grouped value
-    into Python objects in the driver and keeps them all until the stage after runs (~1 KB a
-    member as objects); as bytes they stay ~100 B."""
-    return pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class GroupIntoShards(beam.PTransform):
@@ -179,18 +173,14 @@ class GroupIntoShards(beam.PTransform):
 
 
 def _to_shard_task(shard_task):
-    from transforms.records import MemberRef
-
     def split_records(key, records):
         refs, boxes = [], []
         for r in records:
             if r is None:  # the marker that makes an empty shard exist
                 continue
-            r = pickle.loads(r)
+            r = from_shuffle(r)
             if isinstance(r, tuple):  # a batch of members
                 refs.extend(r)
-            elif isinstance(r, MemberRef):
-                refs.append(r)
             else:
                 boxes.append(r)
         return shard_task(key[0], key[1]), refs, boxes

@@ -5,8 +5,9 @@ The shard's tar and its Parquet index are both written here. This is the only st
 touches image bytes; they live inside it and never cross a stage boundary, and neither do
 the index rows (~1 KB a sample: shuffled, the local runner would hold them all in memory):
 what leaves is file facts, rejects, and the (sha256, key) records of the samples, in a few
-batches a shard, for the duplicate search (transforms/index.py). Rejects here: every reason of the image kernel, plus `duplicate_key`
-(a second member with the same key in the same split: the first by archive position wins).
+batches a shard, for the duplicate search (transforms/index.py). Rejects here: every reason
+of the image kernel, plus `duplicate_key` (a second member with the same key in the same
+split: the first by archive position wins).
 
 Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
 owner, mode, format), and the kernel is deterministic, so the same inputs and options
@@ -97,10 +98,10 @@ def _box_fields(ref: MemberRef, boxes, blacklist, orientation=None) -> dict:
 class ShardTarWriter:
     """A deterministic WebDataset tar writer that reports where each payload lands.
 
-    Headers come from tarfile (TarInfo.tobuf: GNU format, long names included) with fixed
-    fields; the writer itself only concatenates header, payload and padding, so a sample's
-    members go out in one write and one hash update (tarfile.addfile costs ~0.3 ms a sample
-    in copies and small writes; this ~0.1 ms). The end of archive is what tarfile writes.
+    Headers are tarfile's own GNU-format headers with fixed fields (see _tar_header); the
+    writer concatenates header, payload and padding, so a sample's members go out in one write
+    and one hash update (tarfile.addfile cost ~0.3 ms a sample in copies and small writes; this
+    ~0.1 ms). The end of archive is what tarfile writes.
     """
 
     def __init__(self, fileobj: IO[bytes]):
