@@ -384,6 +384,42 @@ def time_kernels(kernels: dict[str, Callable[[bytes], bytes]], datas: list[bytes
             for name, r in runs.items()}
 
 
+def _reference_worker(cpu: int, datas: list, resize: str, start, results) -> None:
+    os.sched_setaffinity(0, {cpu})
+    for data in datas[:5]:  # warm up: plugins, first allocations
+        reference_kernel(data, resize)
+    start.wait()
+    began = time.perf_counter()
+    for data in datas:
+        reference_kernel(data, resize)
+    results.put((cpu, len(datas), time.perf_counter() - began))
+
+
+def reference_on_all_cores(datas: list[bytes], resize: str, cores: int) -> dict:
+    """The reference kernel on every core at once, one process a core, over `datas` dealt out in
+    turn: the codecs' own rate on this machine with nothing else to do. This is the "cores x
+    reference" the build is held to, measured rather than multiplied: over the very images the
+    build processes (not a sample), in one sustained pass as long as the build's, under the same
+    load from other users (it runs right after each build), with whatever the cores share (caches,
+    memory bandwidth) shared as in the build. Processes are forked, so the bytes are not copied."""
+    ctx = multiprocessing.get_context("fork")
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    start, results = ctx.Barrier(len(cpus) + 1), ctx.Queue()
+    procs = [ctx.Process(target=_reference_worker, args=(cpu, datas[i::len(cpus)], resize, start, results))
+             for i, cpu in enumerate(cpus)]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    began = time.perf_counter()
+    done = [results.get() for _ in procs]
+    wall = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+    return {"images_per_s": round(len(datas) / wall, 2), "wall_s": round(wall, 3), "images": len(datas),
+            "processes": len(cpus),
+            "per_process_images_per_s": [round(n / t, 2) for _, n, t in sorted(done)]}
+
+
 # ------------------------------------------------------------------------------------------------
 # Profile of the project's per-image work
 
@@ -720,6 +756,7 @@ def make_mode_report(resize: str, kernels: dict, profile: dict, pipeline: dict, 
                      cores: int, img2dataset: Optional[dict] = None) -> dict:
     """Everything measured for one --resize, with the derived rates and ratios."""
     ref = kernels["reference"]["images_per_s"]
+    all_cores = kernels.get("reference_all_cores", {}).get("images_per_s")
     images = pipeline["images"]
     steady_s = pipeline["wall_s"] - startup["wall_s"]
     steady = round(images / steady_s, 2) if steady_s > 0 and images else None
@@ -739,10 +776,13 @@ def make_mode_report(resize: str, kernels: dict, profile: dict, pipeline: dict, 
         "naive_script": naive,
         "img2dataset": img2dataset,
         "ratios": {
-            "steady_state_vs_cores_x_reference": _ratio(steady, cores * ref),
-            "steady_state_vs_cores_x_reference_best_pass": _ratio(
+            # the target's ratio: against the reference run on all cores over the same images
+            "steady_state_vs_cores_x_reference": _ratio(steady, all_cores),
+            # the same against `cores` x the one-core figures (the sample's best per image, best pass)
+            "steady_state_vs_cores_x_one_core_reference": _ratio(steady, cores * ref),
+            "steady_state_vs_cores_x_one_core_reference_best_pass": _ratio(
                 steady, cores * kernels["reference"].get("best_pass_images_per_s", ref)),
-            "cpu_bound_vs_cores_x_reference": _ratio(cpu_bound, cores * ref),
+            "cpu_bound_vs_cores_x_one_core_reference": _ratio(cpu_bound, cores * ref),
             "project_vs_reference": _ratio(kernels["project"]["images_per_s"], ref),
             "project_vs_naive": _ratio(kernels["project"]["images_per_s"], kernels["naive"]["images_per_s"]),
             "reference_vs_naive": _ratio(ref, kernels["naive"]["images_per_s"]),
@@ -815,6 +855,11 @@ def print_mode(m: dict, cores: int) -> None:
         print(f"  {name:<10} {k[name]['images_per_s']:>9.1f} images/s  {k[name]['ms_per_image']:7.3f} ms/image  "
               f"(best whole pass {k[name].get('best_pass_images_per_s', 0):.1f} images/s, "
               f"median pass {k[name]['median_pass_s']:.2f} s)")
+    if "reference_all_cores" in k:
+        a = k["reference_all_cores"]
+        print(f"  reference on all {a['processes']} cores at once, the build's {a['images']} images, one pass after "
+              f"each build: {a['images_per_s']:.1f} images/s (runs: {', '.join(f'{x:.1f}' for x in a['runs_images_per_s'])}; "
+              f"per process {', '.join(f'{x:.1f}' for x in a['per_process_images_per_s'])})")
     prof = m["profile"]
     print(f"profile of the project's per-image work ({prof['images']} images, ms/image, share):")
     for phase in PHASES:
@@ -845,8 +890,10 @@ def print_mode(m: dict, cores: int) -> None:
     r = m["ratios"]
     print("ratios:")
     print(f"  steady-state / (cores x reference)  {r['steady_state_vs_cores_x_reference']}  "
-          f"(from CPU time: {r['cpu_bound_vs_cores_x_reference']}; against the reference's best whole pass: "
-          f"{r['steady_state_vs_cores_x_reference_best_pass']})")
+          f"(the reference on all cores over the build's images; against {cores} x the one-core sample: "
+          f"{r['steady_state_vs_cores_x_one_core_reference']}, best whole pass "
+          f"{r['steady_state_vs_cores_x_one_core_reference_best_pass']}, from CPU time "
+          f"{r['cpu_bound_vs_cores_x_one_core_reference']})")
     print(f"  project kernel / reference          {r['project_vs_reference']}")
     print(f"  project kernel / naive kernel       {r['project_vs_naive']}")
     print(f"  reference / naive kernel            {r['reference_vs_naive']}")
@@ -905,8 +952,14 @@ def bench_mode(resize: str, s: Settings, corpus: str, images: list[SourceImage],
     print(f"[{resize}] builds, best of {s.build_repeats} each ...", flush=True)
     startup = best_of(s.build_repeats, lambda: pipeline_build(
         startup_corpus, s.build_dir(f"startup-{tag}"), resize, s.shard_size, s.logdir, f"startup-{tag}"))
-    pipeline = best_of(s.build_repeats, lambda: pipeline_build(
-        corpus, s.build_dir(f"pipeline-{tag}"), resize, s.shard_size, s.logdir, f"pipeline-{tag}"))
+    builds, references = [], []
+    for _ in range(max(1, s.build_repeats)):  # each build, then the reference over the same images
+        builds.append(pipeline_build(corpus, s.build_dir(f"pipeline-{tag}"), resize, s.shard_size, s.logdir,
+                                     f"pipeline-{tag}").as_dict())
+        references.append(reference_on_all_cores([i.data for i in images], resize, cpu_count()))
+    pipeline = _best(builds)
+    kernels["reference_all_cores"] = {**max(references, key=lambda r: r["images_per_s"]),
+                                      "runs_images_per_s": [r["images_per_s"] for r in references]}
     naive = best_of(s.build_repeats, lambda: naive_script_build(
         corpus, s.build_dir(f"naive-{tag}"), resize, s.shard_size, s.logdir, f"naive-script-{tag}", len(images)))
     for run in (startup, pipeline, naive):
@@ -920,7 +973,10 @@ def best_of(repeats: int, build: Callable[[], "BuildRun"]) -> dict:
     """The fastest of `repeats` runs of a build (as timeit takes the best of its repeats: other
     users of this machine only ever slow a run down), with every run's wall time and the
     highest peak memory of them all."""
-    runs = [build().as_dict() for _ in range(max(1, repeats))]
+    return _best([build().as_dict() for _ in range(max(1, repeats))])
+
+
+def _best(runs: list[dict]) -> dict:
     best = min(runs, key=lambda r: (r["exit_code"] != 0, r["wall_s"]))
     peak = max(runs, key=lambda r: r["memory"]["tree_rss"])["memory"]
     return {**best, "walls_s": [r["wall_s"] for r in runs], "memory": peak}

@@ -1,9 +1,10 @@
 """The build graph: one labelled step a line, the element shape between steps.
 
-Image bytes and index rows exist only inside WriteShards (one fused stage per shard, which
-writes the tar and its Parquet index); everything that crosses a shuffle is small: MemberRefs
-in batches (~100 B a member), (sha256, key) records in batches for the duplicate search,
-rejects, file facts. That keeps the local runner's memory low however large the dataset
+Image bytes and index rows exist only inside WriteShards (pieces of 128 members processed on
+any worker, staged in scratch files, then each shard's pieces assembled into its tar and
+Parquet index); everything that crosses a shuffle is small: MemberRefs in batches (~100 B a
+member), piece results (a path and counts), (sha256, key) records in batches for the
+duplicate search, rejects, file facts. That keeps the local runner's memory low however large the dataset
 (see README "Design").
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
         _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
 
     # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, ((sha256, key, split, shard_id), ...));
-    #    rejects: Reject; orphans: (split, n)
+    #    rejects: Reject; orphans: (split, n). Inside: cut into pieces -> process pieces -> assemble shards
     written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
                                                    discovery.loc_blacklist)
 

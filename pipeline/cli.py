@@ -21,7 +21,7 @@ from typing import Optional
 import fsspec
 
 from pipeline.options import BuildConfig, UsageError, add_build_arguments, beam_options, config_from_args
-from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
+from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, PIECES_DIR, OutputLayout
 from transforms.sources import (OFFICIAL_MD5, SourceError, discover, read_class_list, stage_gzipped_tar,
                                verify_md5)
 from transforms.storage import is_local
@@ -238,9 +238,10 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, workers
             import shutil
 
             shutil.rmtree(progress_dir, ignore_errors=True)
-        if staging:
-            fs, path = fsspec.core.url_to_fs(layout.url("_staging"))
-            fs.rm(path, recursive=True)
+        for scratch in ("_staging", PIECES_DIR) if staging else (PIECES_DIR,):
+            fs, path = fsspec.core.url_to_fs(layout.url(scratch))
+            if fs.exists(path):  # pieces: empty after a build that finished, leftovers after one that failed
+                fs.rm(path, recursive=True)
     wall = time.monotonic() - started
 
     fs, _ = fsspec.core.url_to_fs(config.out)

@@ -133,6 +133,15 @@ def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
     assert abs(sum(profile["share"].values()) - 1) < 0.01
 
 
+def test_reference_on_all_cores_processes_every_image_once_per_core(corpus):
+    images = bench.load_images(corpus[0])[:7]
+    run = bench.reference_on_all_cores([i.data for i in images], "shorter:256", bench.cpu_count())
+    assert run["images"] == 7 and run["processes"] == min(bench.cpu_count(), len(os.sched_getaffinity(0)))
+    assert len(run["per_process_images_per_s"]) == run["processes"]
+    assert run["images_per_s"] > 0 and run["images_per_s"] * run["wall_s"] == pytest.approx(7, abs=0.05)
+    assert len(os.sched_getaffinity(0)) == bench.cpu_count()  # the parent's own affinity is untouched
+
+
 def test_naive_script_writes_shards_of_every_image(corpus, tmp_path):
     out = tmp_path / "naive"
     assert bench.naive_convert(corpus[0], str(out), "shorter:256", 200_000) == TINY.images
@@ -178,6 +187,8 @@ def _fake_mode(resize: str, scale: float) -> dict:
     kernels = {name: {"images_per_s": rate * scale, "ms_per_image": 1000 / (rate * scale), "images": 600,
                       "repeats": 3, "median_pass_s": 2.0} for name, rate in (("reference", 200), ("project", 250),
                                                                             ("naive", 150))}
+    kernels["reference_all_cores"] = {"images_per_s": 380 * scale, "wall_s": 8.7, "images": 3300, "processes": 2,
+                                      "per_process_images_per_s": [190 * scale] * 2, "runs_images_per_s": [380 * scale]}
     profile = {"ms_per_image": dict.fromkeys(bench.PHASES, 0.5), "total_ms_per_image": 4.5,
                "share": dict.fromkeys(bench.PHASES, 1 / 9), "process_image_ms": 3.0, "images": 600, "repeats": 3,
                "notes": dict.fromkeys(bench.PHASES, "")}
@@ -199,7 +210,8 @@ def test_report_has_every_field_and_prints(capsys):
     assert report["machine"]["cores"] >= 1 and report["machine"]["pil"]
     for m in report["modes"].values():
         assert set(m) >= {"resize", "kernels", "profile", "pipeline", "startup", "naive_script", "ratios"}
-        assert set(m["ratios"]) >= {"steady_state_vs_cores_x_reference", "cpu_bound_vs_cores_x_reference",
+        assert set(m["ratios"]) >= {"steady_state_vs_cores_x_reference", "cpu_bound_vs_cores_x_one_core_reference",
+                                    "steady_state_vs_cores_x_one_core_reference",
                                     "project_vs_reference", "project_vs_naive",
                                     "reference_vs_naive", "pipeline_vs_naive_script"}
         assert m["pipeline"]["steady_state_images_per_s"] == round(3300 / (m["pipeline"]["wall_s"] - 4.0), 2)
@@ -207,7 +219,8 @@ def test_report_has_every_field_and_prints(capsys):
         assert m["pipeline"]["cpu_bound_images_per_s"] == round(2 * 3300 / cpu_s, 2)
         assert set(m["pipeline"]["memory"]) >= {"tree_rss", "worker_rss", "root_rss", "process_rss"}
     short = report["modes"]["shorter:256"]["ratios"]
-    assert short["steady_state_vs_cores_x_reference"] == round(3300 / 8.0 / 400, 3)
+    assert short["steady_state_vs_cores_x_reference"] == round(3300 / 8.0 / 380, 3)  # the all-cores reference
+    assert short["steady_state_vs_cores_x_one_core_reference"] == round(3300 / 8.0 / 400, 3)
     assert short["project_vs_reference"] == 1.25 and short["pipeline_vs_naive_script"] == 2.5
     assert report["default_vs_shorter256"]["pipeline_steady_state"] == round((3300 / 2.0) / (3300 / 8.0), 3)
     names = " | ".join(t["name"] for t in report["targets"])

@@ -145,7 +145,8 @@ def test_shards_mix_classes(built):
 
 
 def test_no_temporary_files_left(built):
-    leftovers = [p for p in built.out.rglob("*") if p.name.startswith(".") or "tmp" in p.name or p.name == "_progress"]
+    leftovers = [p for p in built.out.rglob("*") if p.name.startswith(".") or "tmp" in p.name
+                 or p.name in ("_progress", "_pieces") or p.suffix == ".pkl"]
     assert leftovers == []
 
 

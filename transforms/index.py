@@ -28,7 +28,7 @@ from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 
 __all__ = ["IndexFile", "RejectsFile", "duplicate_links", "hash_buckets", "links_in_bucket", "write_index_file",
-           "flag_duplicates", "write_rejects_file"]
+           "index_file_of", "flag_duplicates", "write_rejects_file"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,11 @@ def write_index_file(layout: OutputLayout, split: str, shard_id: int, rows: list
         rows = [dataclasses.replace(r, duplicate_of=duplicate_of.get(r.key)) for r in rows]
     relative = layout.index(split, shard_id)
     _write_parquet(layout, relative, rows_to_table(rows))
+    return index_file_of(split, shard_id, relative, rows)
+
+
+def index_file_of(split: str, shard_id: int, relative: str, rows: list) -> IndexFile:
+    """The facts of an index file holding `rows`."""
     return IndexFile(split, shard_id, relative, len(rows), sum(1 for r in rows if r.duplicate_of),
                      with_boxes=sum(1 for r in rows if r.has_boxes), boxes=sum(len(r.boxes) for r in rows),
                      label_disagreements=sum(1 for r in rows if r.label_disagrees))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import posixpath
 
-__all__ = ["OutputLayout", "MANIFEST_NAME", "FAILED_REPORT_NAME"]
+__all__ = ["OutputLayout", "MANIFEST_NAME", "FAILED_REPORT_NAME", "PIECES_DIR"]
 
 MANIFEST_NAME = "manifest.json"
+# Scratch folder of processed pieces of shards; empty (and removed) when a build ends.
+PIECES_DIR = "_pieces"
 # Written instead of the manifest when a build fails its checks (e.g. too many rejects):
 # a failed build must never leave a file that looks like a finished one.
 FAILED_REPORT_NAME = "build-failed.json"
@@ -38,6 +40,11 @@ class OutputLayout:
     def progress_dir(self) -> str:
         """Scratch folder for progress heartbeats (local builds only; removed at the end)."""
         return self.url("_progress")
+
+    @staticmethod
+    def piece(split: str, shard_id: int, piece: int) -> str:
+        """A piece of a shard, processed and waiting to be assembled (removed once it is)."""
+        return f"{PIECES_DIR}/{split}-{shard_id:06d}-{piece:05d}.pkl"
 
     # Paths below are relative to the manifest, as the manifest and the index record them.
     @staticmethod

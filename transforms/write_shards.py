@@ -1,17 +1,24 @@
-"""Write one shard: read its members by byte range, run the image kernel, append to a tar.
+"""Write the shards: read members by byte range, run the image kernel, append to tars.
 
-Contract: (ShardTask, [MemberRef]) -> ShardResult(ShardInfo, IndexFile, [IndexRow], [Reject]).
-The shard's tar and its Parquet index are both written here. This is the only stage that
-touches image bytes; they live inside it and never cross a stage boundary, and neither do
-the index rows (~1 KB a sample: shuffled, the local runner would hold them all in memory):
-what leaves is file facts, rejects, and the (sha256, key) records of the samples, in a few
-batches a shard, for the duplicate search (transforms/index.py). Rejects here: every reason
-of the image kernel, plus `duplicate_key` (a second member with the same key in the same
-split: the first by archive position wins).
+Contract: (ShardTask, [MemberRef], [BoxesRef]) -> the shard's tar and its Parquet index, plus
+ShardInfo, IndexFile, the (sha256, key) records for the duplicate search, and Reject.
+
+A shard is made in three steps, so that work spreads over every worker however few shards
+there are (a 6.4 GB val tar is 13 shards at the default size, and on Dataflow there can be
+more cores than shards):
+  cut_shard       order the members, set repeated keys aside, cut into pieces of PIECE_SAMPLES
+  process_piece   the image kernel on one piece (the expensive part: ~all the CPU of a build);
+                  stores the kept JPEGs and their index rows in the piece's scratch file
+  assemble_shard  concatenate a shard's pieces, in order, into its tar (.jpg, .cls, .json a
+                  sample), write its Parquet index, delete the pieces
+write_shard does the three in one call. Image bytes and index rows (~1 KB a sample: shuffled,
+the local runner would hold them all in memory) never cross a shuffle: they travel in the
+scratch files. Rejects: every reason of the image kernel, plus `duplicate_key` (a second
+member with the same key in the same split: the first by archive position wins).
 
 Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
 owner, mode, format), and the kernel is deterministic, so the same inputs and options
-give a byte-identical shard on any runner, with any worker count, on any retry.
+give a byte-identical shard on any runner, with any worker count or piece size, on any retry.
 """
 from __future__ import annotations
 
@@ -19,21 +26,27 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import pickle
 import re
 import tarfile
 import time
-from typing import IO, Callable, Iterable, Optional, Sequence
+from typing import IO, Callable, Iterable, Iterator, Optional, Sequence
+
+import fsspec
+import pyarrow.parquet as pq
 
 from transforms.boxes import normalise_pixel_boxes, orient_boxes
 from transforms.image import ImageOptions, process_image
-from transforms.index import IndexFile, hash_buckets, write_index_file
+from transforms.index import IndexFile, hash_buckets, index_file_of, write_index_file
 from transforms.layout import OutputLayout
-from transforms.records import ImageRejected, MemberRef, Reject
-from transforms.schema import IndexRow, as_dict
+from transforms.records import ImageRejected, MemberRef, Reject, from_shuffle, to_shuffle
+from transforms.schema import INDEX_SCHEMA, IndexRow, as_dict
 from transforms.sharding import key_hash
 from transforms.storage import ArchiveReader, atomic_write
 
-__all__ = ["ShardTask", "ShardInfo", "ShardResult", "ShardTarWriter", "order_members", "write_shard"]
+__all__ = ["PIECE_SAMPLES", "ShardTask", "PieceTask", "ShardCut", "PieceResult", "ShardInfo", "ShardResult",
+           "ShardTarWriter", "order_members", "cut_shard", "process_piece", "assemble_shard", "write_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +54,40 @@ log = logging.getLogger(__name__)
 TAR_MTIME = 0
 TAR_MODE = 0o644
 
+# Members a piece: the unit of parallel work. Small enough that a build has many more pieces
+# than cores (the local runner deals them out in turn, once: the last worker to finish waits
+# less than a piece), large enough that a piece's fixed costs (a scratch file, two shuffled
+# records) stay under 1% of its images' (~0.4 s of kernel work a piece).
+PIECE_SAMPLES = 128
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class ShardTask:
     split: str
     shard_id: int
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class PieceTask:
+    split: str
+    shard_id: int
+    piece: int  # 0 .. pieces - 1, in shard order
+    pieces: int  # how many the shard has
+
+
+@dataclasses.dataclass
+class ShardCut:
+    pieces: list  # [(PieceTask, [MemberRef] in shard order, {key: BoxesRef})]
+    rejects: list  # repeated keys
+    orphan_annotations: int  # annotations whose image is not in this shard's split
+
+
+@dataclasses.dataclass
+class PieceResult:
+    task: PieceTask
+    path: str  # the piece's scratch file, relative to the manifest
+    samples: int
+    rejects: list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,29 +244,45 @@ def _json_bytes(row: IndexRow) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def write_shard(
-    task: ShardTask,
-    refs: Iterable[MemberRef],
+def cut_shard(task: ShardTask, refs: Iterable[MemberRef], seed: int, boxes: Optional[dict] = None,
+              piece_samples: int = PIECE_SAMPLES) -> ShardCut:
+    """Order a shard's members, set repeated keys aside, and cut the rest into pieces of at most
+    `piece_samples` (as equal as can be; an empty shard is one empty piece), each with its boxes."""
+    boxes = boxes or {}
+    refs = list(refs)
+    members, rejects = order_members(refs, seed)
+    count = max(1, math.ceil(len(members) / piece_samples))
+    pieces = []
+    for i in range(count):
+        part = members[i * len(members) // count:(i + 1) * len(members) // count]
+        pieces.append((PieceTask(task.split, task.shard_id, i, count), part,
+                       {r.key: boxes[r.key] for r in part if r.key in boxes}))
+    orphans = len(set(boxes) - {r.key for r in refs})
+    return ShardCut(pieces, rejects, orphans)
+
+
+def process_piece(
+    piece: PieceTask,
+    members: Sequence[MemberRef],
     options: ImageOptions,
     layout: OutputLayout,
-    seed: int,
     reader: ArchiveReader,
     on_progress: Optional[Callable[[int, int], None]] = None,
     boxes: Optional[dict] = None,
     blacklist: frozenset = frozenset(),
-) -> ShardResult:
-    """Build one shard file from its members; the file appears only when complete.
+) -> PieceResult:
+    """Run the image kernel on a piece's members (already in shard order); stage the stored JPEGs
+    and their index rows (offset not yet known: 0) in the piece's file, to be assembled in order.
 
-    boxes: {key: BoxesRef} of the annotations that hash to this shard.
+    boxes: {key: BoxesRef} of the piece's members that have annotations.
     blacklist: keys in the devkit's localisation blacklist.
     """
     boxes = boxes or {}
-    members, rejects = order_members(refs, seed)
-    relative = layout.shard(task.split, task.shard_id)
-    rows = []
+    shard = layout.shard(piece.split, piece.shard_id)
+    relative = layout.piece(piece.split, piece.shard_id, piece.piece)
+    rejects, samples = [], 0
     last_report = time.monotonic()
     with atomic_write(layout.url(relative)) as f:
-        tar = ShardTarWriter(f)
         for done, ref in enumerate(members, start=1):
             data = reader.read(ref.archive, ref.offset, ref.size)
             try:
@@ -236,9 +294,8 @@ def write_shard(
                 log.warning("unexpected %s on %s: %s", type(e).__name__, ref.source, e)
                 rejects.append(Reject(ref.key, ref.split, ref.source, "corrupt", f"{type(e).__name__}: {e}"))
                 continue
-            offset = tar.payload_offset(f"{ref.key}.jpg")  # the row (and so the .json) carries it
             row = IndexRow(
-                key=ref.key, split=ref.split, shard=relative, offset=offset, size=len(image.jpeg),
+                key=ref.key, split=ref.split, shard=shard, offset=0, size=len(image.jpeg),
                 label=ref.label, wnid=ref.wnid, width=image.width, height=image.height,
                 orig_width=image.orig_width, orig_height=image.orig_height,
                 orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
@@ -247,20 +304,100 @@ def write_shard(
                 **_box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
                               image.exif_orientation if options.exif_transpose else None),
             )
-            written = tar.add_sample([(f"{ref.key}.jpg", image.jpeg), (f"{ref.key}.cls", str(ref.label).encode()),
-                                      (f"{ref.key}.json", _json_bytes(row))])
-            assert written[0] == offset, (written[0], offset)
-            rows.append(row)
+            pickle.dump((row, image.jpeg), f, protocol=pickle.HIGHEST_PROTOCOL)
+            samples += 1
             if on_progress and time.monotonic() - last_report > 1.0:
                 on_progress(done, len(members))
                 last_report = time.monotonic()
-        size, digest = tar.close()
     if on_progress:
         on_progress(len(members), len(members))
-    info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest)
+    return PieceResult(piece, relative, samples, rejects)
+
+
+def _staged_samples(layout: OutputLayout, relative: str) -> Iterator[tuple[IndexRow, bytes]]:
+    with fsspec.open(layout.url(relative), "rb") as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+
+
+def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout) -> ShardResult:
+    """Write a shard's tar from its staged pieces, in piece order, then its Parquet index; remove
+    the pieces. Each sample is its .jpg, .cls and .json (the index row, now with its offset).
+
+    Idempotent: run again after it finished (a runner's retry), it finds the pieces gone and
+    reports the shard it wrote from the shard's own files."""
+    pieces = sorted(pieces, key=lambda p: p.task.piece)
+    expected = pieces[0].task.pieces if pieces else 0
+    if [p.task.piece for p in pieces] != list(range(expected)) or expected == 0:
+        raise RuntimeError(f"shard {task}: pieces {[p.task.piece for p in pieces]} of {expected} reached the writer")
+    fs = fsspec.core.url_to_fs(layout.root)[0]
+    paths = [fsspec.core.url_to_fs(layout.url(p.path))[1] for p in pieces]
+    if not all(fs.exists(path) for path in paths):
+        return _written_shard(task, layout)
+    relative = layout.shard(task.split, task.shard_id)
+    rows = []
+    with atomic_write(layout.url(relative)) as f:
+        tar = ShardTarWriter(f)
+        for piece in pieces:
+            for row, jpeg in _staged_samples(layout, piece.path):
+                row = dataclasses.replace(row, offset=tar.payload_offset(f"{row.key}.jpg"))
+                written = tar.add_sample([(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
+                                          (f"{row.key}.json", _json_bytes(row))])
+                assert written[0] == row.offset, (written[0], row.offset)
+                rows.append(row)
+        size, digest = tar.close()
     index = write_index_file(layout, task.split, task.shard_id, rows, {})  # after the tar: it indexes that file
-    orphans = len(set(boxes) - {r.key for r in refs})
-    return ShardResult(info, index, rows, rejects, orphans)
+    for path in paths:
+        fs.rm(path)
+    return ShardResult(ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest), index, rows, [])
+
+
+def _written_shard(task: ShardTask, layout: OutputLayout) -> ShardResult:
+    """What assemble_shard returned for a shard it already wrote, read back from the tar and index."""
+    relative, index_path = layout.shard(task.split, task.shard_id), layout.index(task.split, task.shard_id)
+    try:
+        with fsspec.open(layout.url(index_path), "rb") as f:
+            table = pq.read_table(f, schema=INDEX_SCHEMA)
+        digest, size = hashlib.sha256(), 0
+        with fsspec.open(layout.url(relative), "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except FileNotFoundError as e:
+        raise RuntimeError(f"shard {task}: its staged pieces are gone and the shard was never written ({e})") from None
+    rows = [IndexRow(**{**r, "boxes": tuple(r["boxes"]), "box_names": tuple(r["box_names"])})
+            for r in table.to_pylist()]
+    info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest.hexdigest())
+    return ShardResult(info, index_file_of(task.split, task.shard_id, index_path, rows), rows, [])
+
+
+def write_shard(
+    task: ShardTask,
+    refs: Iterable[MemberRef],
+    options: ImageOptions,
+    layout: OutputLayout,
+    seed: int,
+    reader: ArchiveReader,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+    boxes: Optional[dict] = None,
+    blacklist: frozenset = frozenset(),
+    piece_samples: int = PIECE_SAMPLES,
+) -> ShardResult:
+    """One whole shard in one call, as the Beam stages do it in three (cut, process the pieces,
+    assemble): the same files, byte for byte.
+
+    boxes: {key: BoxesRef} of the annotations that hash to this shard.
+    """
+    cut = cut_shard(task, refs, seed, boxes, piece_samples)
+    results = [process_piece(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
+               for piece, members, piece_boxes in cut.pieces]
+    result = assemble_shard(task, results, layout)
+    result.rejects = cut.rejects + [r for p in results for r in p.rejects]
+    result.orphan_annotations = cut.orphan_annotations
+    return result
 
 
 # --- Beam wiring -------------------------------------------------------------------
@@ -294,13 +431,39 @@ def _boxes_by_key(boxes) -> dict:
     return {key: merge_boxes(refs) for key, refs in grouped.items()}
 
 
-class _WriteShardFn(beam.DoFn):
-    def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict, progress_dir: Optional[str],
+class _CutShardFn(beam.DoFn):
+    """(ShardTask, [MemberRef], [BoxesRef]) -> ((split, shard_id, piece), (PieceTask, members, boxes)),
+    a key a piece; repeated keys -> rejects; annotations without an image -> orphans."""
+
+    def __init__(self, seed: int, piece_samples: int):
+        self._seed = seed
+        self._piece_samples = piece_samples
+
+    def process(self, element):
+        task, refs, boxes = element
+        cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes), self._piece_samples)
+        if cut.orphan_annotations:
+            yield pvalue.TaggedOutput("orphans", (task.split, cut.orphan_annotations))
+        yield from _rejects(cut.rejects)
+        for piece, members, piece_boxes in cut.pieces:
+            yield (piece.split, piece.shard_id, piece.piece), to_shuffle((piece, tuple(members), piece_boxes))
+
+
+def _rejects(rejects):
+    for reject in rejects:
+        beam.metrics.Metrics.counter("rejects", reject.reason).inc()
+        yield pvalue.TaggedOutput("rejects", reject)
+
+
+class _ProcessPieceFn(beam.DoFn):
+    """(piece key, [its one (PieceTask, members, boxes)]) -> ((split, shard_id), PieceResult less
+    its rejects), the piece staged; kernel rejects -> rejects."""
+
+    def __init__(self, options: ImageOptions, out_root: str, codecs: dict, progress_dir: Optional[str],
                  blacklist: frozenset):
         self._blacklist = blacklist
         self._options = options
         self._out_root = out_root
-        self._seed = seed
         self._codecs = codecs
         self._progress_dir = progress_dir
 
@@ -309,10 +472,10 @@ class _WriteShardFn(beam.DoFn):
         self._layout = OutputLayout(self._out_root)
         self._reader = ArchiveReader()
 
-    def _heartbeat(self, task: ShardTask):
+    def _heartbeat(self, piece: PieceTask):
         if not self._progress_dir:
             return None
-        path = os.path.join(self._progress_dir, f"{task.split}-{task.shard_id:06d}")
+        path = os.path.join(self._progress_dir, f"{piece.split}-{piece.shard_id:06d}-{piece.piece:05d}")
 
         def report(done: int, total: int) -> None:
             tmp = f"{path}.tmp"
@@ -323,36 +486,66 @@ class _WriteShardFn(beam.DoFn):
         return report
 
     def process(self, element):
-        task, refs, boxes = element
-        result = write_shard(task, refs, self._options, self._layout, self._seed, self._reader,
-                             self._heartbeat(task), _boxes_by_key(boxes), self._blacklist)
-        if result.orphan_annotations:
-            yield pvalue.TaggedOutput("orphans", (task.split, result.orphan_annotations))
-        beam.metrics.Metrics.counter("samples", task.split).inc(len(result.rows))
-        for reject in result.rejects:
-            beam.metrics.Metrics.counter("rejects", reject.reason).inc()
-            yield pvalue.TaggedOutput("rejects", reject)
-        yield pvalue.TaggedOutput("index", result.index)
-        for bucket in hash_buckets(result.rows, task.shard_id):
-            yield pvalue.TaggedOutput("hashes", bucket)
-        yield result.shard
+        _, values = element
+        for value in values:  # one: the key is the piece's own
+            piece, members, boxes = from_shuffle(value)
+            result = process_piece(piece, members, self._options, self._layout, self._reader,
+                                   self._heartbeat(piece), boxes, self._blacklist)
+            yield from _rejects(result.rejects)
+            yield (piece.split, piece.shard_id), PieceResult(piece, result.path, result.samples, [])
 
     def teardown(self):
         self._reader.close()
 
 
+class _AssembleShardFn(beam.DoFn):
+    """((split, shard_id), [PieceResult]) -> ShardInfo; index -> IndexFile; hashes -> hash buckets."""
+
+    def __init__(self, out_root: str):
+        self._out_root = out_root
+
+    def setup(self):
+        self._layout = OutputLayout(self._out_root)
+
+    def process(self, element):
+        (split, shard_id), pieces = element
+        result = assemble_shard(ShardTask(split, shard_id), pieces, self._layout)
+        beam.metrics.Metrics.counter("samples", split).inc(len(result.rows))
+        yield pvalue.TaggedOutput("index", result.index)
+        for bucket in hash_buckets(result.rows, shard_id):
+            yield pvalue.TaggedOutput("hashes", bucket)
+        yield result.shard
+
+
 class WriteShards(beam.PTransform):
     """(ShardTask, [MemberRef], [BoxesRef]) -> {"shards": ShardInfo, "index": IndexFile,
     "hashes": (bucket, ((sha256, key, split, shard_id), ...)) (index.hash_buckets), "rejects": Reject,
-    "orphans": (split, annotations without an image)}."""
+    "orphans": (split, annotations without an image)}.
+
+    Pieces are keyed one a key and grouped, so that the runner spreads them over its workers
+    (the local runner deals a stage's keys out in turn); only their MemberRefs cross that
+    shuffle, and only PieceResults (a path and counts) the one that gathers a shard's pieces."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
-                 progress_dir: Optional[str] = None, blacklist: frozenset = frozenset()):
+                 progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
+                 piece_samples: int = PIECE_SAMPLES):
         super().__init__()
-        self._fn = _WriteShardFn(options, out_root, seed, codecs, progress_dir, blacklist)
+        self._cut = _CutShardFn(seed, piece_samples)
+        self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
+        self._assemble = _AssembleShardFn(out_root)
 
     def expand(self, tasks):
-        out = tasks | "ProcessAndWrite" >> beam.ParDo(self._fn).with_outputs("index", "hashes", "rejects", "orphans",
-                                                                              main="shards")
-        return {"shards": out.shards, "index": out.index, "hashes": out.hashes, "rejects": out.rejects,
-                "orphans": out.orphans}
+        cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut).with_outputs("rejects", "orphans", main="pieces")
+        processed = (
+            cut.pieces
+            | "SpreadPieces" >> beam.GroupByKey()
+            | "ProcessPieces" >> beam.ParDo(self._process).with_outputs("rejects", main="pieces")
+        )
+        out = (
+            processed.pieces
+            | "GatherPieces" >> beam.GroupByKey()
+            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("index", "hashes", main="shards")
+        )
+        rejects = (cut.rejects, processed.rejects) | "AllShardRejects" >> beam.Flatten()
+        return {"shards": out.shards, "index": out.index, "hashes": out.hashes, "rejects": rejects,
+                "orphans": cut.orphans}

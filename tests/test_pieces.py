@@ -1,0 +1,150 @@
+"""A shard made in pieces (cut, process each piece, assemble) is the shard made whole, byte for
+byte, whatever the piece size; the pieces are scratch that goes away; a retried assembly reports
+what it wrote."""
+import io
+import os
+import tarfile
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from transforms.boxes import BoxesRef
+from transforms.image import ImageOptions, ResizeSpec, codec_versions
+from transforms.index import hash_buckets
+from transforms.layout import PIECES_DIR, OutputLayout
+from transforms.records import MemberRef
+from transforms.storage import ArchiveReader
+from transforms.write_shards import (ShardTask, WriteShards, assemble_shard, cut_shard, process_piece,
+                                     write_shard)
+
+OPTIONS = ImageOptions(resize=ResizeSpec.parse("shorter:32"))
+
+
+def _photo(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48 + seed % 5, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def members(tmp_path):
+    """An archive of 11 members (9 photos, a truncated one, an HTML page), their MemberRefs, and
+    boxes for two of them plus one for a key that is not in the shard."""
+    payloads = [(f"n01440764_{i}", _photo(i)) for i in range(9)]
+    payloads += [("n01440764_90", _photo(90)[:300]), ("n01440764_91", b"<html>404</html>")]
+    archive = tmp_path / "class.tar"
+    with tarfile.open(archive, "w") as tar:
+        for key, data in payloads:
+            info = tarfile.TarInfo(f"{key}.JPEG")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    refs = []
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            key = m.name[:-len(".JPEG")]
+            refs.append(MemberRef(key, "train", str(archive), m.offset_data, m.size, 0, "n01440764", f"class/{m.name}"))
+    boxes = {k: BoxesRef(k, "train", ((0.1, 0.2, 0.5, 0.6),), ("n01440764",), 0, f"b/{k}")
+             for k in ("n01440764_2", "n01440764_7", "n01440764_missing")}
+    return refs, boxes
+
+
+def _files(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(root) for f in names}
+
+
+def test_cut_shard_makes_even_pieces_in_shard_order_with_their_boxes(members):
+    refs, boxes = members
+    refs = refs + [refs[3]]  # a repeated key: set aside, not in any piece
+    cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, piece_samples=4)
+    assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in ceil(11 / 4) = 3 pieces
+    assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [("train", 4, i, 3) for i in range(3)]
+    whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, piece_samples=1000)
+    assert [r for _, m, _ in cut.pieces for r in m] == whole.pieces[0][1]  # the pieces, in order, are the shard
+    assert {k for _, _, b in cut.pieces for k in b} == {"n01440764_2", "n01440764_7"}
+    assert all(set(b) <= {r.key for r in m} for _, m, b in cut.pieces)  # each piece has its own members' boxes
+    assert [r.reason for r in cut.rejects] == ["duplicate_key"] and cut.orphan_annotations == 1
+    empty = cut_shard(ShardTask("val", 0), [], seed=0)
+    assert [(p.piece, p.pieces, m) for p, m, _ in empty.pieces] == [(0, 1, [])]  # an empty shard still gets a file
+
+
+@pytest.mark.parametrize("piece_samples", [1, 3, 5])
+def test_any_piece_size_makes_the_same_shard_byte_for_byte(members, tmp_path, piece_samples):
+    refs, boxes = members
+    results = {}
+    for samples in (1000, piece_samples):
+        out = tmp_path / f"out-{samples}"
+        results[samples] = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(out)), 0,
+                                       ArchiveReader(), boxes=boxes, piece_samples=samples)
+        assert not os.listdir(out / PIECES_DIR)  # every piece removed once assembled
+    whole, pieces = _files(tmp_path / "out-1000"), _files(tmp_path / f"out-{piece_samples}")
+    assert whole.keys() == pieces.keys() == {"train/train-000000.tar", "train/train-000000.parquet"}
+    assert whole == pieces
+    a, b = results[1000], results[piece_samples]
+    assert a.shard == b.shard and a.index == b.index and a.rows == b.rows
+    assert sorted(r.reason for r in b.rejects) == ["not_an_image", "truncated"] and b.orphan_annotations == 1
+    assert b.shard.samples == 9 == len(b.rows)
+    shard = whole["train/train-000000.tar"]
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:  # a reader sees sample after sample, in shard order
+        names = tar.getnames()
+    assert names == [f"{r.key}.{ext}" for r in a.rows for ext in ("jpg", "cls", "json")]
+    table = pq.read_table(io.BytesIO(whole["train/train-000000.parquet"])).to_pylist()
+    for row in table:  # offsets index the assembled tar, not the pieces
+        image = Image.open(io.BytesIO(shard[row["offset"]:row["offset"] + row["size"]]))
+        assert image.size == (row["width"], row["height"])
+
+
+def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
+    refs, boxes = members
+    layout = OutputLayout(str(tmp_path / "out"))
+    cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, piece_samples=4)
+    pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader(), boxes=b) for p, m, b in cut.pieces]
+    first = assemble_shard(ShardTask("train", 0), pieces, layout)
+    written = _files(tmp_path / "out")
+    again = assemble_shard(ShardTask("train", 0), pieces, layout)  # its pieces are gone now
+    assert _files(tmp_path / "out") == written
+    # what the stage emits from it: the shard's and index's facts, and the duplicate-search records
+    assert (again.shard, again.index) == (first.shard, first.index)
+    assert hash_buckets(again.rows, 0) == hash_buckets(first.rows, 0)
+    assert [(r.key, r.offset, r.size) for r in again.rows] == [(r.key, r.offset, r.size) for r in first.rows]
+
+
+def test_assembly_refuses_missing_pieces(members, tmp_path):
+    refs, _ = members
+    layout = OutputLayout(str(tmp_path / "out"))
+    cut = cut_shard(ShardTask("train", 0), refs, 0, piece_samples=4)
+    pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader()) for p, m, _ in cut.pieces]
+    with pytest.raises(RuntimeError, match="pieces"):
+        assemble_shard(ShardTask("train", 0), pieces[1:], layout)  # piece 0 never reached the writer
+    os.remove(layout.url(pieces[0].path))
+    with pytest.raises(RuntimeError, match="never written"):
+        assemble_shard(ShardTask("train", 0), pieces, layout)
+
+
+def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path):
+    refs, boxes = members
+    expected = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0,
+                           ArchiveReader(), boxes=boxes)
+    out = tmp_path / "beam"
+    with TestPipeline() as p:
+        written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
+                                    (ShardTask("train", 1), [], [])])
+                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), piece_samples=2))
+        assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
+                    equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
+        assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
+                    label="rejects")
+        assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
+    files = _files(out)
+    assert not os.listdir(out / PIECES_DIR)
+    assert files["train/train-000000.tar"] == _files(tmp_path / "whole")["train/train-000000.tar"]
+    assert files["train/train-000000.parquet"] == _files(tmp_path / "whole")["train/train-000000.parquet"]
+    with tarfile.open(out / "train" / "train-000001.tar") as tar:
+        assert tar.getnames() == []  # the empty shard exists, and is an empty tar
+    assert expected.shard.samples == 9
