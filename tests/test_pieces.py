@@ -19,8 +19,8 @@ from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.records import MemberRef
 from transforms.storage import ArchiveReader
-from transforms.write_shards import (ShardTask, WriteShards, assemble_shard, cut_shard, process_piece,
-                                     write_shard)
+from transforms.write_shards import (MIN_PIECE_SAMPLES, PIECE_SAMPLES, ShardTask, WriteShards, assemble_shard,
+                                     cut_shard, pieces_for, process_piece, write_shard)
 
 OPTIONS = ImageOptions(resize=ResizeSpec.parse("shorter:32"))
 
@@ -62,31 +62,41 @@ def _files(root):
 def test_cut_shard_makes_even_pieces_in_shard_order_with_their_boxes(members):
     refs, boxes = members
     refs = refs + [refs[3]]  # a repeated key: set aside, not in any piece
-    cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, piece_samples=4)
-    assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in ceil(11 / 4) = 3 pieces
+    cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=3)
+    assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in 3 pieces, as even as can be
     assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [("train", 4, i, 3) for i in range(3)]
-    whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, piece_samples=1000)
+    whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=1)
     assert [r for _, m, _ in cut.pieces for r in m] == whole.pieces[0][1]  # the pieces, in order, are the shard
     assert {k for _, _, b in cut.pieces for k in b} == {"n01440764_2", "n01440764_7"}
     assert all(set(b) <= {r.key for r in m} for _, m, b in cut.pieces)  # each piece has its own members' boxes
     assert [r.reason for r in cut.rejects] == ["duplicate_key"] and cut.orphan_annotations == 1
-    empty = cut_shard(ShardTask("val", 0), [], seed=0)
+    empty = cut_shard(ShardTask("val", 0), [], seed=0, pieces=4)
     assert [(p.piece, p.pieces, m) for p, m, _ in empty.pieces] == [(0, 1, [])]  # an empty shard still gets a file
+    assert len(cut_shard(ShardTask("train", 4), refs, seed=0, pieces=50).pieces) == 11  # never an empty piece
 
 
-@pytest.mark.parametrize("piece_samples", [1, 3, 5])
-def test_any_piece_size_makes_the_same_shard_byte_for_byte(members, tmp_path, piece_samples):
+def test_pieces_for_cuts_only_as_far_as_the_work_needs():
+    # scale-out runners: pieces of at most PIECE_SAMPLES, however many shards
+    assert pieces_for(5000, 300, None) == -(-5000 // PIECE_SAMPLES) and pieces_for(100, 1, None) == 1
+    # the local runner with 2 workers x 32 items: 35 shards -> 2 pieces each; 275 shards -> kept whole
+    assert pieces_for(390, 35, 64) == 2 and pieces_for(4800, 275, 64) == 1
+    assert pieces_for(40, 1, 64) == max(1, 40 // MIN_PIECE_SAMPLES)  # never pieces under MIN_PIECE_SAMPLES
+    assert pieces_for(0, 0, 64) == 1
+
+
+@pytest.mark.parametrize("pieces", [2, 4, 11])
+def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_path, pieces):
     refs, boxes = members
     results = {}
-    for samples in (1000, piece_samples):
-        out = tmp_path / f"out-{samples}"
-        results[samples] = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(out)), 0,
-                                       ArchiveReader(), boxes=boxes, piece_samples=samples)
-        assert not os.listdir(out / PIECES_DIR)  # every piece removed once assembled
-    whole, pieces = _files(tmp_path / "out-1000"), _files(tmp_path / f"out-{piece_samples}")
-    assert whole.keys() == pieces.keys() == {"train/train-000000.tar", "train/train-000000.parquet"}
-    assert whole == pieces
-    a, b = results[1000], results[piece_samples]
+    for count in (1, pieces):
+        out = tmp_path / f"out-{count}"
+        results[count] = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(out)), 0,
+                                     ArchiveReader(), boxes=boxes, pieces=count)
+        assert not (out / PIECES_DIR).exists() or not os.listdir(out / PIECES_DIR)  # staged pieces removed
+    whole, cut = _files(tmp_path / "out-1"), _files(tmp_path / f"out-{pieces}")
+    assert whole.keys() == cut.keys() == {"train/train-000000.tar", "train/train-000000.parquet"}
+    assert whole == cut
+    a, b = results[1], results[pieces]
     assert a.shard == b.shard and a.index == b.index and a.rows == b.rows
     assert sorted(r.reason for r in b.rejects) == ["not_an_image", "truncated"] and b.orphan_annotations == 1
     assert b.shard.samples == 9 == len(b.rows)
@@ -103,7 +113,7 @@ def test_any_piece_size_makes_the_same_shard_byte_for_byte(members, tmp_path, pi
 def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     refs, boxes = members
     layout = OutputLayout(str(tmp_path / "out"))
-    cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, piece_samples=4)
+    cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, pieces=3)
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader(), boxes=b) for p, m, b in cut.pieces]
     first = assemble_shard(ShardTask("train", 0), pieces, layout)
     written = _files(tmp_path / "out")
@@ -118,7 +128,7 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
 def test_assembly_refuses_missing_pieces(members, tmp_path):
     refs, _ = members
     layout = OutputLayout(str(tmp_path / "out"))
-    cut = cut_shard(ShardTask("train", 0), refs, 0, piece_samples=4)
+    cut = cut_shard(ShardTask("train", 0), refs, 0, pieces=3)
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader()) for p, m, _ in cut.pieces]
     with pytest.raises(RuntimeError, match="pieces"):
         assemble_shard(ShardTask("train", 0), pieces[1:], layout)  # piece 0 never reached the writer
@@ -127,24 +137,57 @@ def test_assembly_refuses_missing_pieces(members, tmp_path):
         assemble_shard(ShardTask("train", 0), pieces, layout)
 
 
-def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path):
+@pytest.mark.parametrize("min_work_items", [None, 1, 40])
+def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, min_work_items):
+    """None: pieces of PIECE_SAMPLES (here one, written whole); 1: two shards are enough, each written
+    whole; 40: 20 items a shard, as far as MIN_PIECE_SAMPLES lets (none here: 11 members)."""
     refs, boxes = members
-    expected = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0,
-                           ArchiveReader(), boxes=boxes)
+    write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0, ArchiveReader(),
+                boxes=boxes)
     out = tmp_path / "beam"
     with TestPipeline() as p:
         written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
                                     (ShardTask("train", 1), [], [])])
-                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), piece_samples=2))
+                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), min_work_items=min_work_items))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
+        assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),
+                    equal_to([("train/train-000000.parquet", 9, 2), ("train/train-000001.parquet", 0, 0)]),
+                    label="index")
+        assert_that(written["hashes"] | beam.Map(lambda b: b[0]) | beam.combiners.Count.Globally(),
+                    equal_to([len(hash_buckets(_rows(tmp_path / "whole"), 0))]), label="hashes")
         assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
                     label="rejects")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
     files = _files(out)
-    assert not os.listdir(out / PIECES_DIR)
+    assert not (out / PIECES_DIR).exists() or not os.listdir(out / PIECES_DIR)
     assert files["train/train-000000.tar"] == _files(tmp_path / "whole")["train/train-000000.tar"]
     assert files["train/train-000000.parquet"] == _files(tmp_path / "whole")["train/train-000000.parquet"]
     with tarfile.open(out / "train" / "train-000001.tar") as tar:
         assert tar.getnames() == []  # the empty shard exists, and is an empty tar
-    assert expected.shard.samples == 9
+
+
+def test_write_shards_in_beam_stages_and_assembles_pieces(members, tmp_path, monkeypatch):
+    import transforms.write_shards as ws
+
+    monkeypatch.setattr(ws, "PIECE_SAMPLES", 3)  # 11 members -> 4 pieces, staged then assembled
+    refs, boxes = members
+    write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0, ArchiveReader(),
+                boxes=boxes)
+    out = tmp_path / "beam"
+    with TestPipeline() as p:
+        written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values()))])
+                   | WriteShards(OPTIONS, str(out), 0, codec_versions()))
+        assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
+                    equal_to([("train/train-000000.tar", 9)]), label="shards")
+        assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
+                    label="rejects")
+    assert os.path.isdir(out / PIECES_DIR) and not os.listdir(out / PIECES_DIR)  # staged, then removed
+    assert _files(out) == _files(tmp_path / "whole")
+
+
+def _rows(root):
+    from transforms.schema import IndexRow
+
+    table = pq.read_table(root / "train" / "train-000000.parquet").to_pylist()
+    return [IndexRow(**r) for r in table]

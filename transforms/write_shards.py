@@ -3,18 +3,19 @@
 Contract: (ShardTask, [MemberRef], [BoxesRef]) -> the shard's tar and its Parquet index, plus
 ShardInfo, IndexFile, the (sha256, key) records for the duplicate search, and Reject.
 
-A shard is made in three steps, so that work spreads over every worker however few shards
-there are (a 6.4 GB val tar is 13 shards at the default size, and on Dataflow there can be
+A shard is made in up to three steps, so that work can spread over every worker however few
+shards there are (a 6.4 GB val tar is 13 shards at the default size; on Dataflow there can be
 more cores than shards):
-  cut_shard       order the members, set repeated keys aside, cut into pieces of PIECE_SAMPLES
-  process_piece   the image kernel on one piece (the expensive part: ~all the CPU of a build);
-                  stores the kept JPEGs and their index rows in the piece's scratch file
-  assemble_shard  concatenate a shard's pieces, in order, into its tar (.jpg, .cls, .json a
-                  sample), write its Parquet index, delete the pieces
-write_shard does the three in one call. Image bytes and index rows (~1 KB a sample: shuffled,
-the local runner would hold them all in memory) never cross a shuffle: they travel in the
-scratch files. Rejects: every reason of the image kernel, plus `duplicate_key` (a second
-member with the same key in the same split: the first by archive position wins).
+  cut_shard        order the members, set repeated keys aside, cut into pieces (pieces_for)
+  process_piece    the image kernel on one piece (~all the CPU of a build); stores the kept
+                   JPEGs and their index rows in the piece's scratch file
+  assemble_shard   concatenate a shard's pieces, in order, into its tar (.jpg, .cls, .json a
+                   sample), write its Parquet index, delete the pieces
+A shard that is one piece skips the staging: write_whole_shard processes it straight into its
+tar. write_shard does it all in one call. Image bytes and index rows (~1 KB a sample: shuffled,
+the local runner would hold them all in memory) never cross a shuffle: they stay in the stage,
+or travel in the scratch files. Rejects: every reason of the image kernel, plus `duplicate_key`
+(a second member with the same key in the same split: the first by archive position wins).
 
 Determinism: the members' order is the seeded key hash, tar headers are fixed (mtime,
 owner, mode, format), and the kernel is deterministic, so the same inputs and options
@@ -45,8 +46,9 @@ from transforms.schema import INDEX_SCHEMA, IndexRow, as_dict
 from transforms.sharding import key_hash
 from transforms.storage import ArchiveReader, atomic_write
 
-__all__ = ["PIECE_SAMPLES", "ShardTask", "PieceTask", "ShardCut", "PieceResult", "ShardInfo", "ShardResult",
-           "ShardTarWriter", "order_members", "cut_shard", "process_piece", "assemble_shard", "write_shard"]
+__all__ = ["PIECE_SAMPLES", "MIN_PIECE_SAMPLES", "ShardTask", "PieceTask", "ShardCut", "PieceResult", "ShardInfo",
+           "ShardResult", "ShardTarWriter", "order_members", "pieces_for", "cut_shard", "write_whole_shard",
+           "process_piece", "assemble_shard", "write_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,12 @@ log = logging.getLogger(__name__)
 TAR_MTIME = 0
 TAR_MODE = 0o644
 
-# Members a piece: the unit of parallel work. Small enough that a build has many more pieces
-# than cores (the local runner deals them out in turn, once: the last worker to finish waits
-# less than a piece), large enough that a piece's fixed costs (a scratch file, two shuffled
-# records) stay under 1% of its images' (~0.4 s of kernel work a piece).
+# Members a piece when a build may have more cores than shards: many more pieces than cores,
+# while a piece's fixed costs (a scratch file, two shuffled records) stay under 1% of its
+# images' (~0.4 s of kernel work a piece).
 PIECE_SAMPLES = 128
+# The fewest members a piece is cut down to when pieces are only for balance.
+MIN_PIECE_SAMPLES = 32
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -244,21 +247,103 @@ def _json_bytes(row: IndexRow) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def pieces_for(members: int, shards: int, min_work_items: Optional[int]) -> int:
+    """How many pieces to cut a shard of `members` into, in a build of `shards` shards.
+
+    min_work_items None: as many as pieces of at most PIECE_SAMPLES take (runners that scale out,
+    where there may be more cores than shards). A number: only as many as give the build that
+    many work items in all (the local runner, whose few workers are known): a build with enough
+    shards keeps each whole, and skips staging pieces, which costs a write and a read of every
+    stored byte."""
+    if min_work_items is None:
+        return max(1, math.ceil(members / PIECE_SAMPLES))
+    return max(1, min(math.ceil(min_work_items / max(1, shards)), members // MIN_PIECE_SAMPLES))
+
+
 def cut_shard(task: ShardTask, refs: Iterable[MemberRef], seed: int, boxes: Optional[dict] = None,
-              piece_samples: int = PIECE_SAMPLES) -> ShardCut:
-    """Order a shard's members, set repeated keys aside, and cut the rest into pieces of at most
-    `piece_samples` (as equal as can be; an empty shard is one empty piece), each with its boxes."""
+              pieces: Optional[int] = None) -> ShardCut:
+    """Order a shard's members, set repeated keys aside, and cut the rest into `pieces` pieces
+    (default: of at most PIECE_SAMPLES each) as equal as can be, each with its members' boxes. An
+    empty shard is one empty piece."""
     boxes = boxes or {}
     refs = list(refs)
     members, rejects = order_members(refs, seed)
-    count = max(1, math.ceil(len(members) / piece_samples))
-    pieces = []
+    count = pieces or pieces_for(len(members), 1, None)
+    count = max(1, min(count, len(members)))
+    cut = []
     for i in range(count):
         part = members[i * len(members) // count:(i + 1) * len(members) // count]
-        pieces.append((PieceTask(task.split, task.shard_id, i, count), part,
-                       {r.key: boxes[r.key] for r in part if r.key in boxes}))
+        cut.append((PieceTask(task.split, task.shard_id, i, count), part,
+                    {r.key: boxes[r.key] for r in part if r.key in boxes}))
     orphans = len(set(boxes) - {r.key for r in refs})
-    return ShardCut(pieces, rejects, orphans)
+    return ShardCut(cut, rejects, orphans)
+
+
+def _kept_samples(piece: PieceTask, members: Sequence[MemberRef], options: ImageOptions, layout: OutputLayout,
+                  reader: ArchiveReader, boxes: dict, blacklist: frozenset, rejects: list,
+                  on_progress: Optional[Callable[[int, int], None]]) -> Iterator[tuple[IndexRow, bytes]]:
+    """The image kernel over members in shard order: (index row, stored JPEG) for each kept one,
+    its offset in the tar still 0 (not known until it is written); rejects appended to `rejects`."""
+    shard = layout.shard(piece.split, piece.shard_id)
+    last_report = time.monotonic()
+    for done, ref in enumerate(members, start=1):
+        data = reader.read(ref.archive, ref.offset, ref.size)
+        try:
+            image = process_image(data, options)
+        except ImageRejected as e:
+            rejects.append(Reject(ref.key, ref.split, ref.source, e.reason, e.detail))
+            continue
+        except Exception as e:  # a decoder bug on hostile bytes must not take the whole build down
+            log.warning("unexpected %s on %s: %s", type(e).__name__, ref.source, e)
+            rejects.append(Reject(ref.key, ref.split, ref.source, "corrupt", f"{type(e).__name__}: {e}"))
+            continue
+        yield IndexRow(
+            key=ref.key, split=ref.split, shard=shard, offset=0, size=len(image.jpeg),
+            label=ref.label, wnid=ref.wnid, width=image.width, height=image.height,
+            orig_width=image.orig_width, orig_height=image.orig_height,
+            orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
+            sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
+            exif_orientation=image.exif_orientation, source=ref.source,
+            **_box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
+                          image.exif_orientation if options.exif_transpose else None),
+        ), image.jpeg
+        if on_progress and time.monotonic() - last_report > 1.0:
+            on_progress(done, len(members))
+            last_report = time.monotonic()
+    if on_progress:
+        on_progress(len(members), len(members))
+
+
+def _write_tar_and_index(task: ShardTask, samples: Iterable[tuple[IndexRow, bytes]], layout: OutputLayout
+                         ) -> ShardResult:
+    """The shard's tar (.jpg, .cls, .json a sample, in the order given; each row gets its offset),
+    then its Parquet index. Both appear only when complete."""
+    relative = layout.shard(task.split, task.shard_id)
+    rows = []
+    with atomic_write(layout.url(relative)) as f:
+        tar = ShardTarWriter(f)
+        for row, jpeg in samples:
+            row = dataclasses.replace(row, offset=tar.payload_offset(f"{row.key}.jpg"))  # the .json carries it
+            written = tar.add_sample([(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
+                                      (f"{row.key}.json", _json_bytes(row))])
+            assert written[0] == row.offset, (written[0], row.offset)
+            rows.append(row)
+        size, digest = tar.close()
+    index = write_index_file(layout, task.split, task.shard_id, rows, {})  # after the tar: it indexes that file
+    return ShardResult(ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest), index, rows, [])
+
+
+def write_whole_shard(piece: PieceTask, members: Sequence[MemberRef], options: ImageOptions, layout: OutputLayout,
+                      reader: ArchiveReader, on_progress: Optional[Callable[[int, int], None]] = None,
+                      boxes: Optional[dict] = None, blacklist: frozenset = frozenset()) -> ShardResult:
+    """A shard that is one piece: processed straight into its tar, nothing staged."""
+    assert piece.pieces == 1, piece
+    rejects = []
+    result = _write_tar_and_index(
+        ShardTask(piece.split, piece.shard_id),
+        _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist, rejects, on_progress), layout)
+    result.rejects = rejects
+    return result
 
 
 def process_piece(
@@ -272,45 +357,18 @@ def process_piece(
     blacklist: frozenset = frozenset(),
 ) -> PieceResult:
     """Run the image kernel on a piece's members (already in shard order); stage the stored JPEGs
-    and their index rows (offset not yet known: 0) in the piece's file, to be assembled in order.
+    and their index rows in the piece's scratch file, for assemble_shard.
 
     boxes: {key: BoxesRef} of the piece's members that have annotations.
     blacklist: keys in the devkit's localisation blacklist.
     """
-    boxes = boxes or {}
-    shard = layout.shard(piece.split, piece.shard_id)
     relative = layout.piece(piece.split, piece.shard_id, piece.piece)
     rejects, samples = [], 0
-    last_report = time.monotonic()
     with atomic_write(layout.url(relative)) as f:
-        for done, ref in enumerate(members, start=1):
-            data = reader.read(ref.archive, ref.offset, ref.size)
-            try:
-                image = process_image(data, options)
-            except ImageRejected as e:
-                rejects.append(Reject(ref.key, ref.split, ref.source, e.reason, e.detail))
-                continue
-            except Exception as e:  # a decoder bug on hostile bytes must not take the whole build down
-                log.warning("unexpected %s on %s: %s", type(e).__name__, ref.source, e)
-                rejects.append(Reject(ref.key, ref.split, ref.source, "corrupt", f"{type(e).__name__}: {e}"))
-                continue
-            row = IndexRow(
-                key=ref.key, split=ref.split, shard=shard, offset=0, size=len(image.jpeg),
-                label=ref.label, wnid=ref.wnid, width=image.width, height=image.height,
-                orig_width=image.orig_width, orig_height=image.orig_height,
-                orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
-                sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
-                exif_orientation=image.exif_orientation, source=ref.source,
-                **_box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
-                              image.exif_orientation if options.exif_transpose else None),
-            )
-            pickle.dump((row, image.jpeg), f, protocol=pickle.HIGHEST_PROTOCOL)
+        for sample in _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist, rejects,
+                                    on_progress):
+            pickle.dump(sample, f, protocol=pickle.HIGHEST_PROTOCOL)
             samples += 1
-            if on_progress and time.monotonic() - last_report > 1.0:
-                on_progress(done, len(members))
-                last_report = time.monotonic()
-    if on_progress:
-        on_progress(len(members), len(members))
     return PieceResult(piece, relative, samples, rejects)
 
 
@@ -325,7 +383,7 @@ def _staged_samples(layout: OutputLayout, relative: str) -> Iterator[tuple[Index
 
 def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout) -> ShardResult:
     """Write a shard's tar from its staged pieces, in piece order, then its Parquet index; remove
-    the pieces. Each sample is its .jpg, .cls and .json (the index row, now with its offset).
+    the pieces.
 
     Idempotent: run again after it finished (a runner's retry), it finds the pieces gone and
     reports the shard it wrote from the shard's own files."""
@@ -337,22 +395,11 @@ def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: Outpu
     paths = [fsspec.core.url_to_fs(layout.url(p.path))[1] for p in pieces]
     if not all(fs.exists(path) for path in paths):
         return _written_shard(task, layout)
-    relative = layout.shard(task.split, task.shard_id)
-    rows = []
-    with atomic_write(layout.url(relative)) as f:
-        tar = ShardTarWriter(f)
-        for piece in pieces:
-            for row, jpeg in _staged_samples(layout, piece.path):
-                row = dataclasses.replace(row, offset=tar.payload_offset(f"{row.key}.jpg"))
-                written = tar.add_sample([(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
-                                          (f"{row.key}.json", _json_bytes(row))])
-                assert written[0] == row.offset, (written[0], row.offset)
-                rows.append(row)
-        size, digest = tar.close()
-    index = write_index_file(layout, task.split, task.shard_id, rows, {})  # after the tar: it indexes that file
+    result = _write_tar_and_index(
+        task, (sample for piece in pieces for sample in _staged_samples(layout, piece.path)), layout)
     for path in paths:
         fs.rm(path)
-    return ShardResult(ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest), index, rows, [])
+    return result
 
 
 def _written_shard(task: ShardTask, layout: OutputLayout) -> ShardResult:
@@ -384,18 +431,24 @@ def write_shard(
     on_progress: Optional[Callable[[int, int], None]] = None,
     boxes: Optional[dict] = None,
     blacklist: frozenset = frozenset(),
-    piece_samples: int = PIECE_SAMPLES,
+    pieces: int = 1,
 ) -> ShardResult:
-    """One whole shard in one call, as the Beam stages do it in three (cut, process the pieces,
-    assemble): the same files, byte for byte.
+    """One shard in one call, as the Beam stages make it (cut; then write it whole, or process
+    its pieces and assemble them): the same files, byte for byte, whatever `pieces`.
 
     boxes: {key: BoxesRef} of the annotations that hash to this shard.
     """
-    cut = cut_shard(task, refs, seed, boxes, piece_samples)
-    results = [process_piece(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
-               for piece, members, piece_boxes in cut.pieces]
-    result = assemble_shard(task, results, layout)
-    result.rejects = cut.rejects + [r for p in results for r in p.rejects]
+    cut = cut_shard(task, refs, seed, boxes, pieces)
+    if len(cut.pieces) == 1:
+        piece, members, piece_boxes = cut.pieces[0]
+        result = write_whole_shard(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
+        kernel_rejects = result.rejects
+    else:
+        staged = [process_piece(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
+                  for piece, members, piece_boxes in cut.pieces]
+        result = assemble_shard(task, staged, layout)
+        kernel_rejects = [r for p in staged for r in p.rejects]
+    result.rejects = cut.rejects + kernel_rejects
     result.orphan_annotations = cut.orphan_annotations
     return result
 
@@ -435,13 +488,15 @@ class _CutShardFn(beam.DoFn):
     """(ShardTask, [MemberRef], [BoxesRef]) -> ((split, shard_id, piece), (PieceTask, members, boxes)),
     a key a piece; repeated keys -> rejects; annotations without an image -> orphans."""
 
-    def __init__(self, seed: int, piece_samples: int):
+    def __init__(self, seed: int, min_work_items: Optional[int]):
         self._seed = seed
-        self._piece_samples = piece_samples
+        self._min_work_items = min_work_items
 
-    def process(self, element):
+    def process(self, element, shards: int):
         task, refs, boxes = element
-        cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes), self._piece_samples)
+        refs = list(refs)
+        cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
+                        pieces_for(len(refs), shards, self._min_work_items))
         if cut.orphan_annotations:
             yield pvalue.TaggedOutput("orphans", (task.split, cut.orphan_annotations))
         yield from _rejects(cut.rejects)
@@ -455,9 +510,18 @@ def _rejects(rejects):
         yield pvalue.TaggedOutput("rejects", reject)
 
 
+def _shard_outputs(result: ShardResult):
+    beam.metrics.Metrics.counter("samples", result.shard.split).inc(len(result.rows))
+    yield pvalue.TaggedOutput("index", result.index)
+    for bucket in hash_buckets(result.rows, result.shard.shard_id):
+        yield pvalue.TaggedOutput("hashes", bucket)
+    yield pvalue.TaggedOutput("shards", result.shard)
+
+
 class _ProcessPieceFn(beam.DoFn):
-    """(piece key, [its one (PieceTask, members, boxes)]) -> ((split, shard_id), PieceResult less
-    its rejects), the piece staged; kernel rejects -> rejects."""
+    """(piece key, [its one (PieceTask, members, boxes)]) -> a shard that is one piece: written,
+    its ShardInfo / IndexFile / hash buckets out; a piece of several: staged,
+    ((split, shard_id), PieceResult less its rejects) out. Kernel rejects -> rejects."""
 
     def __init__(self, options: ImageOptions, out_root: str, codecs: dict, progress_dir: Optional[str],
                  blacklist: frozenset):
@@ -489,10 +553,16 @@ class _ProcessPieceFn(beam.DoFn):
         _, values = element
         for value in values:  # one: the key is the piece's own
             piece, members, boxes = from_shuffle(value)
-            result = process_piece(piece, members, self._options, self._layout, self._reader,
-                                   self._heartbeat(piece), boxes, self._blacklist)
-            yield from _rejects(result.rejects)
-            yield (piece.split, piece.shard_id), PieceResult(piece, result.path, result.samples, [])
+            args = (piece, members, self._options, self._layout, self._reader, self._heartbeat(piece), boxes,
+                    self._blacklist)
+            if piece.pieces == 1:
+                result = write_whole_shard(*args)
+                yield from _rejects(result.rejects)
+                yield from _shard_outputs(result)
+            else:
+                staged = process_piece(*args)
+                yield from _rejects(staged.rejects)
+                yield (piece.split, piece.shard_id), PieceResult(piece, staged.path, staged.samples, [])
 
     def teardown(self):
         self._reader.close()
@@ -509,12 +579,7 @@ class _AssembleShardFn(beam.DoFn):
 
     def process(self, element):
         (split, shard_id), pieces = element
-        result = assemble_shard(ShardTask(split, shard_id), pieces, self._layout)
-        beam.metrics.Metrics.counter("samples", split).inc(len(result.rows))
-        yield pvalue.TaggedOutput("index", result.index)
-        for bucket in hash_buckets(result.rows, shard_id):
-            yield pvalue.TaggedOutput("hashes", bucket)
-        yield result.shard
+        yield from _shard_outputs(assemble_shard(ShardTask(split, shard_id), pieces, self._layout))
 
 
 class WriteShards(beam.PTransform):
@@ -524,28 +589,35 @@ class WriteShards(beam.PTransform):
 
     Pieces are keyed one a key and grouped, so that the runner spreads them over its workers
     (the local runner deals a stage's keys out in turn); only their MemberRefs cross that
-    shuffle, and only PieceResults (a path and counts) the one that gathers a shard's pieces."""
+    shuffle, and only PieceResults (a path and counts) the one that gathers a shard's pieces.
+    min_work_items: see pieces_for (None: pieces of PIECE_SAMPLES; a number: cut only as far as
+    the build needs that many work items)."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
-                 piece_samples: int = PIECE_SAMPLES):
+                 min_work_items: Optional[int] = None):
         super().__init__()
-        self._cut = _CutShardFn(seed, piece_samples)
+        self._cut = _CutShardFn(seed, min_work_items)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
 
     def expand(self, tasks):
-        cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut).with_outputs("rejects", "orphans", main="pieces")
+        shards = beam.pvalue.AsSingleton(tasks | "CountShards" >> beam.combiners.Count.Globally())
+        cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut, shards=shards).with_outputs(
+            "rejects", "orphans", main="pieces")
         processed = (
             cut.pieces
             | "SpreadPieces" >> beam.GroupByKey()
-            | "ProcessPieces" >> beam.ParDo(self._process).with_outputs("rejects", main="pieces")
+            | "ProcessPieces" >> beam.ParDo(self._process).with_outputs(
+                "rejects", "shards", "index", "hashes", main="pieces")
         )
-        out = (
+        assembled = (
             processed.pieces
             | "GatherPieces" >> beam.GroupByKey()
-            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("index", "hashes", main="shards")
+            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("index", "hashes", "shards")
         )
-        rejects = (cut.rejects, processed.rejects) | "AllShardRejects" >> beam.Flatten()
-        return {"shards": out.shards, "index": out.index, "hashes": out.hashes, "rejects": rejects,
-                "orphans": cut.orphans}
+        out = {name: (processed[name], assembled[name]) | f"All{name.title()}" >> beam.Flatten()
+               for name in ("shards", "index", "hashes")}
+        out["rejects"] = (cut.rejects, processed.rejects) | "AllShardRejects" >> beam.Flatten()
+        out["orphans"] = cut.orphans
+        return out
