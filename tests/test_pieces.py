@@ -148,7 +148,8 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, min_wor
     with TestPipeline() as p:
         written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
                                     (ShardTask("train", 1), [], [])])
-                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), min_work_items=min_work_items))
+                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), min_work_items=min_work_items,
+                                 plan=p | "Plan" >> beam.Create([("train", (9, 2))])))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
         assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),

@@ -221,3 +221,41 @@ def test_out_holding_a_previous_s3_build_needs_overwrite(s3, s3_source, s3_build
     assert proc.returncode == 2, proc.stderr
     assert "holds a previous build" in proc.stderr and "--overwrite" in proc.stderr
     assert s3_build.fs.cat(s3_build.path("manifest.json")) == before
+
+
+def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
+    """Runners that scale out stage shard pieces in OUT/_pieces: on an object store as on a disk."""
+    import numpy as np
+    from PIL import Image
+
+    from transforms.image import ImageOptions, ResizeSpec
+    from transforms.layout import PIECES_DIR, OutputLayout
+    from transforms.records import MemberRef
+    from transforms.storage import ArchiveReader
+    from transforms.write_shards import ShardTask, write_shard
+
+    archive = tmp_path / "class.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(7):
+            buf = io.BytesIO()
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(buf, "JPEG")
+            info = tarfile.TarInfo(f"n01440764_{i}.JPEG")
+            info.size = buf.tell()
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    with tarfile.open(archive) as tar:
+        refs = [MemberRef(m.name[:-5], "train", str(archive), m.offset_data, m.size, 0, "n01440764", m.name)
+                for m in tar]
+    options = ImageOptions(resize=ResizeSpec.parse("shorter:24"))
+    local = write_shard(ShardTask("train", 0), refs, options, OutputLayout(str(tmp_path / "local")), 0, ArchiveReader())
+    remote_root = s3.url("pieces-out")
+    s3.clear_log()
+    remote = write_shard(ShardTask("train", 0), refs, options, OutputLayout(remote_root), 0, ArchiveReader(),
+                         pieces=3)
+    assert remote.shard == local.shard and remote.shard.samples == 7
+    root = remote_root[len("s3://"):]
+    assert s3.fs.cat(f"{root}/train/train-000000.tar") == (tmp_path / "local/train/train-000000.tar").read_bytes()
+    assert s3.fs.cat(f"{root}/train/train-000000.parquet") == (tmp_path / "local/train/train-000000.parquet").read_bytes()
+    staged = {(r.method, r.key) for r in s3.requests() if f"/{PIECES_DIR}/" in r.key}
+    pieces = {f"pieces-out/{PIECES_DIR}/train-000000-{i:05d}.pkl" for i in range(3)}
+    assert {key for method, key in staged if method == "PUT"} == pieces  # the three pieces went to S3 ...
+    assert not s3.fs.find(f"{root}/{PIECES_DIR}")  # ... and are gone

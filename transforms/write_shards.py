@@ -492,9 +492,10 @@ class _CutShardFn(beam.DoFn):
         self._seed = seed
         self._min_work_items = min_work_items
 
-    def process(self, element, shards: int):
+    def process(self, element, plan=()):
         task, refs, boxes = element
         refs = list(refs)
+        shards = sum(shard_count for _split, (_samples, shard_count) in plan)
         cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
                         pieces_for(len(refs), shards, self._min_work_items))
         if cut.orphan_annotations:
@@ -591,20 +592,23 @@ class WriteShards(beam.PTransform):
     (the local runner deals a stage's keys out in turn); only their MemberRefs cross that
     shuffle, and only PieceResults (a path and counts) the one that gathers a shard's pieces.
     min_work_items: see pieces_for (None: pieces of PIECE_SAMPLES; a number: cut only as far as
-    the build needs that many work items)."""
+    the build needs that many work items, counted from `plan`, GroupIntoShards' (split, (samples,
+    shards)), which it then needs)."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
-                 min_work_items: Optional[int] = None):
+                 min_work_items: Optional[int] = None, plan=None):
         super().__init__()
+        if min_work_items is not None and plan is None:
+            raise ValueError("min_work_items needs the plan: how many shards the build has")
+        self._plan = plan if min_work_items is not None else None
         self._cut = _CutShardFn(seed, min_work_items)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
 
     def expand(self, tasks):
-        shards = beam.pvalue.AsSingleton(tasks | "CountShards" >> beam.combiners.Count.Globally())
-        cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut, shards=shards).with_outputs(
-            "rejects", "orphans", main="pieces")
+        side = {"plan": beam.pvalue.AsList(self._plan)} if self._plan is not None else {}
+        cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut, **side).with_outputs("rejects", "orphans", main="pieces")
         processed = (
             cut.pieces
             | "SpreadPieces" >> beam.GroupByKey()
