@@ -1135,7 +1135,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="passes per kernel, best taken (default 3)")
     p.add_argument("--shard-size", default="16MB", help="the builds' --shard-size (default 16MB)")
     p.add_argument("--build-repeats", type=int, default=None,
-                   help="runs of each build, the fastest counts (default 2; 1 with --quick)")
+                   help="runs of each build, the fastest counts (default 3; 1 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img2dataset", action="store_true",
                    help="also run img2dataset (installed into OUT/img2dataset-venv on first use)")
@@ -1163,7 +1163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  shard_size=a.shard_size, seed=a.seed, img2dataset=a.img2dataset,
                  scaling_images=a.scaling_images if a.scaling_images is not None else
                  (0 if a.quick else DEFAULT_SCALING_IMAGES),
-                 build_repeats=a.build_repeats or (1 if a.quick else 2))
+                 build_repeats=a.build_repeats or (1 if a.quick else 3))
     if a.memory:
         run_memory(s, [int(x) for x in a.sizes.split(",")])
     else:
