@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from transforms.boxes import BoxesRef
-from transforms.image import ImageOptions, ResizeSpec, codec_versions
+from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_image
 from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.records import MemberRef
@@ -84,13 +84,17 @@ def test_pieces_for_cuts_only_as_far_as_the_work_needs():
     assert pieces_for(0, 0, 64) == 1
 
 
+KEEP = ImageOptions(resize=ResizeSpec.parse("longer:512"))  # these sources are kept byte for byte
+
+
+@pytest.mark.parametrize("options", [OPTIONS, KEEP], ids=["reencoded", "kept"])
 @pytest.mark.parametrize("pieces", [2, 4, 11])
-def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_path, pieces):
+def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_path, pieces, options):
     refs, boxes = members
     results = {}
     for count in (1, pieces):
         out = tmp_path / f"out-{count}"
-        results[count] = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(out)), 0,
+        results[count] = write_shard(ShardTask("train", 0), refs, options, OutputLayout(str(out)), 0,
                                      ArchiveReader(), boxes=boxes, pieces=count)
         assert not (out / PIECES_DIR).exists() or not os.listdir(out / PIECES_DIR)  # staged pieces removed
     whole, cut = _files(tmp_path / "out-1"), _files(tmp_path / f"out-{pieces}")
@@ -105,9 +109,15 @@ def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_pa
         names = tar.getnames()
     assert names == [f"{r.key}.{ext}" for r in a.rows for ext in ("jpg", "cls", "json")]
     table = pq.read_table(io.BytesIO(whole["train/train-000000.parquet"])).to_pylist()
+    sources = {r.key: r for r in refs}
+    archive = open(refs[0].archive, "rb").read()
     for row in table:  # offsets index the assembled tar, not the pieces
-        image = Image.open(io.BytesIO(shard[row["offset"]:row["offset"] + row["size"]]))
-        assert image.size == (row["width"], row["height"])
+        payload = shard[row["offset"]:row["offset"] + row["size"]]
+        assert Image.open(io.BytesIO(payload)).size == (row["width"], row["height"])
+        src = sources[row["key"]]
+        assert row["reencoded"] == (options is OPTIONS)
+        if not row["reencoded"]:  # a kept JPEG is the source, byte for byte, staged or not
+            assert payload == archive[src.offset:src.offset + src.size]
 
 
 def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
@@ -192,3 +202,18 @@ def _rows(root):
 
     table = pq.read_table(root / "train" / "train-000000.parquet").to_pylist()
     return [IndexRow(**r) for r in table]
+
+
+def test_a_kept_jpeg_is_staged_as_its_place_in_the_archive(members, tmp_path):
+    refs, _ = members
+    layout = OutputLayout(str(tmp_path / "out"))
+    cut = cut_shard(ShardTask("train", 0), refs, 0, pieces=2)
+    sizes = {}
+    for options, name in ((KEEP, "kept"), (OPTIONS, "reencoded")):
+        staged = [process_piece(p, m, options, layout, ArchiveReader()) for p, m, _ in cut.pieces]
+        sizes[name] = sum(os.path.getsize(layout.url(p.path)) for p in staged)
+    kept_bytes = sum(r.size for r in refs[:9])  # the 9 photos, which KEEP stores as they are
+    assert sizes["kept"] < kept_bytes / 4  # rows and archive ranges, not the JPEGs
+    reader = ArchiveReader()
+    reencoded = sum(len(process_image(reader.read(r.archive, r.offset, r.size), OPTIONS).jpeg) for r in refs[:9])
+    assert sizes["reencoded"] > reencoded  # re-encoded JPEGs are staged themselves

@@ -281,9 +281,11 @@ def cut_shard(task: ShardTask, refs: Iterable[MemberRef], seed: int, boxes: Opti
 
 def _kept_samples(piece: PieceTask, members: Sequence[MemberRef], options: ImageOptions, layout: OutputLayout,
                   reader: ArchiveReader, boxes: dict, blacklist: frozenset, rejects: list,
-                  on_progress: Optional[Callable[[int, int], None]]) -> Iterator[tuple[IndexRow, bytes]]:
-    """The image kernel over members in shard order: (index row, stored JPEG) for each kept one,
-    its offset in the tar still 0 (not known until it is written); rejects appended to `rejects`."""
+                  on_progress: Optional[Callable[[int, int], None]]
+                  ) -> Iterator[tuple[IndexRow, bytes, MemberRef]]:
+    """The image kernel over members in shard order: (index row, stored JPEG, member) for each
+    kept one, its offset in the tar still 0 (not known until it is written); rejects appended to
+    `rejects`."""
     shard = layout.shard(piece.split, piece.shard_id)
     last_report = time.monotonic()
     for done, ref in enumerate(members, start=1):
@@ -306,7 +308,7 @@ def _kept_samples(piece: PieceTask, members: Sequence[MemberRef], options: Image
             exif_orientation=image.exif_orientation, source=ref.source,
             **_box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
                           image.exif_orientation if options.exif_transpose else None),
-        ), image.jpeg
+        ), image.jpeg, ref
         if on_progress and time.monotonic() - last_report > 1.0:
             on_progress(done, len(members))
             last_report = time.monotonic()
@@ -341,7 +343,9 @@ def write_whole_shard(piece: PieceTask, members: Sequence[MemberRef], options: I
     rejects = []
     result = _write_tar_and_index(
         ShardTask(piece.split, piece.shard_id),
-        _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist, rejects, on_progress), layout)
+        ((row, jpeg) for row, jpeg, _ in
+         _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist, rejects, on_progress)),
+        layout)
     result.rejects = rejects
     return result
 
@@ -356,8 +360,11 @@ def process_piece(
     boxes: Optional[dict] = None,
     blacklist: frozenset = frozenset(),
 ) -> PieceResult:
-    """Run the image kernel on a piece's members (already in shard order); stage the stored JPEGs
-    and their index rows in the piece's scratch file, for assemble_shard.
+    """Run the image kernel on a piece's members (already in shard order); stage the index rows
+    and the stored JPEGs in the piece's scratch file, for assemble_shard. A JPEG kept byte for
+    byte is staged as where it is in its archive (the assembler reads it again: a read of the
+    input instead of a write and a read of a copy; archives do not change during a build, which
+    every stage after IndexArchives already relies on).
 
     boxes: {key: BoxesRef} of the piece's members that have annotations.
     blacklist: keys in the devkit's localisation blacklist.
@@ -365,23 +372,26 @@ def process_piece(
     relative = layout.piece(piece.split, piece.shard_id, piece.piece)
     rejects, samples = [], 0
     with atomic_write(layout.url(relative)) as f:
-        for sample in _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist, rejects,
-                                    on_progress):
-            pickle.dump(sample, f, protocol=pickle.HIGHEST_PROTOCOL)
+        for row, jpeg, ref in _kept_samples(piece, members, options, layout, reader, boxes or {}, blacklist,
+                                            rejects, on_progress):
+            staged = (row, None, (ref.archive, ref.offset, ref.size)) if not row.reencoded else (row, jpeg, None)
+            pickle.dump(staged, f, protocol=pickle.HIGHEST_PROTOCOL)
             samples += 1
     return PieceResult(piece, relative, samples, rejects)
 
 
-def _staged_samples(layout: OutputLayout, relative: str) -> Iterator[tuple[IndexRow, bytes]]:
+def _staged_samples(layout: OutputLayout, relative: str, reader: ArchiveReader) -> Iterator[tuple[IndexRow, bytes]]:
     with fsspec.open(layout.url(relative), "rb") as f:
         while True:
             try:
-                yield pickle.load(f)
+                row, jpeg, source = pickle.load(f)
             except EOFError:
                 return
+            yield row, jpeg if source is None else reader.read(*source)
 
 
-def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout) -> ShardResult:
+def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout,
+                   reader: Optional[ArchiveReader] = None) -> ShardResult:
     """Write a shard's tar from its staged pieces, in piece order, then its Parquet index; remove
     the pieces.
 
@@ -395,8 +405,14 @@ def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: Outpu
     paths = [fsspec.core.url_to_fs(layout.url(p.path))[1] for p in pieces]
     if not all(fs.exists(path) for path in paths):
         return _written_shard(task, layout)
-    result = _write_tar_and_index(
-        task, (sample for piece in pieces for sample in _staged_samples(layout, piece.path)), layout)
+    own_reader = reader is None
+    reader = reader or ArchiveReader()
+    try:
+        result = _write_tar_and_index(
+            task, (sample for piece in pieces for sample in _staged_samples(layout, piece.path, reader)), layout)
+    finally:
+        if own_reader:
+            reader.close()
     for path in paths:
         fs.rm(path)
     return result
@@ -446,7 +462,7 @@ def write_shard(
     else:
         staged = [process_piece(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
                   for piece, members, piece_boxes in cut.pieces]
-        result = assemble_shard(task, staged, layout)
+        result = assemble_shard(task, staged, layout, reader)
         kernel_rejects = [r for p in staged for r in p.rejects]
     result.rejects = cut.rejects + kernel_rejects
     result.orphan_annotations = cut.orphan_annotations
@@ -577,10 +593,14 @@ class _AssembleShardFn(beam.DoFn):
 
     def setup(self):
         self._layout = OutputLayout(self._out_root)
+        self._reader = ArchiveReader()
 
     def process(self, element):
         (split, shard_id), pieces = element
-        yield from _shard_outputs(assemble_shard(ShardTask(split, shard_id), pieces, self._layout))
+        yield from _shard_outputs(assemble_shard(ShardTask(split, shard_id), pieces, self._layout, self._reader))
+
+    def teardown(self):
+        self._reader.close()
 
 
 class WriteShards(beam.PTransform):
