@@ -7,8 +7,8 @@ A shard is made in up to three steps, so that work can spread over every worker 
 shards there are (a 6.4 GB val tar is 13 shards at the default size; on Dataflow there can be
 more cores than shards):
   cut_shard        order the members, set repeated keys aside, cut into pieces (pieces_for)
-  process_piece    the image kernel on one piece (~all the CPU of a build); stores the kept
-                   JPEGs and their index rows in the piece's scratch file
+  process_piece    the image kernel on one piece (~all the CPU of a build); stores the index
+                   rows and the JPEGs (a kept one as its place in the archive) in a scratch file
   assemble_shard   concatenate a shard's pieces, in order, into its tar (.jpg, .cls, .json a
                    sample), write its Parquet index, delete the pieces
 A shard that is one piece skips the staging: write_whole_shard processes it straight into its
