@@ -127,7 +127,7 @@ class ProgressMonitor:
 # Work items a local worker gets at least (shards, or pieces of them): the local runner deals a
 # stage's work out once, in turn, so the worker that finishes first waits for the others' last
 # item; with 32 items each that is ~1.5% of the build. Fewer shards than that and shards are cut
-# into pieces, at the price of staging their bytes once (see transforms/write_shards.py).
+# into pieces, at the price of staging them (see transforms/write_shards.py, pieces_for).
 WORK_ITEMS_PER_LOCAL_WORKER = 32
 
 
@@ -257,9 +257,9 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, workers
             import shutil
 
             shutil.rmtree(progress_dir, ignore_errors=True)
-        for scratch in ("_staging", PIECES_DIR) if staging else (PIECES_DIR,):
+        for scratch in ("_staging", PIECES_DIR):  # pieces: none left after a build that finished
             fs, path = fsspec.core.url_to_fs(layout.url(scratch))
-            if fs.exists(path):  # pieces: empty after a build that finished, leftovers after one that failed
+            if fs.exists(path):
                 fs.rm(path, recursive=True)
     wall = time.monotonic() - started
 

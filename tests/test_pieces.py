@@ -64,7 +64,8 @@ def test_cut_shard_makes_even_pieces_in_shard_order_with_their_boxes(members):
     refs = refs + [refs[3]]  # a repeated key: set aside, not in any piece
     cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=3)
     assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in 3 pieces, as even as can be
-    assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [("train", 4, i, 3) for i in range(3)]
+    assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [
+        ("train", 4, i, 3) for i in range(3)]
     whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=1)
     assert [r for _, m, _ in cut.pieces for r in m] == whole.pieces[0][1]  # the pieces, in order, are the shard
     assert {k for _, _, b in cut.pieces for k in b} == {"n01440764_2", "n01440764_7"}
@@ -125,9 +126,9 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     layout = OutputLayout(str(tmp_path / "out"))
     cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, pieces=3)
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader(), boxes=b) for p, m, b in cut.pieces]
-    first = assemble_shard(ShardTask("train", 0), pieces, layout)
+    first = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())
     written = _files(tmp_path / "out")
-    again = assemble_shard(ShardTask("train", 0), pieces, layout)  # its pieces are gone now
+    again = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())  # its pieces are gone now
     assert _files(tmp_path / "out") == written
     # what the stage emits from it: the shard's and index's facts, and the duplicate-search records
     assert (again.shard, again.index) == (first.shard, first.index)
@@ -141,10 +142,11 @@ def test_assembly_refuses_missing_pieces(members, tmp_path):
     cut = cut_shard(ShardTask("train", 0), refs, 0, pieces=3)
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader()) for p, m, _ in cut.pieces]
     with pytest.raises(RuntimeError, match="pieces"):
-        assemble_shard(ShardTask("train", 0), pieces[1:], layout)  # piece 0 never reached the writer
+        # piece 0 never reached the writer
+        assemble_shard(ShardTask("train", 0), pieces[1:], layout, ArchiveReader())
     os.remove(layout.url(pieces[0].path))
     with pytest.raises(RuntimeError, match="never written"):
-        assemble_shard(ShardTask("train", 0), pieces, layout)
+        assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())
 
 
 @pytest.mark.parametrize("min_work_items", [None, 1, 40])

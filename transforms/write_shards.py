@@ -254,7 +254,7 @@ def pieces_for(members: int, shards: int, min_work_items: Optional[int]) -> int:
     where there may be more cores than shards). A number: only as many as give the build that
     many work items in all (the local runner, whose few workers are known): a build with enough
     shards keeps each whole, and skips staging pieces, which costs a write and a read of every
-    stored byte."""
+    re-encoded JPEG and a second read of every kept one."""
     if min_work_items is None:
         return max(1, math.ceil(members / PIECE_SAMPLES))
     return max(1, min(math.ceil(min_work_items / max(1, shards)), members // MIN_PIECE_SAMPLES))
@@ -391,9 +391,9 @@ def _staged_samples(layout: OutputLayout, relative: str, reader: ArchiveReader) 
 
 
 def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout,
-                   reader: Optional[ArchiveReader] = None) -> ShardResult:
+                   reader: ArchiveReader) -> ShardResult:
     """Write a shard's tar from its staged pieces, in piece order, then its Parquet index; remove
-    the pieces.
+    the pieces. `reader` reads the JPEGs that were staged as their place in an archive.
 
     Idempotent: run again after it finished (a runner's retry), it finds the pieces gone and
     reports the shard it wrote from the shard's own files."""
@@ -405,14 +405,8 @@ def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: Outpu
     paths = [fsspec.core.url_to_fs(layout.url(p.path))[1] for p in pieces]
     if not all(fs.exists(path) for path in paths):
         return _written_shard(task, layout)
-    own_reader = reader is None
-    reader = reader or ArchiveReader()
-    try:
-        result = _write_tar_and_index(
-            task, (sample for piece in pieces for sample in _staged_samples(layout, piece.path, reader)), layout)
-    finally:
-        if own_reader:
-            reader.close()
+    result = _write_tar_and_index(
+        task, (sample for piece in pieces for sample in _staged_samples(layout, piece.path, reader)), layout)
     for path in paths:
         fs.rm(path)
     return result
