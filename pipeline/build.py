@@ -50,9 +50,9 @@ def _write_plan(progress_dir: str):
 
 
 def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, codecs: dict,
-                progress_dir: Optional[str] = None, min_work_items: Optional[int] = None) -> None:
-    """min_work_items: cut shards into pieces only as far as this many work items need (see
-    write_shards.pieces_for); None (runners that scale out): pieces of PIECE_SAMPLES."""
+                progress_dir: Optional[str] = None, local_workers: Optional[int] = None) -> None:
+    """local_workers: the local runner's worker count, which the shards are shared out over (see
+    transforms/segments.py); None for runners that scale out (shards cut in small pieces)."""
     out = config.out
 
     # -> members: batches (MemberRef(key, split, archive, offset, size, label, wnid, source), ...), one a
@@ -74,7 +74,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, ((sha256, key, split, shard_id), ...));
     #    rejects: Reject; orphans: (split, n). Inside: cut into pieces -> process pieces -> assemble shards
     written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
-                                                   discovery.loc_blacklist, min_work_items, grouping.plan)
+                                                   discovery.loc_blacklist, local_workers, grouping.plan)
 
     # -> (split, shard_id, n): the index files holding duplicates, rewritten with duplicate_of set
     duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)

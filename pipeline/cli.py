@@ -124,23 +124,18 @@ class ProgressMonitor:
 
 # --- the build -----------------------------------------------------------------------
 
-# Work items a local worker gets at least (shards, or pieces of them): the local runner deals a
-# stage's work out once, in turn, so the worker that finishes first waits for the others' last
-# item; with 32 items each that is ~1.5% of the build. Fewer shards than that and shards are cut
-# into pieces, at the price of staging them (see transforms/write_shards.py, pieces_for).
-WORK_ITEMS_PER_LOCAL_WORKER = 32
-
-
-def _min_work_items(options) -> Optional[int]:
-    """For the local runner, WORK_ITEMS_PER_LOCAL_WORKER x its workers; None elsewhere (Dataflow
-    and the like split work dynamically over many more cores: always cut into pieces)."""
+def _local_workers(options) -> Optional[int]:
+    """The local runner's worker count, which WriteShards shares the work out over (see
+    transforms/segments.py); None for other runners (Dataflow and the like move work between
+    workers themselves: shards are cut into small pieces for them)."""
     from apache_beam.options.pipeline_options import DirectOptions
 
     from pipeline.options import is_local_runner
+    from pipeline.workers import cpu_count
 
     if not is_local_runner(options):
         return None
-    return WORK_ITEMS_PER_LOCAL_WORKER * max(1, options.view_as(DirectOptions).direct_num_workers or 1)
+    return options.view_as(DirectOptions).direct_num_workers or cpu_count()  # 0: one a core
 
 
 def _verify_inputs(discovery) -> None:
@@ -245,7 +240,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, workers
         os.makedirs(progress_dir, exist_ok=True)
 
     p = beam.Pipeline(runner=local_runner(options, workers.command if workers else None), options=options)
-    build_graph(p, config, discovery, codec_versions(), progress_dir, _min_work_items(options))
+    build_graph(p, config, discovery, codec_versions(), progress_dir, _local_workers(options))
     try:
         if progress_dir:
             with ProgressMonitor(progress_dir):

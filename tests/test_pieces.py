@@ -19,8 +19,8 @@ from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.records import MemberRef
 from transforms.storage import ArchiveReader
-from transforms.write_shards import (MIN_PIECE_SAMPLES, PIECE_SAMPLES, ShardTask, WriteShards, assemble_shard,
-                                     cut_shard, pieces_for, process_piece, write_shard)
+from transforms.write_shards import (PIECE_SAMPLES, ShardTask, WriteShards, assemble_shard, cut_shard, even_cut,
+                                     process_piece, small_pieces, write_shard)
 
 OPTIONS = ImageOptions(resize=ResizeSpec.parse("shorter:32"))
 
@@ -62,27 +62,30 @@ def _files(root):
 def test_cut_shard_makes_even_pieces_in_shard_order_with_their_boxes(members):
     refs, boxes = members
     refs = refs + [refs[3]]  # a repeated key: set aside, not in any piece
-    cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=3)
+    cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, cut=even_cut(3))
     assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in 3 pieces, as even as can be
     assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [
         ("train", 4, i, 3) for i in range(3)]
-    whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, pieces=1)
+    whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, cut=even_cut(1))
     assert [r for _, m, _ in cut.pieces for r in m] == whole.pieces[0][1]  # the pieces, in order, are the shard
     assert {k for _, _, b in cut.pieces for k in b} == {"n01440764_2", "n01440764_7"}
     assert all(set(b) <= {r.key for r in m} for _, m, b in cut.pieces)  # each piece has its own members' boxes
     assert [r.reason for r in cut.rejects] == ["duplicate_key"] and cut.orphan_annotations == 1
-    empty = cut_shard(ShardTask("val", 0), [], seed=0, pieces=4)
+    empty = cut_shard(ShardTask("val", 0), [], seed=0, cut=even_cut(4))
     assert [(p.piece, p.pieces, m) for p, m, _ in empty.pieces] == [(0, 1, [])]  # an empty shard still gets a file
-    assert len(cut_shard(ShardTask("train", 4), refs, seed=0, pieces=50).pieces) == 11  # never an empty piece
+    assert len(cut_shard(ShardTask("train", 4), refs, seed=0, cut=even_cut(50)).pieces) == 11  # never an empty piece
 
 
-def test_pieces_for_cuts_only_as_far_as_the_work_needs():
-    # scale-out runners: pieces of at most PIECE_SAMPLES, however many shards
-    assert pieces_for(5000, 300, None) == -(-5000 // PIECE_SAMPLES) and pieces_for(100, 1, None) == 1
-    # the local runner with 2 workers x 32 items: 35 shards -> 2 pieces each; 275 shards -> kept whole
-    assert pieces_for(390, 35, 64) == 2 and pieces_for(4800, 275, 64) == 1
-    assert pieces_for(40, 1, 64) == max(1, 40 // MIN_PIECE_SAMPLES)  # never pieces under MIN_PIECE_SAMPLES
-    assert pieces_for(0, 0, 64) == 1
+def test_small_pieces_for_runners_that_scale_out():
+    assert small_pieces(5000) == [i * 5000 // 40 for i in range(40)]  # ceil(5000 / 128) = 40 pieces
+    assert small_pieces(PIECE_SAMPLES) == [0] and small_pieces(PIECE_SAMPLES + 1) == [0, 64] and small_pieces(0) == [0]
+
+
+def test_cut_shard_refuses_a_cut_that_is_not_one(members):
+    refs, _ = members
+    for starts in ([1, 5], [0, 5, 5], [0, 11], []):
+        with pytest.raises(ValueError, match="cannot cut 11 members"):
+            cut_shard(ShardTask("train", 0), refs, 0, cut=lambda n, s=starts: s)
 
 
 KEEP = ImageOptions(resize=ResizeSpec.parse("longer:512"))  # these sources are kept byte for byte
@@ -124,7 +127,7 @@ def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_pa
 def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     refs, boxes = members
     layout = OutputLayout(str(tmp_path / "out"))
-    cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, pieces=3)
+    cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, cut=even_cut(3))
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader(), boxes=b) for p, m, b in cut.pieces]
     first = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())
     written = _files(tmp_path / "out")
@@ -139,7 +142,7 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
 def test_assembly_refuses_missing_pieces(members, tmp_path):
     refs, _ = members
     layout = OutputLayout(str(tmp_path / "out"))
-    cut = cut_shard(ShardTask("train", 0), refs, 0, pieces=3)
+    cut = cut_shard(ShardTask("train", 0), refs, 0, cut=even_cut(3))
     pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader()) for p, m, _ in cut.pieces]
     with pytest.raises(RuntimeError, match="pieces"):
         # piece 0 never reached the writer
@@ -149,10 +152,16 @@ def test_assembly_refuses_missing_pieces(members, tmp_path):
         assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())
 
 
-@pytest.mark.parametrize("min_work_items", [None, 1, 40])
-def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, min_work_items):
-    """None: pieces of PIECE_SAMPLES (here one, written whole); 1: two shards are enough, each written
-    whole; 40: 20 items a shard, as far as MIN_PIECE_SAMPLES lets (none here: 11 members)."""
+@pytest.mark.parametrize("local_workers, min_piece, staged", [(None, 32, False), (1, 1, False), (2, 32, False),
+                                                              (2, 1, True)])
+def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeypatch, local_workers, min_piece,
+                                                      staged):
+    """None (runners that scale out): pieces of PIECE_SAMPLES, here one, written whole. 1 worker:
+    never cut. 2 workers: two segments of 5.5 members, the 11-member shard 0 is cut at member 5,
+    unless MIN_PIECE_SAMPLES forbids pieces that small (32: it is written whole)."""
+    import transforms.segments as segments
+
+    monkeypatch.setattr(segments, "MIN_PIECE_SAMPLES", min_piece)
     refs, boxes = members
     write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0, ArchiveReader(),
                 boxes=boxes)
@@ -160,8 +169,8 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, min_wor
     with TestPipeline() as p:
         written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
                                     (ShardTask("train", 1), [], [])])
-                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), min_work_items=min_work_items,
-                                 plan=p | "Plan" >> beam.Create([("train", (9, 2))])))
+                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), local_workers=local_workers,
+                                 plan=p | "Plan" >> beam.Create([("train", (11, 2))])))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
         assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),
@@ -173,6 +182,7 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, min_wor
                     label="rejects")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
     files = _files(out)
+    assert (out / PIECES_DIR).exists() == staged  # made only when a shard was cut
     assert not (out / PIECES_DIR).exists() or not os.listdir(out / PIECES_DIR)
     assert files["train/train-000000.tar"] == _files(tmp_path / "whole")["train/train-000000.tar"]
     assert files["train/train-000000.parquet"] == _files(tmp_path / "whole")["train/train-000000.parquet"]
@@ -209,7 +219,7 @@ def _rows(root):
 def test_a_kept_jpeg_is_staged_as_its_place_in_the_archive(members, tmp_path):
     refs, _ = members
     layout = OutputLayout(str(tmp_path / "out"))
-    cut = cut_shard(ShardTask("train", 0), refs, 0, pieces=2)
+    cut = cut_shard(ShardTask("train", 0), refs, 0, cut=even_cut(2))
     sizes = {}
     for options, name in ((KEEP, "kept"), (OPTIONS, "reencoded")):
         staged = [process_piece(p, m, options, layout, ArchiveReader()) for p, m, _ in cut.pieces]

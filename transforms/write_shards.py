@@ -6,7 +6,9 @@ ShardInfo, IndexFile, the (sha256, key) records for the duplicate search, and Re
 A shard is made in up to three steps, so that work can spread over every worker however few
 shards there are (a 6.4 GB val tar is 13 shards at the default size; on Dataflow there can be
 more cores than shards):
-  cut_shard        order the members, set repeated keys aside, cut into pieces (pieces_for)
+  cut_shard        order the members, set repeated keys aside, cut into pieces (on the local
+                   runner only where its workers' segments end: transforms/segments.py; on
+                   runners that scale out, pieces of PIECE_SAMPLES)
   process_piece    the image kernel on one piece (~all the CPU of a build); stores the index
                    rows and the JPEGs (a kept one as its place in the archive) in a scratch file
   assemble_shard   concatenate a shard's pieces, in order, into its tar (.jpg, .cls, .json a
@@ -43,11 +45,12 @@ from transforms.index import IndexFile, hash_buckets, index_file_of, write_index
 from transforms.layout import OutputLayout
 from transforms.records import ImageRejected, MemberRef, Reject, from_shuffle, to_shuffle
 from transforms.schema import INDEX_SCHEMA, IndexRow, as_dict
+from transforms.segments import Segments
 from transforms.sharding import key_hash
 from transforms.storage import ArchiveReader, atomic_write
 
-__all__ = ["PIECE_SAMPLES", "MIN_PIECE_SAMPLES", "ShardTask", "PieceTask", "ShardCut", "PieceResult", "ShardInfo",
-           "ShardResult", "ShardTarWriter", "order_members", "pieces_for", "cut_shard", "write_whole_shard",
+__all__ = ["PIECE_SAMPLES", "ShardTask", "PieceTask", "ShardCut", "PieceResult", "ShardInfo", "ShardResult",
+           "ShardTarWriter", "order_members", "even_cut", "small_pieces", "cut_shard", "write_whole_shard",
            "process_piece", "assemble_shard", "write_shard"]
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,10 @@ log = logging.getLogger(__name__)
 TAR_MTIME = 0
 TAR_MODE = 0o644
 
-# Members a piece when a build may have more cores than shards: many more pieces than cores,
-# while a piece's fixed costs (a scratch file, two shuffled records) stay under 1% of its
-# images' (~0.4 s of kernel work a piece).
+# Members a piece on runners that scale out (a build may have more cores than shards): many more
+# pieces than cores, while a piece's fixed costs (a scratch file, two shuffled records) stay under
+# 1% of its images' (~0.4 s of kernel work a piece).
 PIECE_SAMPLES = 128
-# The fewest members a piece is cut down to when pieces are only for balance.
-MIN_PIECE_SAMPLES = 32
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -81,6 +82,7 @@ class PieceTask:
 @dataclasses.dataclass
 class ShardCut:
     pieces: list  # [(PieceTask, [MemberRef] in shard order, {key: BoxesRef})]
+    starts: list  # each piece's first member: its number in the shard
     rejects: list  # repeated keys
     orphan_annotations: int  # annotations whose image is not in this shard's split
 
@@ -247,36 +249,37 @@ def _json_bytes(row: IndexRow) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def pieces_for(members: int, shards: int, min_work_items: Optional[int]) -> int:
-    """How many pieces to cut a shard of `members` into, in a build of `shards` shards.
+def even_cut(pieces: int) -> Callable[[int], list[int]]:
+    """A cut (members -> where each piece starts) into `pieces` pieces as equal as can be, never
+    an empty one."""
+    def starts(members: int) -> list[int]:
+        count = max(1, min(pieces, members))
+        return [i * members // count for i in range(count)]
+    return starts
 
-    min_work_items None: as many as pieces of at most PIECE_SAMPLES take (runners that scale out,
-    where there may be more cores than shards). A number: only as many as give the build that
-    many work items in all (the local runner, whose few workers are known): a build with enough
-    shards keeps each whole, and skips staging pieces, which costs a write and a read of every
-    re-encoded JPEG and a second read of every kept one."""
-    if min_work_items is None:
-        return max(1, math.ceil(members / PIECE_SAMPLES))
-    return max(1, min(math.ceil(min_work_items / max(1, shards)), members // MIN_PIECE_SAMPLES))
+
+def small_pieces(members: int) -> list[int]:
+    """The cut for runners that scale out: pieces of at most PIECE_SAMPLES members."""
+    return even_cut(math.ceil(members / PIECE_SAMPLES))(members)
 
 
 def cut_shard(task: ShardTask, refs: Iterable[MemberRef], seed: int, boxes: Optional[dict] = None,
-              pieces: Optional[int] = None) -> ShardCut:
-    """Order a shard's members, set repeated keys aside, and cut the rest into `pieces` pieces
-    (default: of at most PIECE_SAMPLES each) as equal as can be, each with its members' boxes. An
-    empty shard is one empty piece."""
+              cut: Callable[[int], Sequence[int]] = small_pieces) -> ShardCut:
+    """Order a shard's members, set repeated keys aside, and cut the rest into pieces where `cut`
+    (kept members -> each piece's first member, 0 first, increasing) says, each piece with its
+    members' boxes. An empty shard is one empty piece."""
     boxes = boxes or {}
     refs = list(refs)
     members, rejects = order_members(refs, seed)
-    count = pieces or pieces_for(len(members), 1, None)
-    count = max(1, min(count, len(members)))
-    cut = []
-    for i in range(count):
-        part = members[i * len(members) // count:(i + 1) * len(members) // count]
-        cut.append((PieceTask(task.split, task.shard_id, i, count), part,
-                    {r.key: boxes[r.key] for r in part if r.key in boxes}))
+    starts = list(cut(len(members)))
+    if starts[:1] != [0] or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= max(1, len(members)):
+        raise ValueError(f"shard {task}: cannot cut {len(members)} members at {starts}")
+    ends = starts[1:] + [len(members)]
+    pieces = [(PieceTask(task.split, task.shard_id, i, len(starts)), members[begin:end],
+               {r.key: boxes[r.key] for r in members[begin:end] if r.key in boxes})
+              for i, (begin, end) in enumerate(zip(starts, ends))]
     orphans = len(set(boxes) - {r.key for r in refs})
-    return ShardCut(cut, rejects, orphans)
+    return ShardCut(pieces, starts, rejects, orphans)
 
 
 def _kept_samples(piece: PieceTask, members: Sequence[MemberRef], options: ImageOptions, layout: OutputLayout,
@@ -448,7 +451,7 @@ def write_shard(
 
     boxes: {key: BoxesRef} of the annotations that hash to this shard.
     """
-    cut = cut_shard(task, refs, seed, boxes, pieces)
+    cut = cut_shard(task, refs, seed, boxes, even_cut(pieces))
     if len(cut.pieces) == 1:
         piece, members, piece_boxes = cut.pieces[0]
         result = write_whole_shard(piece, members, options, layout, reader, on_progress, piece_boxes, blacklist)
@@ -495,24 +498,45 @@ def _boxes_by_key(boxes) -> dict:
 
 
 class _CutShardFn(beam.DoFn):
-    """(ShardTask, [MemberRef], [BoxesRef]) -> ((split, shard_id, piece), (PieceTask, members, boxes)),
-    a key a piece; repeated keys -> rejects; annotations without an image -> orphans."""
+    """(ShardTask, [MemberRef], [BoxesRef]) -> (key, (PieceTask, members, boxes)) a piece; repeated
+    keys -> rejects; annotations without an image -> orphans.
 
-    def __init__(self, seed: int, min_work_items: Optional[int]):
+    The key is what the runner spreads over its workers. Runners that scale out: each piece its
+    own, pieces of PIECE_SAMPLES. The local runner with several workers: the piece's segment
+    (transforms/segments.py), shards cut only where segments end. With one worker: the shard's,
+    never cut."""
+
+    def __init__(self, seed: int, local_workers: Optional[int]):
         self._seed = seed
-        self._min_work_items = min_work_items
+        self._local_workers = local_workers
+        self._segments = None  # (plan, Segments) of the last plan seen
+
+    def _segments_of(self, plan) -> Segments:
+        if self._segments is None or self._segments[0] != plan:
+            self._segments = (plan, Segments.from_plan(plan, self._local_workers))
+        return self._segments[1]
 
     def process(self, element, plan=()):
         task, refs, boxes = element
-        refs = list(refs)
-        shards = sum(shard_count for _split, (_samples, shard_count) in plan)
-        cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
-                        pieces_for(len(refs), shards, self._min_work_items))
+        if self._local_workers is None:
+            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes))
+            keys = [(task.split, task.shard_id, i) for i in range(len(cut.pieces))]
+        elif self._local_workers == 1:
+            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes), even_cut(1))
+            keys = [(task.split, task.shard_id, 0)]
+        else:
+            segments = self._segments_of(plan)
+            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
+                            lambda members: segments.cuts(task.split, task.shard_id, members))
+            # a piece goes where its middle member is (a cut dropped near a shard's end moves the
+            # few members before it to the next segment, not the whole shard to the previous one)
+            keys = [segments.segment(task.split, task.shard_id, start + len(members) // 2)
+                    for start, (_, members, _) in zip(cut.starts, cut.pieces)]
         if cut.orphan_annotations:
             yield pvalue.TaggedOutput("orphans", (task.split, cut.orphan_annotations))
         yield from _rejects(cut.rejects)
-        for piece, members, piece_boxes in cut.pieces:
-            yield (piece.split, piece.shard_id, piece.piece), to_shuffle((piece, tuple(members), piece_boxes))
+        for key, (piece, members, piece_boxes) in zip(keys, cut.pieces):
+            yield key, to_shuffle((piece, tuple(members), piece_boxes))
 
 
 def _rejects(rejects):
@@ -530,7 +554,8 @@ def _shard_outputs(result: ShardResult):
 
 
 class _ProcessPieceFn(beam.DoFn):
-    """(piece key, [its one (PieceTask, members, boxes)]) -> a shard that is one piece: written,
+    """(key, [(PieceTask, members, boxes), ...]: a piece's own, or a segment's) -> a shard that is
+    one piece: written,
     its ShardInfo / IndexFile / hash buckets out; a piece of several: staged,
     ((split, shard_id), PieceResult less its rejects) out. Kernel rejects -> rejects."""
 
@@ -562,7 +587,7 @@ class _ProcessPieceFn(beam.DoFn):
 
     def process(self, element):
         _, values = element
-        for value in values:  # one: the key is the piece's own
+        for value in values:
             piece, members, boxes = from_shuffle(value)
             args = (piece, members, self._options, self._layout, self._reader, self._heartbeat(piece), boxes,
                     self._blacklist)
@@ -602,21 +627,20 @@ class WriteShards(beam.PTransform):
     "hashes": (bucket, ((sha256, key, split, shard_id), ...)) (index.hash_buckets), "rejects": Reject,
     "orphans": (split, annotations without an image)}.
 
-    Pieces are keyed one a key and grouped, so that the runner spreads them over its workers
-    (the local runner deals a stage's keys out in turn); only their MemberRefs cross that
-    shuffle, and only PieceResults (a path and counts) the one that gathers a shard's pieces.
-    min_work_items: see pieces_for (None: pieces of PIECE_SAMPLES; a number: cut only as far as
-    the build needs that many work items, counted from `plan`, GroupIntoShards' (split, (samples,
-    shards)), which it then needs)."""
+    Pieces are keyed and grouped, so that the runner spreads them over its workers (see
+    _CutShardFn); only their MemberRefs cross that shuffle, and only PieceResults (a path and
+    counts) the one that gathers a shard's pieces.
+    local_workers: the local runner's worker count; None for runners that scale out. Several
+    workers need `plan`, GroupIntoShards' (split, (samples, shards)), to lay out the segments."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
-                 min_work_items: Optional[int] = None, plan=None):
+                 local_workers: Optional[int] = None, plan=None):
         super().__init__()
-        if min_work_items is not None and plan is None:
-            raise ValueError("min_work_items needs the plan: how many shards the build has")
-        self._plan = plan if min_work_items is not None else None
-        self._cut = _CutShardFn(seed, min_work_items)
+        if local_workers is not None and local_workers > 1 and plan is None:
+            raise ValueError("several local workers need the plan: where each shard lies on the line of members")
+        self._plan = plan if local_workers is not None and local_workers > 1 else None
+        self._cut = _CutShardFn(seed, local_workers)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
 

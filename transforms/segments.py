@@ -1,0 +1,89 @@
+"""How the local runner's workers share the shards: equal segments of one line of every member.
+
+The local runner (Beam's FnApiRunner) deals a stage's keys out once, in turn, over its workers,
+and never moves work afterwards: the worker that drew the most work finishes last while the
+others wait. Dealing whole shards, that is up to a shard of idle time a worker (35 shards over
+2 workers: one gets 18, the other 17, a 6% longer build), and cutting every shard into pieces
+balances the work but stages all of it (a write and a read of each re-encoded JPEG, a second
+read of each kept one, and a stage that assembles the pieces: 5-15% of the work measured).
+
+So the work is laid out end to end instead: every member of every split on one line, shard
+after shard in (split, shard_id) order, and the line is cut into `count` segments of equal
+length, `count` a multiple of the workers. Each segment is one key, so each worker draws the
+same number of equal segments, whatever order the runner deals them in. A shard is cut only
+where a segment ends inside it (at most count - 1 shards, each in two pieces, or more if it is
+longer than a segment); a cut closer than MIN_PIECE_SAMPLES to a shard's end is dropped, and a
+piece goes to the segment of its middle member.
+
+Where a shard starts on the line comes from GroupIntoShards' plan, (split, (samples, shards)):
+shards are drawn by key hash, so each shard of a split holds samples / shards members give or
+take a few percent, and a shard's start is estimated from its id alone, without waiting for
+every shard's count. A member's segment follows from its estimated place: every member is in
+exactly one piece whatever the estimate (the estimate only decides where the cuts fall, never
+what a shard contains: shards are byte-identical however they are cut). The estimate is off by
+about sqrt(shards before the cut x members a shard) members: 1-2% of a segment for the bench's
+13,200 images in 16 MB shards, ~0.1% for ImageNet-1k; counting every shard first would cost a
+stage of start-up.
+
+Segments cost memory: the runner hands a worker a whole key's values at once, so a segment holds
+at most SEGMENT_MEMBERS MemberRefs (~150 bytes each), and bigger builds have more segments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+__all__ = ["SEGMENT_MEMBERS", "MIN_PIECE_SAMPLES", "Segments"]
+
+# Members a segment holds at most: ~15 MB of MemberRefs in a worker at once. ImageNet-1k on
+# 2 workers: 14 segments, so ~13 of its ~65 shards (shorter:256, 512 MB shards) in two pieces.
+SEGMENT_MEMBERS = 100_000
+
+# A cut leaving fewer members than this at either end of a shard is not made: staging a shard to
+# move a handful of images to another worker costs more than the imbalance it saves.
+MIN_PIECE_SAMPLES = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """The line of all members cut in `count` equal segments of `length` members."""
+
+    count: int
+    length: float
+    split_starts: dict  # split -> (place of its first member on the line, members a shard)
+
+    @classmethod
+    def from_plan(cls, plan: Iterable[tuple[str, tuple[int, int]]], workers: int,
+                  segment_members: int = SEGMENT_MEMBERS) -> "Segments":
+        """plan: (split, (samples, shards)) of every split; workers: how many the runner has."""
+        split_starts, total = {}, 0
+        for split, (samples, shards) in sorted(plan):
+            split_starts[split] = (total, samples / max(1, shards))
+            total += samples
+        per_worker = math.ceil(total / (workers * segment_members)) if total else 1
+        count = workers * max(1, per_worker)
+        return cls(count, max(total, 1) / count, split_starts)
+
+    def _start(self, split: str, shard_id: int) -> float:
+        first, per_shard = self.split_starts.get(split, (0, 0.0))
+        return first + shard_id * per_shard
+
+    def segment(self, split: str, shard_id: int, member: int) -> int:
+        """The segment of the shard's member number `member` (0-based, in shard order)."""
+        place = self._start(split, shard_id) + member + 0.5
+        return min(self.count - 1, max(0, math.floor(place / self.length)))
+
+    def cuts(self, split: str, shard_id: int, members: int) -> list[int]:
+        """Where the shard's pieces start (member numbers; [0]: the shard is one piece)."""
+        if members < 2 * MIN_PIECE_SAMPLES:
+            return [0]
+        first, last = self.segment(split, shard_id, 0), self.segment(split, shard_id, members - 1)
+        start = self._start(split, shard_id)
+        # the first member whose place is at or past the segment's start
+        starts = [0]
+        for j in range(first + 1, last + 1):
+            begin = math.ceil(j * self.length - start - 0.5)
+            if begin - starts[-1] >= MIN_PIECE_SAMPLES and members - begin >= MIN_PIECE_SAMPLES:
+                starts.append(begin)
+        return starts
