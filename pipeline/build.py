@@ -74,7 +74,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, cod
     # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, ((sha256, key, split, shard_id), ...));
     #    rejects: Reject; orphans: (split, n). Inside: cut into pieces -> process pieces -> assemble shards
     written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
-                                                   discovery.loc_blacklist, local_workers, grouping.plan)
+                                                   discovery.loc_blacklist, local_workers, grouping.sizes)
 
     # -> (split, shard_id, n): the index files holding duplicates, rewritten with duplicate_of set
     duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)

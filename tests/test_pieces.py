@@ -170,7 +170,7 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
         written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
                                     (ShardTask("train", 1), [], [])])
                    | WriteShards(OPTIONS, str(out), 0, codec_versions(), local_workers=local_workers,
-                                 plan=p | "Plan" >> beam.Create([("train", (11, 2))])))
+                                 sizes=p | "Sizes" >> beam.Create([(("train", 0), 11)])))
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
         assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),

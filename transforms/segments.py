@@ -15,15 +15,12 @@ where a segment ends inside it (at most count - 1 shards, each in two pieces, or
 longer than a segment); a cut closer than MIN_PIECE_SAMPLES to a shard's end is dropped, and a
 piece goes to the segment of its middle member.
 
-Where a shard starts on the line comes from GroupIntoShards' plan, (split, (samples, shards)):
-shards are drawn by key hash, so each shard of a split holds samples / shards members give or
-take a few percent, and a shard's start is estimated from its id alone, without waiting for
-every shard's count. A member's segment follows from its estimated place: every member is in
-exactly one piece whatever the estimate (the estimate only decides where the cuts fall, never
-what a shard contains: shards are byte-identical however they are cut). The estimate is off by
-about sqrt(shards before the cut x members a shard) members: 1-2% of a segment for the bench's
-13,200 images in 16 MB shards, ~0.1% for ImageNet-1k; counting every shard first would cost a
-stage of start-up.
+Where a shard starts on the line comes from every shard's member count (GroupIntoShards'
+`sizes`, counted as members are assigned to shards). Estimating it from the plan instead (a
+split's samples / shards each, as drawing by key hash makes them on average) left segments 3%
+apart on the bench's 13,200 images, a whole worker's 1.5% of the build; the count costs a
+small combine. Every member is in exactly one piece whatever the counts say: they only decide
+where the cuts fall, never what a shard contains (shards are byte-identical however cut).
 
 Segments cost memory: the runner hands a worker a whole key's values at once, so a segment holds
 at most SEGMENT_MEMBERS MemberRefs (~150 bytes each), and bigger builds have more segments.
@@ -51,23 +48,23 @@ class Segments:
 
     count: int
     length: float
-    split_starts: dict  # split -> (place of its first member on the line, members a shard)
+    starts: dict  # (split, shard_id) -> the place of its first member on the line
 
     @classmethod
-    def from_plan(cls, plan: Iterable[tuple[str, tuple[int, int]]], workers: int,
-                  segment_members: int = SEGMENT_MEMBERS) -> "Segments":
-        """plan: (split, (samples, shards)) of every split; workers: how many the runner has."""
-        split_starts, total = {}, 0
-        for split, (samples, shards) in sorted(plan):
-            split_starts[split] = (total, samples / max(1, shards))
-            total += samples
+    def from_sizes(cls, sizes: Iterable[tuple[tuple[str, int], int]], workers: int,
+                   segment_members: int = SEGMENT_MEMBERS) -> "Segments":
+        """sizes: ((split, shard_id), members) of every shard that has members (in any order);
+        workers: how many the runner has."""
+        starts, total = {}, 0
+        for shard, members in sorted(sizes):
+            starts[shard] = total
+            total += members
         per_worker = math.ceil(total / (workers * segment_members)) if total else 1
         count = workers * max(1, per_worker)
-        return cls(count, max(total, 1) / count, split_starts)
+        return cls(count, max(total, 1) / count, starts)
 
     def _start(self, split: str, shard_id: int) -> float:
-        first, per_shard = self.split_starts.get(split, (0, 0.0))
-        return first + shard_id * per_shard
+        return self.starts.get((split, shard_id), 0)
 
     def segment(self, split: str, shard_id: int, member: int) -> int:
         """The segment of the shard's member number `member` (0-based, in shard order)."""

@@ -109,7 +109,8 @@ def assign_batch(batch, seed: int, counts: dict) -> list:
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
 class _AssignShardFn(beam.DoFn):
     """(MemberRef, ...) | BoxesRef -> ((split, shard_id), record): member batches cut by shard;
-    annotations of a split without samples -> orphans."""
+    sizes -> ((split, shard_id), members in the slice); annotations of a split without samples
+    -> orphans."""
 
     def __init__(self, seed: int):
         self._seed = seed
@@ -118,6 +119,7 @@ class _AssignShardFn(beam.DoFn):
         if isinstance(item, tuple):  # a batch of members: every split in it has samples
             for shard, refs in assign_batch(item, self._seed, counts):
                 yield shard, to_shuffle(refs)
+                yield beam.pvalue.TaggedOutput("sizes", (shard, len(refs)))
             return
         n = counts.get(item.split)
         if n:
@@ -133,8 +135,9 @@ class GroupIntoShards(beam.PTransform):
     Only small records cross this shuffle (batches of MemberRefs, ~100 bytes a member, cut by
     shard; boxes), never image bytes.
     Annotations go to the shard their key hashes to, so they meet their image there.
-    Also exposes `self.plan`: PCollection of (split, (samples, shards)), and `self.orphans`:
-    (split, 1) for each annotation of a split that has no samples.
+    Also exposes `self.plan`: PCollection of (split, (samples, shards)); `self.sizes`: ((split,
+    shard_id), members) of every shard with members (duplicate keys still counted); and
+    `self.orphans`: (split, 1) for each annotation of a split that has no samples.
     """
 
     def __init__(self, seed: int, shard_size: int, resize_mode: str, resize_size, quality: int):
@@ -143,6 +146,7 @@ class GroupIntoShards(beam.PTransform):
         self._shard_size = shard_size
         self._estimate = (resize_mode, resize_size, quality)
         self.plan = None
+        self.sizes = None
         self.orphans = None
 
     def expand(self, inputs):
@@ -160,8 +164,9 @@ class GroupIntoShards(beam.PTransform):
         shard_counts = beam.pvalue.AsDict(self.plan | "ShardsPerSplit" >> beam.MapTuple(lambda s, p: (s, p[1])))
 
         routed = (members, boxes) | "AllRecords" >> beam.Flatten() | "AssignShard" >> beam.ParDo(
-            _AssignShardFn(seed), counts=shard_counts).with_outputs("orphans", main="assigned")
+            _AssignShardFn(seed), counts=shard_counts).with_outputs("orphans", "sizes", main="assigned")
         assigned, self.orphans = routed.assigned, routed.orphans
+        self.sizes = routed.sizes | "MembersPerShard" >> beam.CombinePerKey(sum)
         every_shard = self.plan | "EveryShardId" >> beam.FlatMapTuple(
             lambda split, p: [((split, i), None) for i in range(p[1])])
         return (

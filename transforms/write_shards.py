@@ -509,14 +509,14 @@ class _CutShardFn(beam.DoFn):
     def __init__(self, seed: int, local_workers: Optional[int]):
         self._seed = seed
         self._local_workers = local_workers
-        self._segments = None  # (plan, Segments) of the last plan seen
+        self._segments = None  # (sizes, Segments) of the last side input seen
 
-    def _segments_of(self, plan) -> Segments:
-        if self._segments is None or self._segments[0] != plan:
-            self._segments = (plan, Segments.from_plan(plan, self._local_workers))
+    def _segments_of(self, sizes) -> Segments:
+        if self._segments is None or self._segments[0] is not sizes:
+            self._segments = (sizes, Segments.from_sizes(sizes, self._local_workers))
         return self._segments[1]
 
-    def process(self, element, plan=()):
+    def process(self, element, sizes=()):
         task, refs, boxes = element
         if self._local_workers is None:
             cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes))
@@ -525,7 +525,7 @@ class _CutShardFn(beam.DoFn):
             cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes), even_cut(1))
             keys = [(task.split, task.shard_id, 0)]
         else:
-            segments = self._segments_of(plan)
+            segments = self._segments_of(sizes)
             cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
                             lambda members: segments.cuts(task.split, task.shard_id, members))
             # a piece goes where its middle member is (a cut dropped near a shard's end moves the
@@ -631,21 +631,21 @@ class WriteShards(beam.PTransform):
     _CutShardFn); only their MemberRefs cross that shuffle, and only PieceResults (a path and
     counts) the one that gathers a shard's pieces.
     local_workers: the local runner's worker count; None for runners that scale out. Several
-    workers need `plan`, GroupIntoShards' (split, (samples, shards)), to lay out the segments."""
+    workers need `sizes`, GroupIntoShards' ((split, shard_id), members), to lay out the segments."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
-                 local_workers: Optional[int] = None, plan=None):
+                 local_workers: Optional[int] = None, sizes=None):
         super().__init__()
-        if local_workers is not None and local_workers > 1 and plan is None:
-            raise ValueError("several local workers need the plan: where each shard lies on the line of members")
-        self._plan = plan if local_workers is not None and local_workers > 1 else None
+        if local_workers is not None and local_workers > 1 and sizes is None:
+            raise ValueError("several local workers need the shards' sizes: where each lies on the line of members")
+        self._sizes = sizes if local_workers is not None and local_workers > 1 else None
         self._cut = _CutShardFn(seed, local_workers)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
 
     def expand(self, tasks):
-        side = {"plan": beam.pvalue.AsList(self._plan)} if self._plan is not None else {}
+        side = {"sizes": beam.pvalue.AsList(self._sizes)} if self._sizes is not None else {}
         cut = tasks | "CutIntoPieces" >> beam.ParDo(self._cut, **side).with_outputs("rejects", "orphans", main="pieces")
         processed = (
             cut.pieces
