@@ -1,4 +1,5 @@
 """The benchmark's parts behave (no timing is asserted): corpus, kernels, memory sampler, report."""
+import collections
 import io
 import json
 import os
@@ -153,6 +154,41 @@ def test_naive_script_writes_shards_of_every_image(corpus, tmp_path):
     assert max(shorter_sides) == 256 and shorter_sides.count(256) > len(shorter_sides) / 2  # small ones stay small
     assert len([n for n in names if n.endswith(".jpg")]) == len([n for n in names if n.endswith(".cls")]) == TINY.images
     assert len(list(out.iterdir())) > 2  # shards roll over at --shard-size, per split
+
+
+def test_warm_page_cache_reads_every_byte_of_every_file(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.tar").write_bytes(os.urandom(9 << 20))  # more than one 8 MB read
+    (tmp_path / "sub" / "b.txt").write_bytes(b"0123456789")
+    read, real_open = collections.Counter(), open
+
+    class Counting:  # open() as bench sees it, counting the bytes each file gives
+        def __init__(self, path, *args, **kwargs):
+            self._name, self._f = os.path.relpath(path, tmp_path), real_open(path, *args, **kwargs)
+
+        def read(self, n=-1):
+            data = self._f.read(n)
+            read[self._name] += len(data)
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
+    monkeypatch.setattr(bench, "open", Counting, raising=False)
+    bench.warm_page_cache(str(tmp_path))
+    assert read == {"a.tar": 9 << 20, os.path.join("sub", "b.txt"): 10}
+
+
+def test_a_timed_run_warms_its_corpus_then_runs(corpus, tmp_path, monkeypatch):
+    warmed = []
+    real = bench.warm_page_cache
+    monkeypatch.setattr(bench, "warm_page_cache", lambda folder: warmed.append(folder) or real(folder))
+    run = bench.naive_script_build(corpus[0], str(tmp_path / "out"), "shorter:256", "200KB", str(tmp_path),
+                                   "naive", TINY.images)
+    assert warmed == [corpus[0]] and run.exit_code == 0 and run.images == TINY.images and run.wall_s > 0
 
 
 # --- the memory sampler -----------------------------------------------------------------------------
