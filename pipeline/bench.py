@@ -42,7 +42,11 @@ What is measured, and why:
    (14M), and how the steady-state time per image changes with size. `--memory` does only
    that, at the sizes given (5x apart by default).
 
-Each is done for `--resize shorter:256` and for the default `longer:512`. The figures are printed
+Each is done for `--resize shorter:256` and for the default `longer:512`. The timed runs go in
+rounds, every build once a round (start-up build, build, reference on all cores, naive script,
+per mode; then the smaller build), and each figure is the best of its rounds: the machine's slow
+minutes then fall on all of them alike. Each run starts with its corpus read once into the page
+cache (see warm_page_cache). The figures are printed
 with their targets (PASS/FAIL, informative: the command does not fail on them) and written to
 OUT/bench.json (OUT/bench-memory.json for --memory).
 """
@@ -960,55 +964,62 @@ class Settings:
 STARTUP_SPEC = CorpusSpec(train=18, val=2, classes=2)  # the 20-image corpus that measures start-up
 
 
-def bench_mode(resize: str, s: Settings, corpus: str, images: list[SourceImage], startup_corpus: str) -> dict:
-    tag = resize.replace(":", "")
+def one_core_figures(resize: str, s: Settings, images: list[SourceImage]) -> tuple[dict, dict]:
+    """The kernels and the profile of the project's per-image work, on one pinned core."""
     print(f"\n[{resize}] kernels on one core ...", flush=True)
     sample = spread_sample(images, s.kernel_images)
     with one_cpu():
         kernels = time_kernels(kernels_for(resize), [i.data for i in sample], s.repeats)
-        profile = profile_phases(sample, resize, s.repeats, os.path.join(s.out, "profile", tag))
-    print(f"[{resize}] builds, best of {s.build_repeats} each ...", flush=True)
-    startup = best_of(s.build_repeats, lambda: pipeline_build(
-        startup_corpus, s.build_dir(f"startup-{tag}"), resize, s.shard_size, s.logdir, f"startup-{tag}"))
-    builds, references = [], []
-    for _ in range(max(1, s.build_repeats)):  # each build, then the reference over the same images
-        builds.append(pipeline_build(corpus, s.build_dir(f"pipeline-{tag}"), resize, s.shard_size, s.logdir,
-                                     f"pipeline-{tag}").as_dict())
-        references.append(reference_on_all_cores([i.data for i in images], resize, cpu_count()))
-    pipeline = _best(builds)
-    kernels["reference_all_cores"] = {**max(references, key=lambda r: r["images_per_s"]),
-                                      "runs_images_per_s": [r["images_per_s"] for r in references]}
-    naive = best_of(s.build_repeats, lambda: naive_script_build(
-        corpus, s.build_dir(f"naive-{tag}"), resize, s.shard_size, s.logdir, f"naive-script-{tag}", len(images)))
+        profile = profile_phases(sample, resize, s.repeats, os.path.join(s.out, "profile", resize.replace(":", "")))
+    return kernels, profile
+
+
+def build_round(resizes: list[str], s: Settings, corpus: str, datas: list[bytes], startup_corpus: str,
+                small_corpus: Optional[str]) -> dict:
+    """Every timed run once: per mode the start-up build, the build, the reference on all cores
+    over the same images right after it, the naive script; then the smaller scaling build. The
+    bench runs rounds of these rather than each build several times in a row: this machine has
+    slow minutes (10-20% slower), and interleaved they fall on every figure alike instead of on
+    whichever build was running (a ratio of two figures taken minutes apart moved by 20%)."""
+    runs = {}
+    for resize in resizes:
+        tag = resize.replace(":", "")
+        runs[resize] = {
+            "startup": pipeline_build(startup_corpus, s.build_dir(f"startup-{tag}"), resize, s.shard_size,
+                                      s.logdir, f"startup-{tag}").as_dict(),
+            "pipeline": pipeline_build(corpus, s.build_dir(f"pipeline-{tag}"), resize, s.shard_size, s.logdir,
+                                       f"pipeline-{tag}").as_dict(),
+            "reference": reference_on_all_cores(datas, resize, cpu_count()),
+            "naive": naive_script_build(corpus, s.build_dir(f"naive-{tag}"), resize, s.shard_size, s.logdir,
+                                        f"naive-script-{tag}", len(datas)).as_dict(),
+        }
+    if small_corpus:
+        runs["scaling-small"] = pipeline_build(small_corpus, s.build_dir("scaling-small"), DEFAULT_RESIZE,
+                                               s.shard_size, s.logdir, "scaling-small").as_dict()
+    return runs
+
+
+def mode_result(resize: str, one_core: tuple[dict, dict], rounds: list[dict], i2d: Optional[dict]) -> dict:
+    """A mode's report from its one-core figures and the best of its runs in every round."""
+    kernels, profile = one_core
+    runs = [r[resize] for r in rounds]
+    startup, pipeline, naive = (best_run([r[name] for r in runs]) for name in ("startup", "pipeline", "naive"))
+    references = [r["reference"] for r in runs]
+    kernels = {**kernels, "reference_all_cores": {**max(references, key=lambda r: r["images_per_s"]),
+                                                  "runs_images_per_s": [r["images_per_s"] for r in references]}}
     for run in (startup, pipeline, naive):
         if run["exit_code"] != 0:
             print(f"warning: {run['name']} exited {run['exit_code']}: see {run['log']}")
-    i2d = img2dataset_bench(corpus, images, startup_corpus, resize, s.out, print) if s.img2dataset else None
     return make_mode_report(resize, kernels, profile, pipeline, startup, naive, cpu_count(), i2d)
 
 
-def best_of(repeats: int, build: Callable[[], "BuildRun"]) -> dict:
-    """The fastest of `repeats` runs of a build (as timeit takes the best of its repeats: other
-    users of this machine only ever slow a run down), with every run's wall time and the
-    highest peak memory of them all."""
-    return _best([build().as_dict() for _ in range(max(1, repeats))])
-
-
-def _best(runs: list[dict]) -> dict:
+def best_run(runs: list[dict]) -> dict:
+    """The fastest of a build's runs (as timeit takes the best of its repeats: other users of
+    this machine only ever slow a run down), with every run's wall time and the highest peak
+    memory of them all."""
     best = min(runs, key=lambda r: (r["exit_code"] != 0, r["wall_s"]))
     peak = max(runs, key=lambda r: r["memory"]["tree_rss"])["memory"]
     return {**best, "walls_s": [r["wall_s"] for r in runs], "memory": peak}
-
-
-def bench_scaling(s: Settings, default_mode: dict) -> dict:
-    """A second, smaller build (default resize) beside the main one: memory and steady-state time
-    per image at two sizes, and the memory projected to ImageNet."""
-    spec = CorpusSpec.for_images(s.scaling_images, s.seed)
-    corpus, _ = ensure_corpus(spec, s.corpus_cache)
-    print(f"\n[scaling] building {spec.images} images ({DEFAULT_RESIZE}) ...", flush=True)
-    small = best_of(s.build_repeats, lambda: pipeline_build(
-        corpus, s.build_dir("scaling-small"), DEFAULT_RESIZE, s.shard_size, s.logdir, "scaling-small"))
-    return memory_scaling([small, default_mode["pipeline"]], default_mode["startup"])
 
 
 def run_bench(s: Settings) -> dict:
@@ -1017,16 +1028,28 @@ def run_bench(s: Settings) -> dict:
     spec = CorpusSpec.for_images(s.images, s.seed)
     corpus, stats = ensure_corpus(spec, s.corpus_cache)
     startup_corpus, _ = ensure_corpus(STARTUP_SPEC, s.corpus_cache)
+    scaling = DEFAULT_RESIZE in s.resizes and s.scaling_images and s.scaling_images < s.images
+    small_corpus = ensure_corpus(CorpusSpec.for_images(s.scaling_images, s.seed), s.corpus_cache)[0] if scaling else None
     images = load_images(corpus)
     print(f"corpus: {corpus}\n  {stats['images']} images ({spec.train} train in {spec.classes} classes, {spec.val} val), "
           f"mean {stats['mean_bytes'] / 1000:.0f} KB, median {stats['median_bytes'] / 1000:.0f} KB; longer side "
           f"450-520 px {100 * stats['share_longer_450_520']:.0f}%, under 400 {100 * stats['share_small_under_400']:.0f}%, "
           f"over 1000 {100 * stats['share_over_1000']:.1f}%")
-    modes = {resize: bench_mode(resize, s, corpus, images, startup_corpus) for resize in s.resizes}
-    scaling = None
-    if DEFAULT_RESIZE in modes and s.scaling_images and s.scaling_images < s.images:
-        scaling = bench_scaling(s, modes[DEFAULT_RESIZE])
-    report = make_report(s, {"path": corpus, **stats}, modes, time.perf_counter() - started, scaling)
+    one_core = {resize: one_core_figures(resize, s, images) for resize in s.resizes}
+    datas, rounds = [i.data for i in images], []
+    for number in range(1, max(1, s.build_repeats) + 1):
+        print(f"\n[round {number}/{max(1, s.build_repeats)}] every build once"
+              f"{f', then {s.scaling_images} images' if scaling else ''} ...", flush=True)
+        rounds.append(build_round(list(s.resizes), s, corpus, datas, startup_corpus, small_corpus))
+    modes = {}
+    for resize in s.resizes:
+        i2d = img2dataset_bench(corpus, images, startup_corpus, resize, s.out, print) if s.img2dataset else None
+        modes[resize] = mode_result(resize, one_core[resize], rounds, i2d)
+    scaling_report = None
+    if scaling:
+        small = best_run([r["scaling-small"] for r in rounds])
+        scaling_report = memory_scaling([small, modes[DEFAULT_RESIZE]["pipeline"]], modes[DEFAULT_RESIZE]["startup"])
+    report = make_report(s, {"path": corpus, **stats}, modes, time.perf_counter() - started, scaling_report)
     print_report(report)
     path = _write_report(s.out, "bench.json", report)
     print(f"\nwritten {path} ({report['bench_wall_s']} s)")
