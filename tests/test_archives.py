@@ -5,7 +5,7 @@ import tarfile
 import pytest
 
 from transforms.archives import (FolderSlice, Labeler, TarSlice, folder_member_key, index_folder, index_tar_slice,
-                                 list_inner_tars, sample_key)
+                                 iter_tar_entries, list_inner_tars, sample_key)
 from transforms.labels import imagenet_classes
 
 CLASSES = {c.wnid: c.label for c in imagenet_classes()}
@@ -166,3 +166,64 @@ def test_key_table_is_the_dict_it_was_made_from_and_pickles_small():
     table = KeyTable(val)
     assert table["ILSVRC2012_val_00050000"] == val["ILSVRC2012_val_00050000"]
     assert len(pickle.dumps(val)) > 10 * len(pickle.dumps(table))  # ~1.5 MB as a dict, ~0.1 MB here
+
+
+def _tarfile_view(data: bytes):
+    kinds = lambda m: "dir" if m.isdir() else "file" if m.isreg() else "other"  # noqa: E731
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [(m.name, m.offset_data, m.size, kinds(m)) for m in tar]
+
+
+def _ours(data: bytes):
+    return [(e.name, e.offset, e.size, e.kind) for e in iter_tar_entries(io.BytesIO(data), length=len(data))]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_headers_read_directly_are_what_tarfile_reads(fmt, monkeypatch):
+    """Plain headers are read without tarfile (ustar prefixes, directories with and without a
+    slash, empty files); from the first that is not plain (a long name, a pax header, a link)
+    tarfile reads the rest: the entries are tarfile's either way."""
+    members = [("n01440764_1.JPEG", b"A" * 700), ("d" * 90 + "/" + "e" * 90 + ".JPEG", b"B" * 512),
+               ("empty.JPEG", b""), ("a-dir", "dir"), ("n01440764_2.JPEG", b"C" * 3)]
+    long_name = [("x" * 150 + ".JPEG", b"D" * 10)] if fmt != tarfile.USTAR_FORMAT else []  # ustar has no way
+    tail = long_name + [("link", ("symlink", "n01440764_1.JPEG")), ("after.JPEG", b"E")]
+    for entries in (members, members + tail):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for name, payload in entries:
+                info = tarfile.TarInfo(name)
+                if payload == "dir":
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                elif isinstance(payload, tuple):
+                    info.type, info.linkname = tarfile.SYMTYPE, payload[1]
+                    tar.addfile(info)
+                else:
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        assert _ours(buf.getvalue()) == _tarfile_view(buf.getvalue())
+    parsed = []
+    real = tarfile.TarInfo.frombuf.__func__
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(lambda cls, *a: parsed.append(1) or real(cls, *a)))
+    assert len(_ours(tar_bytes([(f"n01440764_{i}.JPEG", b"x") for i in range(50)]))) == 50
+    assert len(parsed) <= 2  # tarfile only read the end of the archive (its zero blocks), not the 50 headers
+
+
+def test_headers_of_a_gnu_tar_archive(tmp_path):
+    """A tar made by GNU tar itself: long names, a directory, a symlink, read as tarfile reads them."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("tar"):
+        pytest.skip("no tar here")
+    src = tmp_path / "src"
+    (src / "n01440764").mkdir(parents=True)
+    for i in range(5):
+        (src / "n01440764" / f"n01440764_{i}.JPEG").write_bytes(b"J" * (100 * i + 1))
+    (src / "n01440764" / ("long" * 40 + ".JPEG")).write_bytes(b"L" * 7)
+    (src / "n01440764" / "link.JPEG").symlink_to("n01440764_1.JPEG")
+    archive = tmp_path / "gnu.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(src), "--sort=name", "n01440764"], check=True)
+    data = archive.read_bytes()
+    assert _ours(data) == _tarfile_view(data)
+    assert len(_ours(data)) == 8
