@@ -16,10 +16,10 @@ def labeler(val=None, labelled=("train", "val")):
 from transforms.records import MemberRef, Reject
 
 
-def tar_bytes(members) -> bytes:
+def tar_bytes(members, fmt=tarfile.GNU_FORMAT) -> bytes:
     """members: [(name, bytes | ("symlink", target) | "dir")]"""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for name, payload in members:
             info = tarfile.TarInfo(name)
             if payload == "dir":
@@ -188,20 +188,8 @@ def test_headers_read_directly_are_what_tarfile_reads(fmt, monkeypatch):
     long_name = [("x" * 150 + ".JPEG", b"D" * 10)] if fmt != tarfile.USTAR_FORMAT else []  # ustar has no way
     tail = long_name + [("link", ("symlink", "n01440764_1.JPEG")), ("after.JPEG", b"E")]
     for entries in (members, members + tail):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-            for name, payload in entries:
-                info = tarfile.TarInfo(name)
-                if payload == "dir":
-                    info.type = tarfile.DIRTYPE
-                    tar.addfile(info)
-                elif isinstance(payload, tuple):
-                    info.type, info.linkname = tarfile.SYMTYPE, payload[1]
-                    tar.addfile(info)
-                else:
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        assert _ours(buf.getvalue()) == _tarfile_view(buf.getvalue())
+        data = tar_bytes(entries, fmt)
+        assert _ours(data) == _tarfile_view(data)
     parsed = []
     real = tarfile.TarInfo.frombuf.__func__
     monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(lambda cls, *a: parsed.append(1) or real(cls, *a)))
