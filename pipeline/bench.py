@@ -1036,9 +1036,9 @@ def run_bench(s: Settings) -> dict:
           f"450-520 px {100 * stats['share_longer_450_520']:.0f}%, under 400 {100 * stats['share_small_under_400']:.0f}%, "
           f"over 1000 {100 * stats['share_over_1000']:.1f}%")
     one_core = {resize: one_core_figures(resize, s, images) for resize in s.resizes}
-    datas, rounds = [i.data for i in images], []
-    for number in range(1, max(1, s.build_repeats) + 1):
-        print(f"\n[round {number}/{max(1, s.build_repeats)}] every build once"
+    datas, rounds, count = [i.data for i in images], [], max(1, s.build_repeats)
+    for number in range(1, count + 1):
+        print(f"\n[round {number}/{count}] every build once"
               f"{f', then {s.scaling_images} images' if scaling else ''} ...", flush=True)
         rounds.append(build_round(list(s.resizes), s, corpus, datas, startup_corpus, small_corpus))
     modes = {}
@@ -1176,7 +1176,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="passes per kernel, best taken (default 3)")
     p.add_argument("--shard-size", default="16MB", help="the builds' --shard-size (default 16MB)")
     p.add_argument("--build-repeats", type=int, default=None,
-                   help="runs of each build, the fastest counts (default 3; 1 with --quick)")
+                   help="rounds of timed runs, every build once a round; the fastest run counts "
+                        "(default 3; 1 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img2dataset", action="store_true",
                    help="also run img2dataset (installed into OUT/img2dataset-venv on first use)")

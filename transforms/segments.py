@@ -63,7 +63,7 @@ class Segments:
         count = workers * max(1, per_worker)
         return cls(count, max(total, 1) / count, starts)
 
-    def _start(self, split: str, shard_id: int) -> float:
+    def _start(self, split: str, shard_id: int) -> int:
         return self.starts.get((split, shard_id), 0)
 
     def segment(self, split: str, shard_id: int, member: int) -> int:

@@ -518,12 +518,10 @@ class _CutShardFn(beam.DoFn):
 
     def process(self, element, sizes=()):
         task, refs, boxes = element
-        if self._local_workers is None:
-            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes))
+        if not _segmented(self._local_workers):
+            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
+                            small_pieces if self._local_workers is None else even_cut(1))
             keys = [(task.split, task.shard_id, i) for i in range(len(cut.pieces))]
-        elif self._local_workers == 1:
-            cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes), even_cut(1))
-            keys = [(task.split, task.shard_id, 0)]
         else:
             segments = self._segments_of(sizes)
             cut = cut_shard(task, refs, self._seed, _boxes_by_key(boxes),
@@ -537,6 +535,11 @@ class _CutShardFn(beam.DoFn):
         yield from _rejects(cut.rejects)
         for key, (piece, members, piece_boxes) in zip(keys, cut.pieces):
             yield key, to_shuffle((piece, tuple(members), piece_boxes))
+
+
+def _segmented(local_workers: Optional[int]) -> bool:
+    """Whether the work is shared out in segments: the local runner with several workers."""
+    return local_workers is not None and local_workers > 1
 
 
 def _rejects(rejects):
@@ -637,9 +640,9 @@ class WriteShards(beam.PTransform):
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
                  local_workers: Optional[int] = None, sizes=None):
         super().__init__()
-        if local_workers is not None and local_workers > 1 and sizes is None:
+        if _segmented(local_workers) and sizes is None:
             raise ValueError("several local workers need the shards' sizes: where each lies on the line of members")
-        self._sizes = sizes if local_workers is not None and local_workers > 1 else None
+        self._sizes = sizes if _segmented(local_workers) else None
         self._cut = _CutShardFn(seed, local_workers)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
