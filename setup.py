@@ -14,7 +14,7 @@ setup(
     description="Ingest ImageNet archives into deterministic WebDataset shards with a Parquet index.",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
-    package_data={"pipeline": ["data/*.txt", "data/*.md", "data/photos/*"]},
+    package_data={"pipeline": ["data/*.txt", "data/*.md", "data/photos/*"], "transforms": ["data/*.txt", "data/*.md"]},
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.77,<2.78",
@@ -28,7 +28,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6"],
+        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6", "psutil>=5.9", "ruff>=0.6", "mypy>=1.10"],
     },
-    entry_points={"console_scripts": ["imagenet-shards=pipeline.launch:main"]},
+    entry_points={"console_scripts": ["imagenet-shards=pipeline.cli:main"]},
 )

@@ -1,34 +1,34 @@
 """The build graph: one labelled step a line, the element shape between steps.
 
-Image bytes and index rows exist only inside WriteShards (pieces of 128 members processed on
-any worker, staged in scratch files, then each shard's pieces assembled into its tar and
-Parquet index); everything that crosses a shuffle is small: MemberRefs in batches (~100 B a
-member), piece results (a path and counts), (sha256, key) records in batches for the
-duplicate search, rejects, file facts. That keeps the local runner's memory low however large the dataset
-(see README "Design").
+Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
+small: MemberRefs in batches (~100 B a member), pieces of member references, PieceResults (a path
+and counts), HashEntry records in batches, rejects, facts. That keeps the local runner's memory
+low however large the dataset (see README "Design" and ARCHITECTURE.md).
 """
 from __future__ import annotations
 
-import collections
 import datetime
 from typing import Optional
 
 import apache_beam as beam
 
 import pipeline
+from pipeline.inputs import Inputs
 from pipeline.options import BuildConfig
 from transforms.archives import IndexArchives
 from transforms.boxes import ReadAnnotations
 from transforms.index import FlagDuplicates, WriteRejects
 from transforms.manifest import WriteManifest
+from transforms.progress import write_plan
 from transforms.sharding import GroupIntoShards
-from transforms.sources import Discovery
 from transforms.write_shards import WriteShards
 
 __all__ = ["manifest_header", "build_graph"]
 
 
-def manifest_header(config: BuildConfig, discovery: Discovery, codecs: dict) -> dict:
+def manifest_header(config: BuildConfig, inputs: Inputs, codecs: dict) -> dict:
+    """The manifest's fields that are known before the build runs."""
+    discovery = inputs.discovery
     return {
         "tool": {"name": "imagenet-shards", "version": pipeline.__version__},
         "codecs": codecs,
@@ -40,66 +40,47 @@ def manifest_header(config: BuildConfig, discovery: Discovery, codecs: dict) -> 
     }
 
 
-def _write_plan(progress_dir: str):
-    def write(split: str, plan) -> None:
-        import os
-
-        with open(os.path.join(progress_dir, f"plan-{split}"), "w") as f:
-            f.write(f"{plan[0]} {plan[1]}\n")
-    return write
-
-
-def build_graph(p: beam.Pipeline, config: BuildConfig, discovery: Discovery, codecs: dict,
+def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: dict,
                 progress_dir: Optional[str] = None, local_workers: Optional[int] = None) -> None:
     """local_workers: the local runner's worker count, which the shards are shared out over (see
     transforms/segments.py); None for runners that scale out (shards cut in small pieces)."""
-    out = config.out
+    out, discovery = config.out, inputs.discovery
 
-    # -> members: batches (MemberRef(key, split, archive, offset, size, label, wnid, source), ...), one a
-    #    class tar or flat tar; rejects: Reject
+    # -> members: (MemberRef, ...) batches, one per class tar, class folder or flat tar;
+    #    rejects: Reject (stage "index"); read, left_out: SplitCount
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
                                                      discovery.holdout_per_class, config.seed)
-    members, index_rejects = indexed["members"], indexed["rejects"]
 
-    # -> boxes: BoxesRef(key, split, boxes, names); rejects: AnnotationReject (hostile or broken XML)
+    # -> boxes: BoxesRef; rejects: Reject (stage "annotation": hostile or broken XML)
     annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
 
-    # -> (ShardTask(split, shard_id), [MemberRef, ...], [BoxesRef, ...]), every shard id of every split
-    grouping = GroupIntoShards(config.seed, config.shard_size, config.resize.mode, config.resize.size,
-                               config.quality)
-    tasks = {"members": members, "boxes": annotations["boxes"]} | "GroupIntoShards" >> grouping
+    # -> tasks: (ShardTask, [MemberRef], [BoxesRef]) for every shard of every split;
+    #    plan: (split, SplitPlan); sizes: ((split, shard_id), members); orphans: SplitCount
+    grouped = {"members": indexed["members"], "boxes": annotations["boxes"]} | "GroupIntoShards" >> GroupIntoShards(
+        config.seed, config.shard_size, config.resize.mode, config.resize.size, config.quality)
     if progress_dir:
-        _ = grouping.plan | "ReportPlan" >> beam.MapTuple(_write_plan(progress_dir))
+        _ = grouped["plan"] | "ReportPlan" >> beam.MapTuple(
+            lambda split, plan: write_plan(progress_dir, split, plan.samples, plan.shards))
 
-    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, ((sha256, key, split, shard_id), ...));
-    #    rejects: Reject; orphans: (split, n). Inside: cut into pieces -> process pieces -> assemble shards
-    written = tasks | "WriteShards" >> WriteShards(config.image_options(), out, config.seed, codecs, progress_dir,
-                                                   discovery.loc_blacklist, local_workers, grouping.sizes)
+    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashEntry batch); rejects: Reject
+    #    (stages "shard" and "image"); orphans: SplitCount
+    written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
+        config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers)
 
-    # -> (split, shard_id, n): the index files holding duplicates, rewritten with duplicate_of set
+    # -> ShardDuplicates, for each index file that holds duplicates, after it is rewritten
     duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)
 
-    # -> RejectsFile (one Parquet per split)
-    rejects = (index_rejects, written["rejects"]) | "AllRejects" >> beam.Flatten()
-    rejects_files = rejects | "WriteRejects" >> WriteRejects(out)
+    # -> RejectsFile: one Parquet per split, of samples and of annotation files
+    rejects_files = (indexed["rejects"], written["rejects"]) | "AllRejects" >> beam.Flatten() | (
+        "WriteRejects" >> WriteRejects(out))
     annotation_rejects_files = annotations["rejects"] | "WriteAnnotationRejects" >> WriteRejects(out, "annotations")
-    orphans = (grouping.orphans, written["orphans"]) | "AllOrphans" >> beam.Flatten()
 
-    # -> (split, members read): every non-directory member, kept or rejected
-    read = (
-        (members | "SplitsOfBatch" >> beam.FlatMap(lambda batch: collections.Counter(r.split for r in batch).items()),
-         index_rejects | "SplitOfReject" >> beam.Map(lambda reject: (reject.split, 1)))
-        | "AllRead" >> beam.Flatten()
-        | "CountRead" >> beam.CombinePerKey(sum)
-    )
+    # -> SplitCount: annotations whose image is in no shard
+    orphans = (grouped["orphans"], written["orphans"]) | "AllOrphans" >> beam.Flatten()
 
     # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written
-    # -> (split, members left out by --classes)
-    left_out = indexed["left_out"] | "SplitOfLeftOut" >> beam.Map(lambda item: item.split) | (
-        "CountLeftOut" >> beam.combiners.Count.PerElement())
-
-    facts = {"read": read, "left_out": left_out, "shard": written["shards"], "index": written["index"],
-             "duplicates": duplicates, "rejects": rejects_files,
+    facts = {"read": indexed["read"], "left_out": indexed["left_out"], "shard": written["shards"],
+             "index": written["index"], "duplicates": duplicates, "rejects": rejects_files,
              "annotation_rejects": annotation_rejects_files, "orphans": orphans}
-    _ = facts | (
-        "WriteManifest" >> WriteManifest(out, manifest_header(config, discovery, codecs), config.max_reject_rate))
+    _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs),
+                                                 config.max_reject_rate)

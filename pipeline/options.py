@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 from typing import Optional
 
-from pipeline.workers import cpu_count
-from transforms.image import ImageOptions, ResizeSpec
-from transforms.sharding import parse_byte_size
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-__all__ = ["BuildConfig", "UsageError", "add_build_arguments", "config_from_args", "beam_options"]
+from transforms.image import ImageOptions, ResizeSpec
+from transforms.sizes import parse_byte_size
+
+__all__ = ["BuildConfig", "UsageError", "add_build_arguments", "config_from_args", "beam_options", "cpu_count",
+           "is_local_runner", "local_workers"]
 
 DEFAULT_SHARD_SIZE = "512MB"
 PIL_MAX_IMAGE_PIXELS = 89_478_485
@@ -164,41 +167,57 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     )
 
 
-def _beam_parser():
-    """A parser that knows every Beam pipeline option (the same set Beam itself parses)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = {}
-    for cls in PipelineOptions.__subclasses__():
-        seen.setdefault(str(cls), cls)
-    for cls in seen.values():
-        cls._add_argparse_args(parser)  # noqa: SLF001  (what PipelineOptions.get_all_options does)
-    return parser
+def cpu_count() -> int:
+    """The cores this process may run on (the local runner's default worker count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def beam_options(beam_args: list[str]):
+# Where Beam's parser puts arguments that are not options (through get_all_options' public
+# add_extra_args_fn hook): Beam itself would drop them silently.
+_STRAY = "imagenet_shards_stray_arguments"
+
+
+def _collect_stray_arguments(parser) -> None:
+    parser.add_argument(_STRAY, nargs="*", default=[])
+
+
+def _unknown_arguments(beam_args: list[str]) -> list[str]:
+    """The arguments in beam_args that no Beam pipeline option takes, as the user wrote them."""
+    known = PipelineOptions([]).get_all_options(add_extra_args_fn=_collect_stray_arguments)
+    parsed = PipelineOptions(beam_args).get_all_options(add_extra_args_fn=_collect_stray_arguments,
+                                                        retain_unknown_options=True)
+    unknown = []
+    for name in parsed:
+        if name not in known:
+            unknown.append(next((a.split("=", 1)[0] for a in beam_args
+                                 if a.lstrip("-").split("=", 1)[0] == name), f"--{name}"))
+    return unknown + list(parsed[_STRAY])
+
+
+def beam_options(beam_args: list[str]) -> PipelineOptions:
     """PipelineOptions from the arguments the tool did not take; local defaults when no --runner.
 
     Raises UsageError for an argument Beam does not know either (a typo).
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    parser = _beam_parser()
-    known, unknown = parser.parse_known_args(beam_args)
+    unknown = _unknown_arguments(beam_args)
     if unknown:
-        options = [a for a in parser._option_string_actions if a.startswith("--")]  # noqa: SLF001
+        names = ["--" + name for name in PipelineOptions([]).get_all_options()]
         hints = []
         for arg in unknown:
-            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1)
-            hints.append(f"{arg}" + (f" (did you mean {close[0]}?)" if close else ""))
+            close = difflib.get_close_matches(arg, names, n=1) if arg.startswith("-") else []
+            hints.append(arg + (f" (did you mean {close[0]}?)" if close else ""))
         raise UsageError("unrecognised arguments: " + ", ".join(hints))
     args = list(beam_args)
 
     def given(name: str) -> bool:
         return any(a == name or a.startswith(name + "=") for a in beam_args)
 
-    if not known.runner:
+    if not PipelineOptions(beam_args).view_as(StandardOptions).runner:
+        # Beam's in-process runner on all cores. The DirectRunner would first try to download the
+        # Prism runner binary from the internet.
         args.append("--runner=FnApiRunner")
         if not given("--direct_running_mode"):
             args.append("--direct_running_mode=multi_processing")
@@ -209,61 +228,16 @@ def beam_options(beam_args: list[str]):
     return PipelineOptions(args)
 
 
-def is_local_runner(options) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
+def is_local_runner(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     name = runner if isinstance(runner, str) else type(runner).__name__
     return name.rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS
 
 
-def local_runner(options, worker_command: Optional[str] = None):
-    """The FnApiRunner object for a local build, or None to let Beam create the runner.
-
-    The FnApiRunner gives its worker processes no pipeline options, so they would log at
-    INFO whatever --default_sdk_harness_log_level says (dozens of lines per build). Handing
-    the options to the workers through the runner's provision info fixes that.
-
-    worker_command: the command that starts a worker (pipeline.workers: workers started ahead
-    of time) instead of Beam's `python -m apache_beam.runners.worker.sdk_worker_main`. The
-    FnApiRunner takes its own command in multi-processing mode, so the runner is given the
-    command as its environment and runs in its default mode, which then only means "use that
-    environment", with --direct_num_workers parallel workers all the same.
-    """
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
-    if options.view_as(StandardOptions).runner != "FnApiRunner":
+def local_workers(options: PipelineOptions) -> Optional[int]:
+    """The local runner's worker count, which WriteShards shares the work out over (see
+    transforms/segments.py); None for other runners (Dataflow and the like move work between
+    workers themselves: shards are cut into small pieces for them)."""
+    if not is_local_runner(options):
         return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.job import utils as job_utils
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    # Only what the workers need: the whole option set does not parse back in the worker.
-    worker_options = {"default_sdk_harness_log_level": options.get_all_options()["default_sdk_harness_log_level"]}
-    info = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
-                                                pipeline_options=job_utils.dict_to_struct(worker_options))
-    provision = fn_runner.ExtendedProvisionInfo(info)
-    direct = options.view_as(DirectOptions)
-    if worker_command is None or direct.direct_running_mode != "multi_processing":
-        return fn_runner.FnApiRunner(provision_info=provision)
-    from apache_beam.transforms.environments import SubprocessSDKEnvironment
-
-    direct.direct_running_mode = "in_memory"
-    _quiet_running_mode_warning()
-    return fn_runner.FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(worker_command),
-                                 provision_info=provision)
-
-
-def _quiet_running_mode_warning() -> None:
-    """The FnApiRunner warns that in_memory with several workers gives no parallelism; with a
-    subprocess environment it does (that is what multi_processing itself sets up)."""
-    import logging
-
-    logger = logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner")
-    if not any(isinstance(f, _RunningModeWarningFilter) for f in logger.filters):
-        logger.addFilter(_RunningModeWarningFilter())
-
-
-class _RunningModeWarningFilter:
-    def filter(self, record) -> bool:
-        return not record.getMessage().startswith("If direct_num_workers is not equal to 1")
+    return options.view_as(DirectOptions).direct_num_workers or cpu_count()  # 0: one a core

@@ -46,6 +46,8 @@ from typing import Callable, Optional, Union
 
 from PIL import Image
 
+from transforms.labels import ilsvrc2012_id_to_wnid, imagenet_classes
+
 __all__ = [
     "ExpectedSample",
     "SampleRelease",
@@ -206,23 +208,12 @@ def _ground_truth_ids() -> tuple[int, ...]:
     return tuple(int(line) for line in _data_bytes("ILSVRC2012_validation_ground_truth.txt").split())
 
 
-@functools.lru_cache(maxsize=None)
 def _id_to_wnid() -> dict[int, str]:
-    table = {}
-    for line in _data_bytes("map_clsloc.txt").decode("utf-8").splitlines():
-        if line.strip():
-            wnid, ilsvrc_id, _name = line.split(maxsplit=2)
-            table[int(ilsvrc_id)] = wnid
-    return table
+    return ilsvrc2012_id_to_wnid()
 
 
-@functools.lru_cache(maxsize=None)
 def _label_of_wnid() -> dict[str, int]:
-    wnids = [line.split(" ", 1)[0] for line in _data_bytes("LOC_synset_mapping.txt").decode("utf-8").splitlines()
-             if line.strip()]
-    if len(wnids) != 1000 or wnids != sorted(wnids):
-        raise RuntimeError("pipeline/data/LOC_synset_mapping.txt is not the sorted list of 1000 WNIDs")
-    return {w: i for i, w in enumerate(wnids)}
+    return {c.wnid: c.label for c in imagenet_classes()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -1028,7 +1019,7 @@ def export_layout(release: SampleRelease, dest, layout: str) -> SampleRelease:
         with open(os.path.join(dest, "LOC_val_solution.csv"), "w") as f:
             f.write("ImageId,PredictionString\n" + "".join(row + "\n" for row in sorted(csv_rows)))
         with open(os.path.join(dest, "LOC_synset_mapping.txt"), "wb") as f:
-            f.write(_data_bytes("LOC_synset_mapping.txt"))
+            f.write(importlib.resources.files("transforms").joinpath("data", "LOC_synset_mapping.txt").read_bytes())
     # ImageFolder has no place for annotations: pass the original archives with --boxes.
     bbox = {r: p for r, p in release.archives.items() if r.startswith("bbox_")}
     return SampleRelease(dest, bbox, expected, list(release.classes), release.annotation_rejects,

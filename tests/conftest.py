@@ -10,7 +10,7 @@ import pytest
 from pipeline.sample import make_sample_release
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "pipeline.launch"]  # what the console script runs
+CLI = [sys.executable, "-m", "pipeline"]  # what the console script runs
 
 
 def run_cli(*args, check_code=None, timeout=600):

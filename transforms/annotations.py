@@ -3,6 +3,7 @@
 Contract:
   XML bytes + key -> Annotation(key, width, height, boxes, dropped_boxes, names)
                   -> AnnotationRejected(reason, detail), reason in ANNOTATION_REASONS
+                     (records.REJECT_REASONS["annotation"])
   No other exception leaves parse_voc_xml, whatever the bytes.
 
 The box convention (every reader and writer of boxes must agree on it):
@@ -42,7 +43,6 @@ import lzma
 import math
 import os
 import posixpath
-import re
 import tarfile
 import zlib
 from typing import IO, Iterable, Iterator, Sequence, Union
@@ -52,19 +52,17 @@ import fsspec
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
-from transforms.archives import sample_key
-from transforms.records import ANNOTATION_REJECT_REASONS
+from transforms.keys import WNID
+from transforms.records import REJECT_REASONS, AnnotationRejected
 from transforms.storage import is_local, open_input
 
-__all__ = ["Box", "Annotation", "AnnotationRejected", "ANNOTATION_REASONS", "annotation_key", "parse_voc_xml",
+__all__ = ["Box", "Annotation", "ANNOTATION_REASONS", "parse_voc_xml",
            "boxes_in_pixels", "iter_annotation_archive"]
 
-# The closed set of reasons an annotation file is set aside (the same tuple as
-# transforms.records.ANNOTATION_REJECT_REASONS): "empty", "malformed_xml", "forbidden_xml",
-# "no_size", "bad_coordinates".
-ANNOTATION_REASONS = ANNOTATION_REJECT_REASONS
+# The closed set of reasons an annotation file is set aside for: "empty", "malformed_xml",
+# "forbidden_xml", "no_size", "bad_coordinates".
+ANNOTATION_REASONS = REJECT_REASONS["annotation"]
 
-_WNID = re.compile(r"n\d{8}")
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 _MAX_DETAIL = 200
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -93,29 +91,7 @@ class Annotation:
 
     def wnids(self) -> tuple[str, ...]:
         """The names that are WNIDs (n + 8 digits), in order."""
-        return tuple(n for n in self.names if _WNID.fullmatch(n))
-
-
-class AnnotationRejected(Exception):
-    """An annotation file that cannot be used. Picklable (args are (reason, detail))."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        if reason not in ANNOTATION_REASONS:
-            raise ValueError(f"unknown annotation reject reason {reason!r}")
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
-
-
-def annotation_key(path: str) -> str:
-    """The key of an annotation file: its stem, dot-free (as for images).
-
-    `n01440764/n01440764_96.xml` -> `n01440764_96`.
-    """
-    return sample_key(path)
+        return tuple(n for n in self.names if WNID.fullmatch(n))
 
 
 def _short(text: str) -> str:

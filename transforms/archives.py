@@ -1,35 +1,41 @@
-"""Index tar archives in place: tar headers in, MemberRefs out (no image bytes read).
+"""Index the archives in place: tar headers and folder listings in, MemberRefs out (no image byte read).
 
 Contract:
-  TarSlice (a tar file, or a tar stored inside an outer tar)
+  TarSlice (a tar file, or a tar stored inside an outer tar) | FolderSlice (a folder of images)
     -> MemberRef for each regular file member (key, absolute byte range, label)
-    -> Reject for members that cannot become samples:
+    -> LeftOut for each member of a class --classes leaves out
+    -> Reject (stage "index") for members that cannot become samples:
          not_a_file  (links, devices, fifos),
          unlabeled   (a labelled split whose member has no known class),
          truncated   (the archive ends before the member's data does).
   Directory entries are skipped, not counted.
 
-Only headers are read: tarfile seeks past each payload, so indexing a 150 MB class tar
+Only headers are read (transforms/tar_headers.py), seeking past each payload, so indexing a 150 MB class tar
 reads ~1,300 headers of 512 bytes. The official train tar is a tar of 1,000 per-class
 tars: `list_inner_tars` turns it into one TarSlice per class tar, so the class tars can
 be indexed (and later read) by many workers in parallel.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import logging
 import posixpath
-import re
-import tarfile
-from typing import IO, Iterator, Optional, Union
+import typing
+from typing import Iterator, Optional, Union
 
+import apache_beam as beam
 import fsspec
+from apache_beam import pvalue
 
-from transforms.records import MemberRef, Reject
-from transforms.storage import RangeFile, file_size, open_input
+from transforms.counting import reject_output
+from transforms.keys import folder_member_key, key_hash, sample_key
+from transforms.labels import Labeler, LeftOutClass, NoLabel
+from transforms.records import LeftOut, MemberRef, Reject, SplitCount
+from transforms.storage import RangeFile, file_size, locate, open_input
+from transforms.tar_headers import iter_tar_entries
 
-__all__ = ["TarSlice", "FolderSlice", "TarEntry", "Labeler", "sample_key", "folder_member_key", "index_folder",
-           "expand_archive", "hold_out", "iter_tar_entries", "list_inner_tars", "index_tar_slice"]
+__all__ = ["TarSlice", "FolderSlice", "index_folder", "expand_archive", "hold_out", "list_inner_tars",
+           "index_tar_slice", "IndexArchives"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,118 +48,6 @@ class TarSlice:
     size: int  # its length in bytes
     source: str  # readable prefix of member sources, e.g. "ILSVRC2012_img_train.tar/n01440764.tar"
     wnid: Optional[str] = None  # class of every member (per-class tars); None: labels come from elsewhere
-
-
-@dataclasses.dataclass(frozen=True)
-class TarEntry:
-    name: str
-    offset: int  # absolute offset of the payload in the outermost file
-    size: int
-    kind: str  # "file" | "dir" | "other" (links, devices, fifos)
-
-
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-def sample_key(member_name: str) -> str:
-    """The sample key of a member: its file stem, made dot-free.
-
-    WebDataset splits a member name at the first dot of its basename, so keys must not
-    contain dots; anything but letters, digits, '_' and '-' becomes '_'.
-    `n01440764/n01440764_10026.JPEG` -> `n01440764_10026`.
-    """
-    stem = posixpath.splitext(posixpath.basename(member_name))[0]
-    return _UNSAFE_KEY_CHARS.sub("_", stem)
-
-
-# Header types read without tarfile: regular files and directories. Anything else (long names,
-# pax headers, links, sparse files, a zero block, a bad checksum) goes to tarfile.
-_PLAIN_TYPES = {b"0": "file", b"\0": "file", b"5": "dir"}
-
-
-def _plain_header(block: bytes) -> Optional[tuple[str, int, str]]:
-    """(name, size, kind) of a tar header that needs none of tarfile's cases, read as tarfile
-    reads it (its frombuf: fields cut at their first NUL, octal numbers, the ustar prefix joined,
-    the unsigned checksum); None for any other header. tarfile parses every field of a header
-    (~50 us a member: 1.3M members are a minute of CPU for ImageNet-1k); this reads the four a
-    MemberRef needs (~5 us)."""
-    kind = _PLAIN_TYPES.get(block[156:157])
-    if kind is None or len(block) != tarfile.BLOCKSIZE or block[124] & 0x80:  # 0x80: a base-256 size
-        return None
-    try:
-        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        checksum = int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        return None
-    if checksum != 256 + sum(block) - sum(block[148:156]):  # the field counts as 8 spaces
-        return None
-    name = block[:100].split(b"\0", 1)[0]
-    prefix = block[345:500].split(b"\0", 1)[0]
-    if prefix:
-        name = prefix + b"/" + name
-    name = name.decode("utf-8", "surrogateescape")
-    if block[156:157] == b"\0" and name.endswith("/"):
-        kind = "dir"
-    if kind == "dir":
-        name = name.rstrip("/")
-    return name, size, kind
-
-
-def iter_tar_entries(fileobj: IO[bytes], base_offset: int = 0, length: Optional[int] = None,
-                     where: str = "") -> Iterator[TarEntry]:
-    """Walk a tar's headers, yielding its entries with absolute payload offsets.
-
-    Plain headers (_plain_header) are read directly; from the first that is not, tarfile reads
-    the rest. A member whose payload runs past `length` (a cut-off download) is the last one
-    yielded: nothing after it can be located.
-    """
-    offset = 0
-    while True:
-        fileobj.seek(offset)
-        header = _plain_header(fileobj.read(tarfile.BLOCKSIZE))
-        if header is None:
-            yield from _tarfile_entries(fileobj, offset, base_offset, length, where)
-            return
-        name, size, kind = header
-        data = offset + tarfile.BLOCKSIZE
-        yield TarEntry(name, base_offset + data, size, kind)
-        if length is not None and data + size > length:
-            _cut_off(where, name)
-            return
-        offset = data + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-
-
-def _cut_off(where: str, name: str) -> None:
-    logging.getLogger(__name__).warning("%s ends inside member %s: the archive is cut off", where, name)
-
-
-def _tarfile_entries(fileobj: IO[bytes], start: int, base_offset: int, length: Optional[int],
-                     where: str) -> Iterator[TarEntry]:
-    """iter_tar_entries' entries from the header at `start` on, as tarfile reads them."""
-    try:
-        fileobj.seek(start)
-        tar = tarfile.open(fileobj=fileobj, mode="r:")  # offsets it reports are the file's, from 0
-        while True:
-            if tar.offset and length is not None:
-                # tarfile probes the byte before each header with a 1-byte read: on an object store that
-                # is one more round trip per member. `length` already catches cut-off members.
-                fileobj.seek(tar.offset)
-            info = tar.next()
-            if info is None:
-                break
-            tar.members.clear()  # tarfile keeps every header it saw; we need none of them
-            if info.isdir():
-                kind = "dir"
-            elif info.isreg():
-                kind = "file"
-            else:
-                kind = "other"
-            yield TarEntry(info.name, base_offset + info.offset_data, info.size, kind)
-            if length is not None and info.offset_data + info.size > length:
-                _cut_off(where, info.name)
-                return
-    except tarfile.TarError as e:
-        raise RuntimeError(f"{where or 'archive'}: not a readable tar ({e})") from e
 
 
 def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSlice, Reject]]:
@@ -171,62 +65,20 @@ def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSl
                 wnid = posixpath.basename(entry.name)[: -len(".tar")]
                 yield TarSlice(split, archive, entry.offset, entry.size, source, wnid)
             elif entry.kind == "file":
-                yield Reject(sample_key(entry.name), split, source, "unlabeled", "not inside a per-class tar")
+                yield Reject(sample_key(entry.name), split, source, "unlabeled", "not inside a per-class tar", "index")
             else:
-                yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file")
-
-
-LEFT_OUT = "left_out"
-
-
-
-@dataclasses.dataclass(frozen=True)
-class LeftOut:
-    """A member of a class the build leaves out on purpose (--classes): counted, not read."""
-
-    split: str
-    key: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Labeler:
-    """Turns a member's class (from its per-class tar or folder, or from a key table) into a label.
-
-    class_index: {class name (a WNID for ImageNet): label}. key_classes: {split: {key: class}}
-    for splits labelled by a table (the devkit's val ground truth, Kaggle's CSV).
-    labelled_splits: splits whose samples must have a class (not "test").
-    """
-
-    class_index: dict
-    key_classes: dict
-    labelled_splits: frozenset
-    left_out: frozenset = frozenset()  # classes of the dataset this build leaves out (--classes)
-
-    def classify(self, split: str, key: str, class_hint: Optional[str]) -> tuple:
-        """(label, class) for a member, (LEFT_OUT, class) for a class left out on purpose, or
-        (None, why) when a labelled split has no class for it."""
-        if split not in self.labelled_splits:
-            return -1, None
-        name = class_hint if class_hint is not None else self.key_classes.get(split, {}).get(key)
-        if name is None:
-            return None, "no label for this key in the ground truth"
-        if name in self.left_out:
-            return LEFT_OUT, name
-        label = self.class_index.get(name)
-        if label is None:
-            return None, f"{name} is not one of the build's classes"
-        return label, name
+                yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file", "index")
 
 
 def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, offset: int, size: int,
             class_hint: Optional[str]) -> Union[MemberRef, Reject, LeftOut]:
-    label, name = labeler.classify(split, key, class_hint)
-    if label == LEFT_OUT:
+    found = labeler.classify(split, key, class_hint)
+    if isinstance(found, LeftOutClass):
         return LeftOut(split, key)
-    if label is None:
-        return Reject(key, split, source, "unlabeled", name)
-    return MemberRef(key=key, split=split, archive=archive, offset=offset, size=size, label=label, wnid=name,
-                     source=source)
+    if isinstance(found, NoLabel):
+        return Reject(key, split, source, "unlabeled", found.why, "index")
+    return MemberRef(key=key, split=split, archive=archive, offset=offset, size=size, label=found.label,
+                     wnid=found.name, source=source)
 
 
 def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None
@@ -244,10 +96,11 @@ def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[in
             key = sample_key(entry.name)
             source = f"{piece.source}/{entry.name}"
             if entry.kind != "file":
-                yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar")
+                yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar", "index")
             elif entry.offset + entry.size > end:
                 yield Reject(key, piece.split, source, "truncated",
-                             f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)")
+                             f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)",
+                             "index")
             else:
                 yield _member(labeler, key, piece.split, source, piece.archive, entry.offset, entry.size, piece.wnid)
 
@@ -262,35 +115,16 @@ class FolderSlice:
     wnid: Optional[str] = None  # the class of every file, None: labels come from a table
 
 
-_WNID = re.compile(r"^n\d{8}$")
-
-
-def folder_member_key(class_name: Optional[str], relative: str) -> str:
-    """Key of a loose file: its dot-free stem (sub-folders below the class included).
-
-    ImageNet file names are unique on their own (n01440764/n01440764_10026.JPEG,
-    n01751748/ILSVRC2012_val_00000001.JPEG) and must stay as they are for annotations to
-    join by stem; other ImageFolder names often repeat across classes (cat/001.jpg,
-    dog/001.jpg), so unless the class is a WNID the key is prefixed by it (dog_001).
-    """
-    stem = _UNSAFE_KEY_CHARS.sub("_", posixpath.splitext(relative)[0])
-    if class_name and not _WNID.match(class_name):
-        stem = f"{_UNSAFE_KEY_CHARS.sub('_', class_name)}_{stem}"
-    return stem
-
-
 def _list_files(url: str) -> list:
     """(relative path, absolute url, size) of every non-hidden file below a folder, sorted."""
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root, url_of = locate(url)
     root = root.rstrip("/")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = []
     for path, info in fs.find(root, detail=True).items():
         relative = path[len(root) + 1:]
         if info.get("type") != "file" or any(part.startswith(".") for part in relative.split("/")):
             continue  # hidden files (.DS_Store and the like) are not samples
-        files.append((relative, path if protocol in ("file", "local") else f"{protocol}://{path}",
-                      int(info.get("size") or 0)))
+        files.append((relative, url_of(path), int(info.get("size") or 0)))
     return sorted(files)
 
 
@@ -304,8 +138,6 @@ def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberR
 def hold_out(items: list, per_class: int, seed: int) -> list:
     """Move `per_class` samples of one class from train to val: those whose seeded key hash is
     smallest, so the choice is deterministic and independent of archive order."""
-    from transforms.sharding import key_hash
-
     refs = [i for i in items if isinstance(i, MemberRef) and i.split == "train"]
     chosen = {r.key for r in sorted(refs, key=lambda r: (key_hash(r.key, seed), r.key))[:per_class]}
     return [dataclasses.replace(i, split="val") if isinstance(i, MemberRef) and i.key in chosen else i
@@ -338,17 +170,6 @@ def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSli
 
 # --- Beam wiring -------------------------------------------------------------------
 
-import typing  # noqa: E402
-
-import apache_beam as beam  # noqa: E402  (kept below the pure core on purpose)
-from apache_beam import pvalue  # noqa: E402
-
-
-def _count_reject(reject: Reject) -> Reject:
-    beam.metrics.Metrics.counter("rejects", reject.reason).inc()
-    return reject
-
-
 # Declared output types: otherwise Beam infers them by interpreting process() and everything
 # it calls, walking every entry of the label tables it meets on the way (seconds of start-up).
 @beam.typehints.with_output_types(typing.Any)
@@ -361,7 +182,7 @@ class _ExpandArchivesFn(beam.DoFn):
     def process(self, spec):
         for item in expand_archive(spec, self._labeler):
             if isinstance(item, Reject):
-                yield pvalue.TaggedOutput("rejects", _count_reject(item))
+                yield reject_output(item)
             elif isinstance(item, MemberRef):
                 yield pvalue.TaggedOutput("members", (item,))  # a batch of one (a file outside any class folder)
             elif isinstance(item, LeftOut):
@@ -390,7 +211,7 @@ class _IndexUnitFn(beam.DoFn):
         batch = []
         for item in items:
             if isinstance(item, Reject):
-                yield pvalue.TaggedOutput("rejects", _count_reject(item))
+                yield reject_output(item)
             elif isinstance(item, LeftOut):
                 yield pvalue.TaggedOutput("left_out", item)
             else:
@@ -399,9 +220,15 @@ class _IndexUnitFn(beam.DoFn):
             yield tuple(batch)
 
 
+def _splits_of_batch(batch) -> list:
+    return list(collections.Counter(ref.split for ref in batch).items())
+
+
 class IndexArchives(beam.PTransform):
-    """PBegin -> {"members": (MemberRef, ...), "rejects": Reject, "left_out": LeftOut}: every member,
-    headers only.
+    """PBegin -> {"members": (MemberRef, ...) batches, "rejects": Reject, "left_out": SplitCount,
+    "read": SplitCount}: every member, headers only. "read" counts every member per split, kept
+    or rejected (directories are not members); "left_out" the members of classes --classes
+    leaves out, which are neither.
 
     Members come in batches, one a unit (a class tar, a class folder, a whole flat tar): the
     local runner keeps every element that crosses a stage in memory, and a batch pickles its
@@ -435,5 +262,18 @@ class IndexArchives(beam.PTransform):
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()
         rejects = (units.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
-        left_out = (units.left_out, indexed.left_out) | "MergeLeftOut" >> beam.Flatten()
-        return {"members": members, "rejects": rejects, "left_out": left_out}
+        left_out = (
+            (units.left_out, indexed.left_out)
+            | "MergeLeftOut" >> beam.Flatten()
+            | "SplitOfLeftOut" >> beam.Map(lambda item: (item.split, 1))
+            | "CountLeftOut" >> beam.CombinePerKey(sum)
+            | "LeftOutCounts" >> beam.MapTuple(SplitCount)
+        )
+        read = (
+            (members | "SplitsOfBatch" >> beam.FlatMap(_splits_of_batch),
+             rejects | "SplitOfReject" >> beam.Map(lambda reject: (reject.split, 1)))
+            | "AllRead" >> beam.Flatten()
+            | "CountRead" >> beam.CombinePerKey(sum)
+            | "ReadCounts" >> beam.MapTuple(SplitCount)
+        )
+        return {"members": members, "rejects": rejects, "left_out": left_out, "read": read}

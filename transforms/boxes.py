@@ -5,57 +5,36 @@ Contract:
     -> BoxesRef(key, split, boxes, ...)   small records, joined with the images in the shuffle
                                           that already groups samples into shards (no side input
                                           holding 544k annotations in every worker)
-    -> AnnotationReject (an annotation-rejects table of its own; the image is kept without boxes)
+    -> Reject, stage "annotation" (a rejects table of its own; the image is kept without boxes)
 An XML's split comes from its key: ILSVRC20xx_val_* -> val, ILSVRC20xx_test_* -> test, else
 train (how every ImageNet release names its files).
 
 The convention every reader must agree on is parse_voc_xml's (transforms/annotations.py):
 x / W and y / H with W, H from <size> as given, min/max swapped when reversed, clipped to
 [0, 1], zero-area boxes dropped. Resizing keeps the aspect ratio, so normalised boxes hold
-in the stored image's frame unchanged.
+in the stored image's frame unchanged. box_fields gives the index columns a sample takes from
+its boxes, once the shard writer has them both.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
-import re
+import io
 from typing import Iterator, Optional, Union
 
-from transforms.annotations import AnnotationRejected, annotation_key, iter_annotation_archive, parse_voc_xml
-from transforms.records import AnnotationReject
+import apache_beam as beam
 
-__all__ = ["BoxesRef", "AnnotationSource", "split_of_key", "read_annotation_source", "merge_boxes", "orient_boxes",
-           "normalise_pixel_boxes"]
+from transforms.annotations import iter_annotation_archive, parse_voc_xml
+from transforms.counting import reject_output
+from transforms.keys import annotation_key, is_wnid, split_of_key
+from transforms.records import AnnotationRejected, AnnotationSource, BoxesRef, MemberRef, Reject
+from transforms.storage import open_input
 
-_EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
-
-
-@dataclasses.dataclass(frozen=True)
-class AnnotationSource:
-    url: str
-    name: str  # readable, the prefix of rejects' `source`
-    kind: str = "voc"  # "voc": Pascal VOC XML files; "kaggle_csv": LOC_*_solution.csv rows
+__all__ = ["read_annotation_source", "merge_boxes", "orient_boxes", "normalise_pixel_boxes", "box_fields",
+           "ReadAnnotations"]
 
 
-@dataclasses.dataclass(frozen=True)
-class BoxesRef:
-    """The boxes of one image, on their way to its shard."""
-
-    key: str
-    split: str
-    boxes: tuple  # ((xmin, ymin, xmax, ymax), ...) normalised to [0, 1]
-    names: tuple  # the object name of each box, as written (a WNID or e.g. a breed name)
-    dropped: int  # zero-area boxes dropped
-    source: str
-    from_xml: bool = True  # XML wins over CSV where both give boxes
-    in_pixels: bool = False  # Kaggle CSV boxes: pixels of the decoded image, normalised once it is decoded
-
-
-def split_of_key(key: str) -> str:
-    m = _EVAL_KEY.match(key)
-    return m.group(1) if m else "train"
-
-
-def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, AnnotationReject]]:
+def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, Reject]]:
     """Every XML of an archive or folder (or row of a Kaggle CSV), parsed; broken ones become rejects."""
     if src.kind == "kaggle_csv":
         yield from _read_kaggle_csv(src)
@@ -67,19 +46,14 @@ def read_annotation_source(src: AnnotationSource) -> Iterator[Union[BoxesRef, An
         try:
             ann = parse_voc_xml(data, key)
         except AnnotationRejected as e:
-            yield AnnotationReject(key, split, source, e.reason, e.detail)
+            yield e.reject(key, split, source)
             continue
         yield BoxesRef(key, split, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in ann.boxes),
                        tuple(b.name for b in ann.boxes), ann.dropped_boxes, source)
 
 
-def _read_kaggle_csv(src: AnnotationSource) -> Iterator[Union[BoxesRef, AnnotationReject]]:
+def _read_kaggle_csv(src: AnnotationSource) -> Iterator[Union[BoxesRef, Reject]]:
     """LOC_{train,val}_solution.csv: `ImageId,PredictionString` of repeated `wnid xmin ymin xmax ymax`."""
-    import csv
-    import io
-
-    from transforms.storage import open_input
-
     with open_input(src.url) as f:
         for line, row in enumerate(csv.reader(io.TextIOWrapper(f, encoding="utf-8")), start=1):
             if line == 1 or not row:
@@ -87,12 +61,12 @@ def _read_kaggle_csv(src: AnnotationSource) -> Iterator[Union[BoxesRef, Annotati
             key, words = row[0], (row[1].split() if len(row) > 1 else [])
             split, source = split_of_key(key), f"{src.name}:{line}"
             if len(words) % 5:
-                yield AnnotationReject(key, split, source, "bad_coordinates", "PredictionString is not groups of 5")
+                yield Reject(key, split, source, "bad_coordinates", "PredictionString is not groups of 5", "annotation")
                 continue
             try:
                 boxes = tuple(tuple(float(v) for v in words[i + 1:i + 5]) for i in range(0, len(words), 5))
             except ValueError as e:
-                yield AnnotationReject(key, split, source, "bad_coordinates", str(e)[:200])
+                yield Reject(key, split, source, "bad_coordinates", str(e)[:200], "annotation")
                 continue
             yield BoxesRef(key, split, boxes, tuple(words[0::5]), 0, source, from_xml=False, in_pixels=True)
 
@@ -143,25 +117,40 @@ def merge_boxes(refs: list) -> Optional[BoxesRef]:
     return sorted(refs, key=lambda r: (not r.from_xml, r.source))[0]
 
 
+def box_fields(ref: MemberRef, boxes: Optional[BoxesRef], blacklist: frozenset,
+               orientation: Optional[int] = None) -> dict:
+    """The index fields a sample takes from its annotation (and from the devkit's blacklist).
+
+    orientation: the EXIF orientation applied to the stored pixels (--exif-transpose), if any.
+    """
+    if boxes is None:
+        return {"boxes": (), "has_boxes": False, "box_names": (), "loc_blacklisted": ref.key in blacklist,
+                "label_disagrees": False}
+    wnids = {n for n in boxes.names if is_wnid(n)}
+    return {
+        "boxes": tuple(list(b) for b in orient_boxes(boxes.boxes, orientation)),
+        "has_boxes": bool(boxes.boxes),
+        "box_names": boxes.names,
+        "loc_blacklisted": ref.key in blacklist,
+        "label_disagrees": bool(wnids) and ref.wnid is not None and ref.wnid not in wnids,
+    }
+
+
 # --- Beam wiring -------------------------------------------------------------------
-
-import apache_beam as beam  # noqa: E402
-from apache_beam import pvalue  # noqa: E402
-
 
 class _ReadSourceFn(beam.DoFn):
     def process(self, src: AnnotationSource):
         for item in read_annotation_source(src):
-            if isinstance(item, AnnotationReject):
-                beam.metrics.Metrics.counter("annotation_rejects", item.reason).inc()
-                yield pvalue.TaggedOutput("rejects", item)
+            if isinstance(item, Reject):
+                yield reject_output(item)
             else:
                 beam.metrics.Metrics.counter("annotations", "read").inc()
                 yield item
 
 
 class ReadAnnotations(beam.PTransform):
-    """PBegin -> {"boxes": BoxesRef, "rejects": AnnotationReject}. gz archives are streamed once."""
+    """PBegin -> {"boxes": BoxesRef, "rejects": Reject (stage "annotation")}. gz archives are
+    streamed once."""
 
     def __init__(self, sources):
         super().__init__()

@@ -44,6 +44,7 @@ __all__ = [
     "ProcessedImage",
     "process_image",
     "codec_versions",
+    "check_codecs",
 ]
 
 # PIL format names we turn into samples. MPO is what PIL calls a JPEG carrying an MP (multi-picture)
@@ -172,6 +173,18 @@ EXIF_TRANSPOSE = {
 def codec_versions() -> dict:
     """Versions of the codecs that make the bytes, for provenance records."""
     return {"pil": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo")}
+
+
+def check_codecs(expected: dict) -> None:
+    """Fail (a worker at start-up) when this process's codecs differ from the build's.
+
+    Shards are byte-identical only for the same PIL and libjpeg-turbo builds, and the
+    manifest records the driver's; a worker with stock Pillow would silently differ.
+    """
+    actual = codec_versions()
+    if actual != expected:
+        raise RuntimeError(f"this worker's image codecs {actual} differ from the build's {expected}: "
+                           "install pillow-simd as the README says (make install)")
 
 
 def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:

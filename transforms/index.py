@@ -1,9 +1,9 @@
 """The Parquet tables: the per-shard index (with duplicates flagged) and the rejects.
 
 Contracts:
-  duplicate_links([(sha256, key, split, shard_id)]) -> (split, shard_id, key, duplicate_of)
-      for every sample whose source bytes another key also has; duplicate_of is the key
-      that sorts first, which itself stays unflagged.
+  duplicate_links([HashEntry(sha256, key, split, shard_id)]) -> DuplicateLink(split, shard_id, key,
+      duplicate_of) for every sample whose source bytes another key also has; duplicate_of is the
+      key that sorts first, which itself stays unflagged.
   write_index_file(rows of one shard, {key: duplicate_of}) -> IndexFile
       (the shard writer calls it with no duplicates: they are known only once every shard is done)
   flag_duplicates(one shard's index file, {key: duplicate_of}) -> the number flagged, the
@@ -18,47 +18,28 @@ import collections
 import dataclasses
 from typing import Iterable
 
+import apache_beam as beam
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.layout import OutputLayout
-from transforms.records import from_shuffle, to_shuffle
+from transforms.records import (DuplicateLink, HashEntry, IndexFile, RejectsFile, ShardDuplicates, from_shuffle,
+                                to_shuffle)
 from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 
-__all__ = ["IndexFile", "RejectsFile", "duplicate_links", "hash_buckets", "links_in_bucket", "write_index_file",
-           "index_file_of", "flag_duplicates", "write_rejects_file"]
+__all__ = ["duplicate_links", "hash_buckets", "links_in_bucket", "write_index_file", "index_file_of",
+           "flag_duplicates", "write_rejects_file", "FlagDuplicates", "WriteRejects"]
 
 
-@dataclasses.dataclass(frozen=True)
-class IndexFile:
-    split: str
-    shard_id: int
-    path: str  # relative to the manifest
-    rows: int
-    duplicates: int
-    with_boxes: int = 0  # samples with at least one box
-    boxes: int = 0
-    label_disagreements: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class RejectsFile:
-    split: str
-    path: str
-    rows: int
-    by_reason: dict
-    kind: str = "images"  # "images" | "annotations"
-
-
-def duplicate_links(entries: Iterable[tuple]) -> list[tuple]:
+def duplicate_links(entries: Iterable[HashEntry]) -> list[DuplicateLink]:
     """Samples sharing one sha256: all but the first key (by key, then split) point to it."""
-    group = sorted(entries, key=lambda e: (e[1], e[2]))
+    group = sorted(entries, key=lambda e: (e.key, e.split))
     if len(group) < 2:
         return []
-    first_key = group[0][1]
-    return [(split, shard_id, key, first_key) for _sha, key, split, shard_id in group[1:]]
+    first_key = group[0].key
+    return [DuplicateLink(e.split, e.shard_id, e.key, first_key) for e in group[1:]]
 
 
 # The duplicate search shuffles (sha256, key) records by sha256: bucketed by the digest's first
@@ -67,20 +48,20 @@ def duplicate_links(entries: Iterable[tuple]) -> list[tuple]:
 HASH_BUCKETS = 16
 
 
-def hash_buckets(rows, shard_id: int) -> list[tuple]:
-    """[(bucket, to_shuffle(((sha256, key, split, shard_id), ...)))] for one shard's index rows."""
+def hash_buckets(rows, shard_id: int) -> list[tuple[int, bytes]]:
+    """[(bucket, to_shuffle((HashEntry, ...)))] for one shard's index rows."""
     buckets = collections.defaultdict(list)
     for r in rows:
-        buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append((r.sha256, r.key, r.split, shard_id))
+        buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append(HashEntry(r.sha256, r.key, r.split, shard_id))
     return [(b, to_shuffle(tuple(entries))) for b, entries in sorted(buckets.items())]
 
 
-def links_in_bucket(batches: Iterable[bytes]) -> list[tuple]:
+def links_in_bucket(batches: Iterable[bytes]) -> list[DuplicateLink]:
     """duplicate_links for every sha256 of a bucket: its shards' record batches, merged."""
     by_sha = collections.defaultdict(list)
     for batch in batches:
         for entry in from_shuffle(batch):
-            by_sha[entry[0]].append(entry)
+            by_sha[entry.sha256].append(entry)
     return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
 
 
@@ -131,13 +112,14 @@ def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: st
 
 # --- Beam wiring -------------------------------------------------------------------
 
-import apache_beam as beam  # noqa: E402
+def _rewrite_index(root: str, shard: tuple, links) -> ShardDuplicates:
+    split, shard_id = shard
+    return ShardDuplicates(split, shard_id, flag_duplicates(OutputLayout(root), split, shard_id, dict(links)))
 
 
 class FlagDuplicates(beam.PTransform):
-    """(bucket, ((sha256, key, split, shard_id), ...)) (hash_buckets of each shard) ->
-    (split, shard_id, duplicates flagged) for each shard that holds a duplicate, after its
-    index file is rewritten.
+    """(bucket, to_shuffle((HashEntry, ...))) (hash_buckets of each shard) -> ShardDuplicates for
+    each shard that holds a duplicate, after its index file is rewritten.
 
     Only these small records are shuffled (by bucket, then the few links by shard): the rows
     themselves stay in the files the shard writers made.
@@ -153,15 +135,15 @@ class FlagDuplicates(beam.PTransform):
             hashes
             | "GroupByBucket" >> beam.GroupByKey()
             | "LinkDuplicates" >> beam.FlatMapTuple(lambda bucket, batches: links_in_bucket(batches))
-            | "KeyLinkByShard" >> beam.Map(lambda link: ((link[0], link[1]), (link[2], link[3])))
+            | "KeyLinkByShard" >> beam.Map(lambda link: ((link.split, link.shard_id), (link.key, link.duplicate_of)))
             | "GroupByShard" >> beam.GroupByKey()
-            | "RewriteIndex" >> beam.MapTuple(
-                lambda shard, links: (*shard, flag_duplicates(OutputLayout(root), *shard, dict(links))))
+            | "RewriteIndex" >> beam.MapTuple(lambda shard, links: _rewrite_index(root, shard, links))
         )
 
 
 class WriteRejects(beam.PTransform):
-    """Reject | AnnotationReject -> RejectsFile, one Parquet file per split that has rejects."""
+    """Reject -> RejectsFile, one Parquet file per split that has rejects. kind "images": the
+    samples' rejects table; "annotations": the annotation files set aside."""
 
     def __init__(self, out_root: str, kind: str = "images"):
         super().__init__()

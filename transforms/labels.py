@@ -1,12 +1,15 @@
-"""The ILSVRC2012 class table and the devkit's validation labels.
+"""Labels: the ILSVRC2012 class table, the devkit's validation labels, and the Labeler.
 
 Conventions (the torchvision / TFDS / timm ones):
 - `label` is the index of the WNID in the sorted list of the 1,000 ILSVRC2012 WNIDs
   (LOC_synset_mapping.txt is that list, in order).
 - The devkit's ILSVRC2012_validation_ground_truth.txt holds ILSVRC2012_IDs (1..1000,
   meta.mat order), NOT sorted indices: line i labels ILSVRC2012_val_%08d % i, and the
-  ID maps to a WNID through the fixed table map_clsloc.txt. Both tables ship with the
-  package (pipeline/data/).
+  ID maps to a WNID through the fixed table map_clsloc.txt. Both tables ship beside this
+  module (transforms/data/, with their origin in SOURCES.md there).
+
+The Labeler turns a member's class (from its per-class tar or folder, or from a key table) into
+a label, or says why it has none.
 """
 from __future__ import annotations
 
@@ -16,10 +19,17 @@ import dataclasses
 import functools
 import importlib.resources
 import re
+from typing import Optional, Union
+
+from transforms.keys import val_key
 
 __all__ = [
     "ClassInfo",
     "KeyTable",
+    "Labeler",
+    "Labelled",
+    "LeftOutClass",
+    "NoLabel",
     "imagenet_classes",
     "label_of",
     "ilsvrc2012_id_to_wnid",
@@ -36,7 +46,7 @@ class ClassInfo:
 
 
 def _data_text(name: str) -> str:
-    return importlib.resources.files("pipeline").joinpath("data", name).read_text(encoding="utf-8")
+    return importlib.resources.files("transforms").joinpath("data", name).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,7 +59,7 @@ def imagenet_classes() -> tuple[ClassInfo, ...]:
             rows.append((wnid, name.strip()))
     wnids = [w for w, _ in rows]
     if wnids != sorted(wnids) or len(set(wnids)) != 1000:
-        raise RuntimeError("bundled LOC_synset_mapping.txt is not the sorted list of 1000 WNIDs")
+        raise RuntimeError("transforms/data/LOC_synset_mapping.txt is not the sorted list of 1000 WNIDs")
     return tuple(ClassInfo(i, w, n) for i, (w, n) in enumerate(rows))
 
 
@@ -72,11 +82,6 @@ def ilsvrc2012_id_to_wnid() -> dict[int, str]:
             wnid, ilsvrc_id, _name = line.split(maxsplit=2)
             table[int(ilsvrc_id)] = wnid
     return table
-
-
-def val_key(index: int) -> str:
-    """The key of the validation image on line `index` (1-based) of the ground truth."""
-    return f"ILSVRC2012_val_{index:08d}"
 
 
 def parse_validation_ground_truth(text: str) -> dict[str, str]:
@@ -159,3 +164,60 @@ def _as_range(mapping: collections.abc.Mapping):
     position = {c: i for i, c in enumerate(classes)}
     typecode = "H" if len(classes) <= 0xFFFF else "I"
     return prefix, width, first, classes, array.array(typecode, (position[mapping[k]] for k in keys))
+
+
+# --- the Labeler ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """A member with a class of the build: its label and class name (a WNID for ImageNet)."""
+
+    label: int
+    name: Optional[str]  # None in unlabelled splits (test), whose label is -1
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOutClass:
+    """A member of a class the build leaves out on purpose (--classes)."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NoLabel:
+    """A member of a labelled split whose class cannot be determined, and why."""
+
+    why: str
+
+
+Classification = Union[Labelled, LeftOutClass, NoLabel]
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeler:
+    """Turns a member's class (from its per-class tar or folder, or from a key table) into a label.
+
+    class_index: {class name (a WNID for ImageNet): label}. key_classes: {split: {key: class}}
+    for splits labelled by a table (the devkit's val ground truth, Kaggle's CSV).
+    labelled_splits: splits whose samples must have a class (not "test").
+    """
+
+    class_index: dict
+    key_classes: dict
+    labelled_splits: frozenset
+    left_out: frozenset = frozenset()  # classes of the dataset this build leaves out (--classes)
+
+    def classify(self, split: str, key: str, class_hint: Optional[str]) -> Classification:
+        """What the member's class means for this build (class_hint: the class of its per-class
+        tar or folder, None when a key table says)."""
+        if split not in self.labelled_splits:
+            return Labelled(-1, None)
+        name = class_hint if class_hint is not None else self.key_classes.get(split, {}).get(key)
+        if name is None:
+            return NoLabel("no label for this key in the ground truth")
+        if name in self.left_out:
+            return LeftOutClass(name)
+        label = self.class_index.get(name)
+        if label is None:
+            return NoLabel(f"{name} is not one of the build's classes")
+        return Labelled(label, name)

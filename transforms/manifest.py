@@ -1,7 +1,7 @@
 """The manifest: what a build produced, written last, once every file is in place.
 
-Contract: facts from the other stages (ShardInfo, IndexFile, RejectsFile, read counts)
--> manifest dict. Per split, read = samples + rejected must hold (a bug otherwise: the
+Contract: Facts from the other stages (ShardInfo, IndexFile, RejectsFile, SplitCount,
+ShardDuplicates) -> manifest dict. Per split, read = samples + rejected must hold (a bug otherwise: the
 build fails). When rejects exceed --max-reject-rate the same document is written under
 build-failed.json instead, so a build of the wrong files never looks finished.
 """
@@ -11,34 +11,44 @@ import collections
 import json
 from typing import Iterable
 
-from transforms.index import IndexFile, RejectsFile
-from transforms.layout import OutputLayout
-from transforms.storage import atomic_write
-from transforms.write_shards import ShardInfo
+import apache_beam as beam
 
-__all__ = ["FORMAT", "assemble_manifest", "reconcile", "write_manifest"]
+from transforms.layout import OutputLayout
+from transforms.records import Fact
+from transforms.storage import atomic_write
+
+__all__ = ["FORMAT", "FACT_KINDS", "assemble_manifest", "reconcile", "write_manifest", "WriteManifest"]
 
 FORMAT = "imagenet-shards/1"
 
 
-def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
-    """header: format-independent fields (tool, codecs, config, inputs, classes, splits read).
+# What each kind of Fact holds.
+FACT_KINDS = {
+    "read": "SplitCount: members read (kept or rejected)",
+    "left_out": "SplitCount: members of classes --classes leaves out (not read)",
+    "orphans": "SplitCount: annotations whose image is in no shard",
+    "shard": "ShardInfo",
+    "index": "IndexFile",
+    "rejects": "RejectsFile of the samples' rejects",
+    "annotation_rejects": "RejectsFile of the annotation files set aside",
+    "duplicates": "ShardDuplicates: samples of that shard's index flagged duplicate_of",
+}
 
-    facts: ("read", (split, n)) | ("shard", ShardInfo) | ("index", IndexFile) | ("rejects", RejectsFile)
-           | ("annotation_rejects", RejectsFile) | ("orphans", (split, n))
-           | ("duplicates", (split, shard_id, n)): n samples of that shard's index flagged duplicate_of
-    """
+
+def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
+    """header: format-independent fields (tool, codecs, config, inputs, classes).
+    facts: Fact(kind, value) with kind one of FACT_KINDS."""
     read, orphans, left_out = collections.Counter(), collections.Counter(), collections.Counter()
     duplicates = collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     annotation_rejects = {}
     for kind, fact in facts:
         if kind == "read":
-            read[fact[0]] += fact[1]
+            read[fact.split] += fact.count
         elif kind == "orphans":
-            orphans[fact[0]] += fact[1]
+            orphans[fact.split] += fact.count
         elif kind == "left_out":
-            left_out[fact[0]] += fact[1]
+            left_out[fact.split] += fact.count
         elif kind == "annotation_rejects":
             annotation_rejects[fact.split] = fact
         elif kind == "shard":
@@ -48,7 +58,7 @@ def assemble_manifest(header: dict, facts: Iterable[tuple]) -> dict:
         elif kind == "rejects":
             rejects[fact.split] = fact
         elif kind == "duplicates":
-            duplicates[fact[0]] += fact[2]
+            duplicates[fact.split] += fact.flagged
         else:
             raise ValueError(f"unknown fact {kind!r}")
 
@@ -124,11 +134,9 @@ def write_manifest(layout: OutputLayout, manifest: dict, max_reject_rate: float)
 
 # --- Beam wiring -------------------------------------------------------------------
 
-import apache_beam as beam  # noqa: E402
-
-
 class WriteManifest(beam.PTransform):
-    """{"read", "shard", "index", "rejects"} PCollections -> the status string, after writing.
+    """{kind: PCollection of that kind's facts} (kinds: FACT_KINDS) -> the status string
+    ("ok" or "too_many_rejects"), after manifest.json or build-failed.json is written.
 
     All facts are combined into one list first, so the manifest is written exactly once,
     after every shard, index and rejects file is in place.
@@ -142,8 +150,11 @@ class WriteManifest(beam.PTransform):
         self._max_reject_rate = max_reject_rate
 
     def expand(self, facts: dict):
+        unknown = set(facts) - set(FACT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown kinds of facts: {sorted(unknown)}")
         tagged = [
-            pcoll | f"Tag{kind.title()}" >> beam.Map(lambda fact, kind=kind: (kind, fact))
+            pcoll | f"Tag{kind.title()}" >> beam.Map(lambda value, kind=kind: Fact(kind, value))
             for kind, pcoll in sorted(facts.items())
         ]
         root, header, rate = self._out_root, self._header, self._max_reject_rate

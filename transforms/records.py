@@ -1,17 +1,36 @@
-"""Typed records that flow between the stages.
+"""The records that flow between the stages: the vocabulary every stage imports, and nothing else.
 
-Everything here is small on purpose: Beam's local runner holds whatever crosses a
-stage boundary in memory, so image bytes never travel in these records, only where
-to find them (archive, offset, size).
+This module imports no other module of the project. Everything here is small on purpose: Beam's
+local runner holds whatever crosses a stage boundary in memory, so image bytes never travel in
+these records, only where to find them (archive, offset, size).
+
+Stream shapes, in the order a build makes them (pipeline/build.py wires them):
+  MemberRef       one sample's byte range in an archive (IndexArchives, in batches)
+  LeftOut         a member of a class that --classes leaves out (counted, never read)
+  BoxesRef        one image's boxes, on their way to its shard (ReadAnnotations)
+  Reject          a sample or an annotation file set aside, with its stage and reason
+  SplitCount      a count of something in one split (members read, left out, orphan annotations)
+  SplitPlan       a split's sample count and shard count, decided before any image is decoded
+  ShardTask       one shard to write: its split and number (GroupIntoShards)
+  PieceTask       one piece of a shard (WriteShards cuts shards where the work needs it)
+  PieceResult     a processed piece staged in a scratch file, waiting to be assembled
+  ShardInfo       a finished shard tar: path, samples, bytes, sha256
+  IndexFile       a finished shard's Parquet index and what it holds
+  HashEntry       (sha256, key, split, shard_id) of a stored sample, for the duplicate search
+  ShardDuplicates how many samples of one shard's index were flagged duplicate_of
+  RejectsFile     a finished rejects table
+  Fact            one of the above, tagged with what it is, on its way to the manifest
 """
 from __future__ import annotations
 
 import dataclasses
 import pickle
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
-__all__ = ["REJECT_REASONS", "ANNOTATION_REJECT_REASONS", "MemberRef", "Reject", "AnnotationReject", "ImageRejected",
-           "to_shuffle", "from_shuffle"]
+__all__ = ["REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut", "BoxesRef",
+           "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected", "SplitCount", "SplitPlan",
+           "ShardTask", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry", "DuplicateLink",
+           "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"]
 
 
 def to_shuffle(record: Any) -> bytes:
@@ -24,19 +43,105 @@ def to_shuffle(record: Any) -> bytes:
 def from_shuffle(data: bytes) -> Any:
     return pickle.loads(data)
 
-# The closed set of reasons a sample can be rejected for; one Beam counter each.
-REJECT_REASONS = (
-    "empty",  # zero bytes
-    "not_an_image",  # no decoder recognises the bytes (e.g. an HTML error page named .JPEG)
-    "truncated",  # the data ends before the image does
-    "corrupt",  # recognised, but the data cannot be decoded
-    "too_large",  # more pixels than --max-pixels, decided from the header
-    "unsupported_format",  # an image format we do not take (e.g. PPM, ICO)
-    "not_a_file",  # a tar member that is a link, device or fifo
-    "duplicate_key",  # a second member with the same key in the same split
-    "unlabeled",  # a member whose class cannot be determined in a labelled split
-)
 
+# --- rejects: the one closed set of reasons --------------------------------------------------
+
+# The stage that decides a reject -> the reasons it may give. One Beam counter per stage and reason.
+REJECT_REASONS: dict[str, tuple[str, ...]] = {
+    # IndexArchives, from tar headers and the label tables (no image byte read)
+    "index": (
+        "not_a_file",  # a tar member that is a link, device or fifo
+        "unlabeled",  # a member whose class cannot be determined in a labelled split
+        "truncated",  # the archive ends before the member's data does
+    ),
+    # the image kernel (transforms/image.py), from the bytes
+    "image": (
+        "empty",  # zero bytes
+        "not_an_image",  # no decoder recognises the bytes (e.g. an HTML error page named .JPEG)
+        "truncated",  # the data ends before the image does
+        "corrupt",  # recognised, but the data cannot be decoded
+        "too_large",  # more pixels than --max-pixels, decided from the header
+        "unsupported_format",  # an image format we do not take (e.g. PPM, ICO)
+    ),
+    # WriteShards, when it orders a shard's members
+    "shard": (
+        "duplicate_key",  # a second member with the same key in the same split
+    ),
+    # ReadAnnotations: an annotation file set aside (its image is kept, without boxes)
+    "annotation": (
+        "empty",  # zero bytes
+        "malformed_xml",  # not well-formed XML
+        "forbidden_xml",  # a DTD, entity or external reference: refused, never expanded
+        "no_size",  # no usable <size>, so boxes cannot be normalised
+        "bad_coordinates",  # non-numeric box coordinates
+    ),
+}
+STAGES = tuple(REJECT_REASONS)
+
+# The reasons a sample (not an annotation file) can be rejected for: the rejects table's.
+SAMPLE_REJECT_REASONS = tuple(dict.fromkeys(r for stage in ("index", "image", "shard")
+                                            for r in REJECT_REASONS[stage]))
+
+
+def check_reason(stage: str, reason: str) -> None:
+    """Raise ValueError unless `reason` is one the stage may give."""
+    if reason not in REJECT_REASONS.get(stage, ()):
+        raise ValueError(f"unknown reject reason {reason!r} for stage {stage!r}")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Reject:
+    """A sample, or an annotation file, that did not make it into the dataset, and why (one row of
+    a rejects table; annotation files have a table of their own)."""
+
+    key: str
+    split: str
+    source: str
+    reason: str  # one of REJECT_REASONS[stage]
+    detail: str  # human-readable specifics (the decoder's message, the pixel count, ...)
+    stage: str  # one of STAGES: where it was decided
+
+    def __post_init__(self):
+        check_reason(self.stage, self.reason)
+
+    @property
+    def is_annotation(self) -> bool:
+        return self.stage == "annotation"
+
+
+class Rejected(Exception):
+    """Raised by a pure core for input that cannot be used; the subclass names the stage.
+    Picklable: its args are (reason, detail)."""
+
+    stage = ""
+
+    def __init__(self, reason: str, detail: str = ""):
+        check_reason(self.stage, reason)
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+    def reject(self, key: str, split: str, source: str) -> Reject:
+        """The Reject of the input this was raised for."""
+        return Reject(key, split, source, self.reason, self.detail, self.stage)
+
+
+class ImageRejected(Rejected):
+    """Raised by the image kernel for bytes that cannot become a sample."""
+
+    stage = "image"
+
+
+class AnnotationRejected(Rejected):
+    """Raised by the VOC XML parser for an annotation file that cannot be used."""
+
+    stage = "annotation"
+
+
+# --- what IndexArchives and ReadAnnotations make -------------------------------------------
 
 @dataclasses.dataclass(frozen=True, order=True)
 class MemberRef:
@@ -58,52 +163,138 @@ class MemberRef:
                            self.source)
 
 
-@dataclasses.dataclass(frozen=True, order=True)
-class Reject:
-    """A sample that did not make it into a shard, and why (one row of the rejects table)."""
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """A member of a class the build leaves out on purpose (--classes): counted, not read."""
+
+    split: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationSource:
+    """An archive, folder or CSV file of bounding-box annotations."""
+
+    url: str
+    name: str  # readable, the prefix of rejects' `source`
+    kind: str = "voc"  # "voc": Pascal VOC XML files; "kaggle_csv": LOC_*_solution.csv rows
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxesRef:
+    """The boxes of one image, on their way to its shard."""
 
     key: str
     split: str
+    boxes: tuple  # ((xmin, ymin, xmax, ymax), ...) normalised to [0, 1]
+    names: tuple  # the object name of each box, as written (a WNID or e.g. a breed name)
+    dropped: int  # zero-area boxes dropped
     source: str
-    reason: str  # one of REJECT_REASONS
-    detail: str  # human-readable specifics (the decoder's message, the pixel count, ...)
-
-    def __post_init__(self):
-        if self.reason not in REJECT_REASONS:
-            raise ValueError(f"unknown reject reason {self.reason!r}")
+    from_xml: bool = True  # XML wins over CSV where both give boxes
+    in_pixels: bool = False  # Kaggle CSV boxes: pixels of the decoded image, normalised once it is decoded
 
 
-# Why an annotation file was set aside (its image is kept, without boxes).
-ANNOTATION_REJECT_REASONS = (
-    "empty",  # zero bytes
-    "malformed_xml",  # not well-formed XML
-    "forbidden_xml",  # a DTD, entity or external reference: refused, never expanded
-    "no_size",  # no usable <size>, so boxes cannot be normalised
-    "bad_coordinates",  # non-numeric box coordinates
-)
+class SplitCount(NamedTuple):
+    """A count of something in one split (members read, members left out, orphan annotations)."""
+
+    split: str
+    count: int
+
+
+class SplitPlan(NamedTuple):
+    """How many samples a split has (rejects not yet known) and how many shards it gets."""
+
+    samples: int
+    shards: int
+
+
+# --- what WriteShards makes ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ShardTask:
+    split: str
+    shard_id: int
 
 
 @dataclasses.dataclass(frozen=True, order=True)
-class AnnotationReject:
-    """An annotation file that could not be used (one row of the annotation-rejects table)."""
+class PieceTask:
+    split: str
+    shard_id: int
+    piece: int  # 0 .. pieces - 1, in shard order
+    pieces: int  # how many the shard has
 
+    @property
+    def shard(self) -> ShardTask:
+        return ShardTask(self.split, self.shard_id)
+
+
+@dataclasses.dataclass
+class PieceResult:
+    task: PieceTask
+    path: str  # the piece's scratch file, relative to the manifest
+    samples: int
+    rejects: list
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    split: str
+    shard_id: int
+    path: str  # relative to the manifest
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexFile:
+    split: str
+    shard_id: int
+    path: str  # relative to the manifest
+    rows: int
+    duplicates: int
+    with_boxes: int = 0  # samples with at least one box
+    boxes: int = 0
+    label_disagreements: int = 0
+
+
+class HashEntry(NamedTuple):
+    """A stored sample's source digest, for the duplicate search."""
+
+    sha256: str
     key: str
     split: str
-    source: str
-    reason: str  # one of ANNOTATION_REJECT_REASONS
-    detail: str
-
-    def __post_init__(self):
-        if self.reason not in ANNOTATION_REJECT_REASONS:
-            raise ValueError(f"unknown annotation reject reason {self.reason!r}")
+    shard_id: int
 
 
-class ImageRejected(Exception):
-    """Raised by the image kernel for bytes that cannot become a sample."""
+class DuplicateLink(NamedTuple):
+    """A sample whose source bytes another key (sorting first) also has."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        if reason not in REJECT_REASONS:
-            raise ValueError(f"unknown reject reason {reason!r}")
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+    split: str
+    shard_id: int
+    key: str
+    duplicate_of: str
+
+
+class ShardDuplicates(NamedTuple):
+    """How many samples of one shard's index were flagged duplicate_of."""
+
+    split: str
+    shard_id: int
+    flagged: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectsFile:
+    split: str
+    path: str
+    rows: int
+    by_reason: dict
+    kind: str = "images"  # "images" | "annotations"
+
+
+class Fact(NamedTuple):
+    """One fact for the manifest: `kind` says which stream it came from (see manifest.py)."""
+
+    kind: str
+    value: Any

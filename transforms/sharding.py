@@ -11,25 +11,19 @@ every split, empty shards included (so shard files are numbered without gaps).
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import re
+import typing
 
-__all__ = ["key_hash", "shard_of", "estimate_sample_bytes", "plan_num_shards", "parse_byte_size",
-           "split_estimates", "assign_batch"]
+import apache_beam as beam
+
+from transforms.keys import shard_of
+from transforms.records import BoxesRef, ShardTask, SplitCount, SplitPlan, from_shuffle, to_shuffle
+
+__all__ = ["estimate_sample_bytes", "plan_num_shards", "split_estimates", "assign_batch", "GroupIntoShards"]
 
 # Per-sample bytes in a shard besides the image: three tar headers (.jpg, .cls, .json),
 # the .cls and .json payloads padded to 512-byte blocks, and the image's average padding.
 _TAR_OVERHEAD = 3 * 512 + 2 * 512 + 256
-
-
-def key_hash(key: str, seed: int) -> int:
-    """A stable 64-bit hash of (seed, key): the same on every machine and Python run."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
-
-
-def shard_of(key: str, seed: int, num_shards: int) -> int:
-    return key_hash(key, seed) % num_shards
 
 
 def _bytes_per_pixel(quality: int) -> float:
@@ -56,31 +50,6 @@ def plan_num_shards(num_samples: int, estimated_bytes: int, shard_size: int) -> 
     return max(1, min(num_samples, math.ceil(estimated_bytes / shard_size)))
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_byte_size(text: str) -> int:
-    """'512MB' -> 512_000_000; 'KB/MB/GB' are powers of 1000, 'KiB/MiB/GiB' of 1024."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (examples: 512MB, 1GiB, 200KB, 1000000)")
-    value = float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
-    if value < 1:
-        raise ValueError(f"size must be at least 1 byte: {text!r}")
-    return int(value)
-
-
-# --- Beam wiring -------------------------------------------------------------------
-
-import typing  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-
-from transforms.records import from_shuffle, to_shuffle  # noqa: E402
-
-
 def _add_pairs(pairs):
     count = total = 0
     for c, t in pairs:
@@ -88,6 +57,8 @@ def _add_pairs(pairs):
         total += t
     return count, total
 
+
+# --- Beam wiring -------------------------------------------------------------------
 
 def split_estimates(batch, mode: str, size, quality: int) -> list:
     """[(split, (samples, estimated bytes))] of one batch of MemberRefs."""
@@ -110,7 +81,7 @@ def assign_batch(batch, seed: int, counts: dict) -> list:
 class _AssignShardFn(beam.DoFn):
     """(MemberRef, ...) | BoxesRef -> ((split, shard_id), record): member batches cut by shard;
     sizes -> ((split, shard_id), members in the slice); annotations of a split without samples
-    -> orphans."""
+    -> orphans (SplitCount)."""
 
     def __init__(self, seed: int):
         self._seed = seed
@@ -125,19 +96,19 @@ class _AssignShardFn(beam.DoFn):
         if n:
             yield (item.split, shard_of(item.key, self._seed, n)), to_shuffle(item)
         else:  # an annotation for a split with no samples at all: nothing to join with
-            yield beam.pvalue.TaggedOutput("orphans", (item.split, 1))
+            yield beam.pvalue.TaggedOutput("orphans", SplitCount(item.split, 1))
 
 
 class GroupIntoShards(beam.PTransform):
-    """{"members": (MemberRef, ...) batches, "boxes": BoxesRef} -> (ShardTask, [MemberRef], [BoxesRef])
-    for every shard of every split (empty ones too).
+    """{"members": (MemberRef, ...) batches, "boxes": BoxesRef} ->
+      "tasks":   (ShardTask, [MemberRef], [BoxesRef]) for every shard of every split (empty ones too);
+      "plan":    (split, SplitPlan(samples, shards)), decided before any image is decoded;
+      "sizes":   ((split, shard_id), members) of every shard with members (repeated keys counted);
+      "orphans": SplitCount(split, 1) for each annotation of a split that has no samples.
 
     Only small records cross this shuffle (batches of MemberRefs, ~100 bytes a member, cut by
-    shard; boxes), never image bytes.
-    Annotations go to the shard their key hashes to, so they meet their image there.
-    Also exposes `self.plan`: PCollection of (split, (samples, shards)); `self.sizes`: ((split,
-    shard_id), members) of every shard with members (duplicate keys still counted); and
-    `self.orphans`: (split, 1) for each annotation of a split that has no samples.
+    shard; boxes), never image bytes. Annotations go to the shard their key hashes to, so they
+    meet their image there.
     """
 
     def __init__(self, seed: int, shard_size: int, resize_mode: str, resize_size, quality: int):
@@ -145,13 +116,8 @@ class GroupIntoShards(beam.PTransform):
         self._seed = seed
         self._shard_size = shard_size
         self._estimate = (resize_mode, resize_size, quality)
-        self.plan = None
-        self.sizes = None
-        self.orphans = None
 
     def expand(self, inputs):
-        from transforms.write_shards import ShardTask  # local: write_shards imports this module's core
-
         members, boxes = inputs["members"], inputs["boxes"]
         seed, shard_size, (mode, size, quality) = self._seed, self._shard_size, self._estimate
         totals = (
@@ -159,34 +125,32 @@ class GroupIntoShards(beam.PTransform):
             | "EstimateBytes" >> beam.FlatMap(split_estimates, mode, size, quality)
             | "SumPerSplit" >> beam.CombinePerKey(_add_pairs)
         )
-        self.plan = totals | "CountShards" >> beam.MapTuple(
-            lambda split, t: (split, (t[0], plan_num_shards(t[0], t[1], shard_size))))
-        shard_counts = beam.pvalue.AsDict(self.plan | "ShardsPerSplit" >> beam.MapTuple(lambda s, p: (s, p[1])))
+        plan = totals | "CountShards" >> beam.MapTuple(
+            lambda split, t: (split, SplitPlan(t[0], plan_num_shards(t[0], t[1], shard_size))))
+        shard_counts = beam.pvalue.AsDict(plan | "ShardsPerSplit" >> beam.MapTuple(lambda s, p: (s, p.shards)))
 
         routed = (members, boxes) | "AllRecords" >> beam.Flatten() | "AssignShard" >> beam.ParDo(
             _AssignShardFn(seed), counts=shard_counts).with_outputs("orphans", "sizes", main="assigned")
-        assigned, self.orphans = routed.assigned, routed.orphans
-        self.sizes = routed.sizes | "MembersPerShard" >> beam.CombinePerKey(sum)
-        every_shard = self.plan | "EveryShardId" >> beam.FlatMapTuple(
-            lambda split, p: [((split, i), None) for i in range(p[1])])
-        return (
-            (assigned, every_shard)
+        every_shard = plan | "EveryShardId" >> beam.FlatMapTuple(
+            lambda split, p: [((split, i), None) for i in range(p.shards)])
+        tasks = (
+            (routed.assigned, every_shard)
             | "WithEmptyShards" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "ToShardTask" >> beam.MapTuple(_to_shard_task(ShardTask))
+            | "ToShardTask" >> beam.MapTuple(_to_shard_task)
         )
+        sizes = routed.sizes | "MembersPerShard" >> beam.CombinePerKey(sum)
+        return {"tasks": tasks, "plan": plan, "sizes": sizes, "orphans": routed.orphans}
 
 
-def _to_shard_task(shard_task):
-    def split_records(key, records):
-        refs, boxes = [], []
-        for r in records:
-            if r is None:  # the marker that makes an empty shard exist
-                continue
-            r = from_shuffle(r)
-            if isinstance(r, tuple):  # a batch of members
-                refs.extend(r)
-            else:
-                boxes.append(r)
-        return shard_task(key[0], key[1]), refs, boxes
-    return split_records
+def _to_shard_task(key, records) -> tuple:
+    refs, boxes = [], []
+    for r in records:
+        if r is None:  # the marker that makes an empty shard exist
+            continue
+        r = from_shuffle(r)
+        if isinstance(r, BoxesRef):
+            boxes.append(r)
+        else:  # a batch of members
+            refs.extend(r)
+    return ShardTask(key[0], key[1]), refs, boxes

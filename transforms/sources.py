@@ -22,12 +22,12 @@ import re
 import tarfile
 from typing import Callable, Optional
 
-import fsspec
 
-from transforms.archives import Labeler
-from transforms.boxes import AnnotationSource
-from transforms.labels import ClassInfo, KeyTable, imagenet_classes, parse_validation_ground_truth, val_key
-from transforms.storage import open_input
+from transforms.archives import TarSlice, list_inner_tars
+from transforms.keys import WNID, val_key
+from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes, parse_validation_ground_truth
+from transforms.records import AnnotationSource
+from transforms.storage import atomic_write, locate, open_input
 
 __all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
            "read_devkit", "read_class_list", "stage_gzipped_tar", "OFFICIAL_MD5", "verify_md5"]
@@ -61,7 +61,7 @@ LAYOUTS = {
     "in21k": "ImageNet-21k: per-class tars <wnid>.tar in a folder, or a tar (fall11_whole.tar) or gzipped tar "
              "(winter21_whole.tar.gz) of them",
 }
-_CLASS_TAR = re.compile(r"^n\d{8}\.tar$")
+_CLASS_TAR = re.compile(rf"{WNID.pattern}\.tar")  # fullmatch
 _WHOLE = re.compile(r".*\.(tar|tar\.gz|tgz)$")
 
 
@@ -141,13 +141,7 @@ class Discovery:
 
 
 def _fs(source: str):
-    fs, root = fsspec.core.url_to_fs(source)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
-
-    def url(path: str) -> str:
-        return path if local else f"{protocol}://{path}"
-
+    fs, root, url = locate(source)
     return fs, root.rstrip("/"), url
 
 
@@ -179,7 +173,7 @@ def detect_layout(source: str) -> str:
         return "kaggle"
     if any(n.lower() in SPLIT_NAMES and names[n]["type"] == "directory" for n in names):
         return "imagefolder"
-    if any(_CLASS_TAR.match(n) for n in names) or any("whole" in n and _WHOLE.match(n) for n in names):
+    if any(_CLASS_TAR.fullmatch(n) for n in names) or any("whole" in n and _WHOLE.match(n) for n in names):
         return "in21k"
     found = ", ".join(sorted(names)[:20]) or "nothing"
     expected = "\n".join(f"  {name}: {what}" for name, what in LAYOUTS.items())
@@ -372,11 +366,9 @@ def _class_infos(wnids) -> tuple:
 def _discover_in21k(source: str) -> Discovery:
     """Per-class tars in SOURCE, or one tar / gzipped tar of them (train only: 21k has no val;
     --val-per-class holds some out). Labels: index in the sorted WNIDs present (or --label-map)."""
-    from transforms.archives import list_inner_tars
-
     fs, root, url = _fs(source)
     entries = {n: i for n, i in _entries(fs, root).items() if i["type"] == "file"}
-    class_tars = sorted(n for n in entries if _CLASS_TAR.match(n))
+    class_tars = sorted(n for n in entries if _CLASS_TAR.fullmatch(n))
     if class_tars:
         archives = tuple(ArchiveSpec("train", url(entries[n]["name"]), n, int(entries[n]["size"]), "tar", True,
                                      n[: -len(".tar")]) for n in class_tars)
@@ -391,19 +383,17 @@ def _discover_in21k(source: str) -> Discovery:
     inputs = ({"name": name, "size": spec.size},)
     if not name.endswith(".tar"):  # gzip: not seekable, stage its class tars first
         return Discovery("in21k", (), (), {}, inputs, (), needs_staging=spec)
-    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if hasattr(t, "wnid"))
+    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if isinstance(t, TarSlice))
     return Discovery("in21k", (spec,), _class_infos(wnids), {}, inputs, ())
 
 
 def stage_gzipped_tar(spec: ArchiveSpec, staging_url: str, progress: Optional[Callable[[int], None]] = None) -> None:
     """One sequential pass over a gzipped tar of class tars: each <wnid>.tar is written whole to
     staging (a temporary area of the output, never memory) so the build can read it by ranges."""
-    from transforms.storage import atomic_write
-
     with open_input(spec.url) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
         for info in tar:
             name = posixpath.basename(info.name)
-            if not (info.isreg() and _CLASS_TAR.match(name)):
+            if not (info.isreg() and _CLASS_TAR.fullmatch(name)):
                 continue
             src = tar.extractfile(info)
             with atomic_write(f"{staging_url.rstrip('/')}/{name}") as out:

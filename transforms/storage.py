@@ -1,6 +1,6 @@
 """File access through fsspec: ranged reads of archives and atomic writes of outputs.
 
-Archives are never downloaded or extracted: a member is one seek and one read.
+This module imports no other module of the project. Archives are never downloaded or extracted: a member is one seek and one read.
 Outputs appear under their final name only when complete (write to a temporary name,
 then rename; on object stores one PUT is already atomic).
 """
@@ -11,19 +11,40 @@ import contextlib
 import os
 import tempfile
 import uuid
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import fsspec
 
-__all__ = ["open_input", "is_local", "atomic_write", "RangeFile", "ArchiveReader", "file_size"]
+__all__ = ["open_input", "is_local", "locate", "atomic_write", "RangeFile", "ArchiveReader", "file_size"]
 
 # Remote reads: no read-ahead cache. Each member is one ranged GET of exactly its bytes;
 # a large block cache would fetch megabytes to read a 512-byte tar header.
 _REMOTE_OPEN = {"cache_type": "none", "block_size": 1 << 16}
 
 
+def _is_local_fs(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
 def is_local(url: str) -> bool:
-    return fsspec.core.url_to_fs(url)[0].protocol in ("file", "local", ("file", "local"))
+    return _is_local_fs(fsspec.core.url_to_fs(url)[0])
+
+
+def locate(url: str) -> tuple:
+    """(filesystem, path, url_of) of a local path or fsspec URL: url_of(path) turns a path the
+    filesystem lists back into something open_input and fsspec open (a plain path locally,
+    `protocol://path` elsewhere)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    url_of: Callable[[str], str]
+    if _is_local_fs(fs):
+        def url_of(p: str) -> str:
+            return p
+    else:
+        def url_of(p: str) -> str:
+            return f"{protocol}://{p}"
+    return fs, path, url_of
 
 
 def open_input(url: str) -> IO[bytes]:

@@ -1,0 +1,117 @@
+"""Resolving the inputs: everything a build does before its graph is built.
+
+Contract: resolve_inputs(config) -> Inputs, or UsageError / SourceError (exit status 2) with a
+message that says what was expected. In order:
+  1. discover what SOURCE holds (transforms/sources.py: its layout, splits, labels, boxes);
+  2. narrow and relabel it by the options (--label-map, --val-per-class, --boxes, --splits,
+     --classes, --relabel), so that usage errors come before OUT is touched;
+  3. check the official archives' MD5 sums (--verify-inputs);
+  4. prepare OUT: new, empty, or a previous build replaced (--overwrite);
+  5. stage a gzipped tar of class tars into OUT/_staging/ (gzip cannot be read by ranges), and
+     discover and narrow the staged copy instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Callable, Optional
+
+import fsspec
+from tqdm import tqdm
+
+from pipeline.options import BuildConfig, UsageError
+from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
+from transforms.sources import (OFFICIAL_MD5, Discovery, SourceError, discover, read_class_list, stage_gzipped_tar,
+                                verify_md5)
+
+__all__ = ["Inputs", "resolve_inputs", "prepare_output"]
+
+Say = Callable[[str], None]
+
+
+def _say_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    discovery: Discovery  # what the build reads, narrowed by the options
+    staging: Optional[str] = None  # where a gzipped tar's class tars were staged (removed after the build)
+
+
+def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None, say: Say = _say_to_stderr) -> Inputs:
+    """See the module docstring. `discovery`: SOURCE already discovered (step 1 skipped)."""
+    if discovery is None:
+        discovery = discover(config.source, config.layout)
+    if not discovery.needs_staging:
+        discovery = _refine(discovery, config)
+    if config.verify_inputs:
+        _verify_inputs(discovery, say)
+    prepare_output(config)
+    if not discovery.needs_staging:
+        return Inputs(discovery)
+    staging = OutputLayout(config.out).url(f"_staging/{discovery.needs_staging.name}")
+    return Inputs(_refine(_stage(discovery, staging, say), config), staging)
+
+
+def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:
+    """Apply the options that narrow or relabel what was discovered."""
+    if config.label_map:
+        discovery = discovery.with_label_map(read_class_list(config.label_map))
+    if config.val_per_class:
+        discovery = discovery.with_holdout(config.val_per_class)
+    classes = read_class_list(config.classes_file) if config.classes_file else None
+    return discovery.with_boxes(config.boxes).select(config.splits, classes, config.relabel)
+
+
+def _verify_inputs(discovery: Discovery, say: Say) -> None:
+    for archive in discovery.archives:
+        expected = OFFICIAL_MD5.get(archive.name)
+        if expected is None:
+            say(f"  {archive.name}: no published MD5, not verified")
+            continue
+        with tqdm(total=archive.size, unit="B", unit_scale=True, desc=f"md5 {archive.name}",
+                  file=sys.stderr, disable=None) as bar:
+            actual = verify_md5(archive.url, expected, bar.update)
+        if actual:
+            raise SourceError(f"{archive.name}: MD5 {actual} does not match the published {expected} "
+                              "(incomplete or altered download?)")
+        say(f"  {archive.name}: MD5 ok")
+
+
+def _stage(discovery: Discovery, staging: str, say: Say) -> Discovery:
+    """A gzipped tar cannot be read by ranges: one sequential pass copies its class tars to
+    the output's staging area, and the build reads those instead."""
+    spec = discovery.needs_staging
+    assert spec is not None
+    say(f"staging the class tars of {spec.name} (gzip cannot be read by ranges: one sequential pass)")
+    with tqdm(unit="B", unit_scale=True, desc="staging", file=sys.stderr, disable=None) as bar:
+        stage_gzipped_tar(spec, staging, bar.update)
+    staged = discover(staging, "in21k")
+    return dataclasses.replace(staged, inputs=discovery.inputs)
+
+
+def prepare_output(config: BuildConfig) -> None:
+    """OUT must be empty, new, or (with --overwrite) a previous build, which is removed."""
+    fs, root = fsspec.core.url_to_fs(config.out)
+    if not fs.exists(root):
+        fs.makedirs(root, exist_ok=True)
+        return
+    if not fs.isdir(root):
+        raise UsageError(f"--out {config.out!r} exists and is not a folder")
+    entries = fs.ls(root, detail=False)
+    if not entries:
+        return
+    names = {os.path.basename(e.rstrip("/")) for e in entries}
+    previous = bool(names & {MANIFEST_NAME, FAILED_REPORT_NAME})
+    if not previous:
+        raise UsageError(f"--out {config.out!r} is not empty and holds no previous build: choose a new folder")
+    if not config.overwrite:
+        raise UsageError(f"--out {config.out!r} holds a previous build: pass --overwrite to replace it")
+    # The manifest goes first: from here on, nothing in OUT looks like a finished build.
+    for name in (MANIFEST_NAME, FAILED_REPORT_NAME):
+        if name in names:
+            fs.rm(f"{root.rstrip('/')}/{name}")
+    fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
