@@ -27,8 +27,15 @@ from tqdm import tqdm
 
 from pipeline.build import build_graph
 from pipeline.inputs import Inputs, resolve_inputs
-from pipeline.options import (BuildConfig, UsageError, add_build_arguments, beam_options, config_from_args,
-                              is_local_runner, local_workers)
+from pipeline.options import (
+    BuildConfig,
+    UsageError,
+    add_build_arguments,
+    beam_options,
+    config_from_args,
+    is_local_runner,
+    local_workers,
+)
 from pipeline.sample import make_sample_release
 from transforms.image import codec_versions
 from transforms.layout import PIECES_DIR, OutputLayout

@@ -12,8 +12,10 @@ import pytest
 
 import transforms.annotations as annotations_mod
 from transforms import records
-from transforms.annotations import (ANNOTATION_REASONS, Annotation, AnnotationRejected, Box, annotation_key,
-                                    boxes_in_pixels, iter_annotation_archive, parse_voc_xml)
+from transforms.annotations import (ANNOTATION_REASONS, Annotation, Box, boxes_in_pixels, iter_annotation_archive,
+                                    parse_voc_xml)
+from transforms.keys import annotation_key
+from transforms.records import AnnotationRejected
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
 
@@ -349,7 +351,7 @@ def test_rejection_pickles_and_reasons_match_records():
     assert (back.reason, back.detail) == ("no_size", "no <size>") and str(back) == "no_size: no <size>"
     with pytest.raises(ValueError):
         AnnotationRejected("nonsense", "")
-    assert tuple(ANNOTATION_REASONS) == tuple(records.ANNOTATION_REJECT_REASONS)
+    assert tuple(ANNOTATION_REASONS) == tuple(records.REJECT_REASONS["annotation"])
     assert set(ANNOTATION_REASONS) == {"empty", "malformed_xml", "forbidden_xml", "no_size", "bad_coordinates"}
 
 

@@ -4,8 +4,10 @@ import tarfile
 
 import pytest
 
-from transforms.archives import (FolderSlice, Labeler, TarSlice, folder_member_key, index_folder, index_tar_slice,
-                                 iter_tar_entries, list_inner_tars, sample_key)
+from transforms.archives import FolderSlice, TarSlice, index_folder, index_tar_slice, list_inner_tars
+from transforms.keys import folder_member_key, sample_key
+from transforms.labels import Labeler
+from transforms.tar_headers import iter_tar_entries
 from transforms.labels import imagenet_classes
 
 CLASSES = {c.wnid: c.label for c in imagenet_classes()}
@@ -150,7 +152,8 @@ def test_key_table_is_the_dict_it_was_made_from_and_pickles_small():
 
     from apache_beam.internal import pickler
 
-    from transforms.labels import KeyTable, ilsvrc2012_id_to_wnid, val_key
+    from transforms.keys import val_key
+    from transforms.labels import KeyTable, ilsvrc2012_id_to_wnid
 
     wnids = sorted(ilsvrc2012_id_to_wnid().values())
     val = {val_key(i): wnids[(i * 7919) % 1000] for i in range(1, 50_001)}  # the devkit's shape

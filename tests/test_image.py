@@ -106,7 +106,7 @@ def check_stored(result: ProcessedImage) -> Image.Image:
 def reject_reason(data: bytes, options: ImageOptions = DEFAULT) -> str:
     with pytest.raises(ImageRejected) as info:
         process_image(data, options)
-    assert info.value.reason in REJECT_REASONS
+    assert info.value.reason in REJECT_REASONS["image"]
     assert isinstance(info.value.detail, str) and info.value.detail
     return info.value.reason
 

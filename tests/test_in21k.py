@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from pipeline.sample import export_layout
-from transforms.sharding import key_hash
+from transforms.keys import key_hash
 from transforms.sources import detect_layout
 
 

@@ -9,12 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.index import RejectsFile, duplicate_links, write_index_file, write_rejects_file
+from transforms.records import RejectsFile
+from transforms.index import duplicate_links, write_index_file, write_rejects_file
 from transforms.layout import OutputLayout
 from transforms.manifest import assemble_manifest, reconcile, write_manifest
-from transforms.records import MemberRef, Reject
+from transforms.records import Fact, HashEntry, MemberRef, Reject, SplitCount
 from transforms.schema import INDEX_SCHEMA, REJECTS_SCHEMA, IndexRow
-from transforms.write_shards import ShardInfo, ShardTarWriter, order_members
+from transforms.pieces import order_members
+from transforms.records import ShardInfo
+from transforms.shard_writer import ShardTarWriter
 
 # The output contract other tools rely on (README "Output contract"): change it knowingly.
 GOLDEN_INDEX_COLUMNS = [
@@ -71,12 +74,13 @@ def test_order_members_is_by_hash_and_rejects_repeated_keys():
 
 
 def test_duplicate_links_point_to_the_key_that_sorts_first():
-    group = [("h", "n02_5", "train", 3), ("h", "ILSVRC2012_val_00000007", "val", 0), ("h", "n01_9", "train", 1)]
+    group = [HashEntry("h", "n02_5", "train", 3), HashEntry("h", "ILSVRC2012_val_00000007", "val", 0),
+             HashEntry("h", "n01_9", "train", 1)]
     assert sorted(duplicate_links(group)) == [
         ("train", 1, "n01_9", "ILSVRC2012_val_00000007"),
         ("train", 3, "n02_5", "ILSVRC2012_val_00000007"),
     ]
-    assert duplicate_links([("h", "only", "train", 0)]) == []
+    assert duplicate_links([HashEntry("h", "only", "train", 0)]) == []
 
 
 def _row(key, offset, sha="0" * 64):
@@ -92,7 +96,7 @@ def test_index_and_rejects_files_read_back(tmp_path):
     assert table.schema.equals(INDEX_SCHEMA)
     assert table.column("key").to_pylist() == ["a", "b"]  # in shard order
     assert table.column("duplicate_of").to_pylist() == [None, "a"]
-    rejects = [Reject("z", "val", "v.tar/z", "empty", ""), Reject("a", "val", "v.tar/a", "truncated", "cut")]
+    rejects = [Reject("z", "val", "v.tar/z", "empty", "", "image"), Reject("a", "val", "v.tar/a", "truncated", "cut", "index")]
     rinfo = write_rejects_file(layout, "val", rejects)
     assert rinfo.by_reason == {"empty": 1, "truncated": 1}
     assert pq.read_table(tmp_path / rinfo.path).column("key").to_pylist() == ["a", "z"]
@@ -100,10 +104,10 @@ def test_index_and_rejects_files_read_back(tmp_path):
 
 def _facts(read_train=3):
     return [
-        ("read", ("train", read_train)),
-        ("shard", ShardInfo("train", 1, "train/train-000001.tar", 1, 100, "b" * 64)),
-        ("shard", ShardInfo("train", 0, "train/train-000000.tar", 1, 100, "a" * 64)),
-        ("rejects", RejectsFile("train", "rejects/train-rejects.parquet", 1, {"empty": 1})),
+        Fact("read", SplitCount("train", read_train)),
+        Fact("shard", ShardInfo("train", 1, "train/train-000001.tar", 1, 100, "b" * 64)),
+        Fact("shard", ShardInfo("train", 0, "train/train-000000.tar", 1, 100, "a" * 64)),
+        Fact("rejects", RejectsFile("train", "rejects/train-rejects.parquet", 1, {"empty": 1})),
     ]
 
 
@@ -134,7 +138,7 @@ def test_too_many_rejects_writes_a_failure_report_not_a_manifest(tmp_path):
 
 def test_a_worker_with_other_codecs_refuses_to_start():
     from transforms.image import codec_versions
-    from transforms.write_shards import check_codecs
+    from transforms.image import check_codecs
 
     check_codecs(codec_versions())  # the same build: fine
     with pytest.raises(RuntimeError, match="differ"):
@@ -142,9 +146,11 @@ def test_a_worker_with_other_codecs_refuses_to_start():
 
 
 def test_an_unexpected_kernel_error_becomes_a_reject(tmp_path, monkeypatch):
-    import transforms.write_shards as ws
-    from transforms.storage import ArchiveReader
+    import transforms.processing as processing
+    from transforms.assembly import write_shard
     from transforms.image import ImageOptions
+    from transforms.records import ShardTask
+    from transforms.storage import ArchiveReader
 
     archive = tmp_path / "a.bin"
     archive.write_bytes(b"0123456789")
@@ -153,8 +159,8 @@ def test_an_unexpected_kernel_error_becomes_a_reject(tmp_path, monkeypatch):
     def explode(data, options):
         raise ZeroDivisionError("decoder bug")
 
-    monkeypatch.setattr(ws, "process_image", explode)
-    result = ws.write_shard(ws.ShardTask("train", 0), refs, ImageOptions(), OutputLayout(str(tmp_path)), 0,
+    monkeypatch.setattr(processing, "process_image", explode)
+    result = write_shard(ShardTask("train", 0), refs, ImageOptions(), OutputLayout(str(tmp_path)), 0,
                             ArchiveReader())
     assert result.shard.samples == 0
     assert [(r.reason, r.detail) for r in result.rejects] == [("corrupt", "ZeroDivisionError: decoder bug")]
@@ -164,7 +170,7 @@ def test_an_unexpected_kernel_error_becomes_a_reject(tmp_path, monkeypatch):
                                   "y" * 97 + ".jpg", "z" * 101, "dog_\udcff.jpg"])
 @pytest.mark.parametrize("size", [0, 1, 511, 512, 123_456, 10**9, 8**11 - 1, 8**11])
 def test_tar_header_is_tarfiles_own(name, size):
-    from transforms.write_shards import _tar_header, _tarinfo_header
+    from transforms.shard_writer import _tar_header, _tarinfo_header
 
     assert _tar_header(name, size) == _tarinfo_header(name, size)
 

@@ -13,14 +13,14 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from transforms.boxes import BoxesRef
 from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_image
 from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
-from transforms.records import MemberRef
+from transforms.records import BoxesRef, MemberRef, ShardTask
 from transforms.storage import ArchiveReader
-from transforms.write_shards import (PIECE_SAMPLES, ShardTask, WriteShards, assemble_shard, cut_shard, even_cut,
-                                     process_piece, small_pieces, write_shard)
+from transforms.assembly import assemble_shard, process_piece, write_shard
+from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
+from transforms.write_shards import WriteShards
 
 OPTIONS = ImageOptions(resize=ResizeSpec.parse("shorter:32"))
 
@@ -63,16 +63,18 @@ def test_cut_shard_makes_even_pieces_in_shard_order_with_their_boxes(members):
     refs, boxes = members
     refs = refs + [refs[3]]  # a repeated key: set aside, not in any piece
     cut = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, cut=even_cut(3))
-    assert [len(m) for _, m, _ in cut.pieces] == [3, 4, 4]  # 11 kept members in 3 pieces, as even as can be
-    assert [(p.split, p.shard_id, p.piece, p.pieces) for p, _, _ in cut.pieces] == [
+    assert [len(p.members) for p in cut.pieces] == [3, 4, 4]  # 11 kept members in 3 pieces, as even as can be
+    assert [(p.task.split, p.task.shard_id, p.task.piece, p.task.pieces) for p in cut.pieces] == [
         ("train", 4, i, 3) for i in range(3)]
     whole = cut_shard(ShardTask("train", 4), refs, seed=0, boxes=boxes, cut=even_cut(1))
-    assert [r for _, m, _ in cut.pieces for r in m] == whole.pieces[0][1]  # the pieces, in order, are the shard
-    assert {k for _, _, b in cut.pieces for k in b} == {"n01440764_2", "n01440764_7"}
-    assert all(set(b) <= {r.key for r in m} for _, m, b in cut.pieces)  # each piece has its own members' boxes
+    # the pieces, in order, are the shard
+    assert tuple(r for p in cut.pieces for r in p.members) == whole.pieces[0].members
+    assert {k for p in cut.pieces for k in p.boxes} == {"n01440764_2", "n01440764_7"}
+    assert all(set(p.boxes) <= {r.key for r in p.members} for p in cut.pieces)  # each piece has its own boxes
     assert [r.reason for r in cut.rejects] == ["duplicate_key"] and cut.orphan_annotations == 1
     empty = cut_shard(ShardTask("val", 0), [], seed=0, cut=even_cut(4))
-    assert [(p.piece, p.pieces, m) for p, m, _ in empty.pieces] == [(0, 1, [])]  # an empty shard still gets a file
+    # an empty shard still gets a file
+    assert [(p.task.piece, p.task.pieces, p.members) for p in empty.pieces] == [(0, 1, ())]
     assert len(cut_shard(ShardTask("train", 4), refs, seed=0, cut=even_cut(50)).pieces) == 11  # never an empty piece
 
 
@@ -128,7 +130,7 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     refs, boxes = members
     layout = OutputLayout(str(tmp_path / "out"))
     cut = cut_shard(ShardTask("train", 0), refs, 0, boxes, cut=even_cut(3))
-    pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader(), boxes=b) for p, m, b in cut.pieces]
+    pieces = [process_piece(p, OPTIONS, layout, ArchiveReader()) for p in cut.pieces]
     first = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())
     written = _files(tmp_path / "out")
     again = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())  # its pieces are gone now
@@ -143,7 +145,7 @@ def test_assembly_refuses_missing_pieces(members, tmp_path):
     refs, _ = members
     layout = OutputLayout(str(tmp_path / "out"))
     cut = cut_shard(ShardTask("train", 0), refs, 0, cut=even_cut(3))
-    pieces = [process_piece(p, m, OPTIONS, layout, ArchiveReader()) for p, m, _ in cut.pieces]
+    pieces = [process_piece(p, OPTIONS, layout, ArchiveReader()) for p in cut.pieces]
     with pytest.raises(RuntimeError, match="pieces"):
         # piece 0 never reached the writer
         assemble_shard(ShardTask("train", 0), pieces[1:], layout, ArchiveReader())
@@ -167,10 +169,10 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
                 boxes=boxes)
     out = tmp_path / "beam"
     with TestPipeline() as p:
-        written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())),
-                                    (ShardTask("train", 1), [], [])])
-                   | WriteShards(OPTIONS, str(out), 0, codec_versions(), local_workers=local_workers,
-                                 sizes=p | "Sizes" >> beam.Create([(("train", 0), 11)])))
+        tasks = p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())), (ShardTask("train", 1), [], [])])
+        sizes = p | "Sizes" >> beam.Create([(("train", 0), 11)])
+        written = {"tasks": tasks, "sizes": sizes} | WriteShards(OPTIONS, str(out), 0, codec_versions(),
+                                                                 local_workers=local_workers)
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9), ("train/train-000001.tar", 0)]), label="shards")
         assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),
@@ -191,16 +193,16 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
 
 
 def test_write_shards_in_beam_stages_and_assembles_pieces(members, tmp_path, monkeypatch):
-    import transforms.write_shards as ws
+    import transforms.pieces as pieces
 
-    monkeypatch.setattr(ws, "PIECE_SAMPLES", 3)  # 11 members -> 4 pieces, staged then assembled
+    monkeypatch.setattr(pieces, "PIECE_SAMPLES", 3)  # 11 members -> 4 pieces, staged then assembled
     refs, boxes = members
     write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "whole")), 0, ArchiveReader(),
                 boxes=boxes)
     out = tmp_path / "beam"
     with TestPipeline() as p:
-        written = (p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values()))])
-                   | WriteShards(OPTIONS, str(out), 0, codec_versions()))
+        tasks = p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values()))])
+        written = {"tasks": tasks} | WriteShards(OPTIONS, str(out), 0, codec_versions())
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9)]), label="shards")
         assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
@@ -222,7 +224,7 @@ def test_a_kept_jpeg_is_staged_as_its_place_in_the_archive(members, tmp_path):
     cut = cut_shard(ShardTask("train", 0), refs, 0, cut=even_cut(2))
     sizes = {}
     for options, name in ((KEEP, "kept"), (OPTIONS, "reencoded")):
-        staged = [process_piece(p, m, options, layout, ArchiveReader()) for p, m, _ in cut.pieces]
+        staged = [process_piece(p, options, layout, ArchiveReader()) for p in cut.pieces]
         sizes[name] = sum(os.path.getsize(layout.url(p.path)) for p in staged)
     kept_bytes = sum(r.size for r in refs[:9])  # the 9 photos, which KEEP stores as they are
     assert sizes["kept"] < kept_bytes / 4  # rows and archive ranges, not the JPEGs

@@ -230,9 +230,9 @@ def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
 
     from transforms.image import ImageOptions, ResizeSpec
     from transforms.layout import PIECES_DIR, OutputLayout
-    from transforms.records import MemberRef
+    from transforms.assembly import write_shard
+    from transforms.records import MemberRef, ShardTask
     from transforms.storage import ArchiveReader
-    from transforms.write_shards import ShardTask, write_shard
 
     archive = tmp_path / "class.tar"
     with tarfile.open(archive, "w") as tar:

@@ -3,7 +3,9 @@ import collections
 
 import pytest
 
-from transforms.sharding import estimate_sample_bytes, key_hash, parse_byte_size, plan_num_shards, shard_of
+from transforms.keys import key_hash, shard_of
+from transforms.sharding import estimate_sample_bytes, plan_num_shards
+from transforms.sizes import parse_byte_size
 
 
 @pytest.mark.parametrize("text,value", [

@@ -9,17 +9,17 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from transforms.archives import IndexArchives, Labeler
-from transforms.boxes import BoxesRef
-from transforms.labels import imagenet_classes
+from transforms.archives import IndexArchives
+from transforms.labels import Labeler, imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
-from transforms.index import FlagDuplicates, IndexFile, RejectsFile, WriteRejects, hash_buckets, write_index_file
+from transforms.index import FlagDuplicates, WriteRejects, hash_buckets, write_index_file
 from transforms.layout import OutputLayout
-from transforms.records import MemberRef, Reject, from_shuffle
+from transforms.keys import shard_of
+from transforms.records import BoxesRef, IndexFile, MemberRef, Reject, RejectsFile, ShardTask, from_shuffle
 from transforms.schema import INDEX_SCHEMA, IndexRow
-from transforms.sharding import GroupIntoShards, shard_of
+from transforms.sharding import GroupIntoShards
 from transforms.sources import ArchiveSpec
-from transforms.write_shards import ShardTask, WriteShards
+from transforms.write_shards import WriteShards
 
 
 def jpeg(color, size=(40, 30)) -> bytes:
@@ -82,8 +82,8 @@ def test_group_into_shards_includes_empty_shards():
         members = p | "Members" >> beam.Create([tuple(refs[:2]), tuple(refs[2:])])  # batches, one mixing splits
         boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
                                             BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
-        tasks = {"members": members, "boxes": boxes} | grouping
-        shape = tasks | beam.MapTuple(lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs),
+        grouped = {"members": members, "boxes": boxes} | grouping
+        shape = grouped["tasks"] | beam.MapTuple(lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs),
                                                              [b.key for b in bs]))
         # each ~10-byte source estimates to ~2.8 KB: one shard per sample
         # k1's boxes meet k1 in its shard; the test split has no samples, so its annotation is an orphan
@@ -92,8 +92,8 @@ def test_group_into_shards_includes_empty_shards():
         expected += [("val", shard, sorted(r.key for r in refs[3:] if shard_of(r.key, 0, 2) == shard), [])
                      for shard in range(2)]
         assert_that(shape, equal_to(expected), label="tasks")
-        assert_that(grouping.plan, equal_to([("train", (3, 3)), ("val", (2, 2))]), label="plan")
-        assert_that(grouping.orphans, equal_to([("test", 1)]), label="orphans")
+        assert_that(grouped["plan"], equal_to([("train", (3, 3)), ("val", (2, 2))]), label="plan")
+        assert_that(grouped["orphans"], equal_to([("test", 1)]), label="orphans")
 
 
 def test_write_shards(tmp_path):
@@ -108,8 +108,8 @@ def test_write_shards(tmp_path):
     with TestPipeline() as p:
         boxes = [BoxesRef("n01440764_1", "train", ((0.25, 0.0, 0.75, 1.0),), ("n01440764",), 0, "b/1"),
                  BoxesRef("n01440764_9", "train", (), (), 0, "b/9")]  # no such image: an orphan
-        written = (p | beam.Create([(ShardTask("train", 0), refs, boxes)])
-                   | WriteShards(options, str(out), 0, codec_versions()))
+        tasks = p | beam.Create([(ShardTask("train", 0), refs, boxes)])
+        written = {"tasks": tasks} | WriteShards(options, str(out), 0, codec_versions())
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 1)]), label="shards")
         assert_that(written["index"], equal_to([IndexFile("train", 0, "train/train-000000.parquet", 1, 0,
@@ -153,8 +153,8 @@ def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):
 
 
 def test_write_rejects(tmp_path):
-    rejects = [Reject("x", "val", "v/x", "empty", ""), Reject("y", "val", "v/y", "empty", ""),
-               Reject("z", "train", "t/z", "corrupt", "bad")]
+    rejects = [Reject("x", "val", "v/x", "empty", "", "image"), Reject("y", "val", "v/y", "empty", "", "image"),
+               Reject("z", "train", "t/z", "corrupt", "bad", "image")]
     with TestPipeline() as p:
         files = p | beam.Create(rejects) | WriteRejects(str(tmp_path))
         assert_that(files, equal_to([

@@ -44,6 +44,7 @@ import math
 import os
 import posixpath
 import tarfile
+import typing
 import zlib
 from typing import IO, Iterable, Iterator, Sequence, Union
 from xml.etree.ElementTree import ParseError
@@ -303,9 +304,9 @@ def _decompressed(f: IO[bytes]) -> IO[bytes]:
     gzip.GzipFile and friends raise EOFError on a cut-off stream, which tarfile's own
     stream decompressor does not."""
     head = _read_head(f, 6)
-    src = _Prefixed(head, f)
+    src = typing.cast(IO[bytes], _Prefixed(head, f))
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=src, mode="rb")
+        return typing.cast(IO[bytes], gzip.GzipFile(fileobj=src, mode="rb"))
     if head[:3] == b"BZh":
         return bz2.BZ2File(src, mode="rb")
     if head[:6] == b"\xfd7zXZ\x00":
@@ -328,7 +329,7 @@ def _iter_tar_stream(fileobj: IO[bytes], where: str, prefix: str = "", depth: in
             info = tar.next()
             if info is None:
                 break
-            tar.members.clear()  # 544k headers are not worth keeping
+            tar.members.clear()  # type: ignore[attr-defined]  # 544k headers are not worth keeping
             if not info.isreg():
                 continue
             path = prefix + info.name

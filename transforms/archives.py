@@ -21,7 +21,7 @@ import collections
 import dataclasses
 import posixpath
 import typing
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 import fsspec
@@ -82,7 +82,7 @@ def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, o
 
 
 def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None
-                    ) -> Iterator[Union[MemberRef, Reject]]:
+                    ) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
     """MemberRefs (and Rejects) for every member of one tar."""
     if archive_size is None:
         archive_size = file_size(piece.archive)
@@ -128,7 +128,7 @@ def _list_files(url: str) -> list:
     return sorted(files)
 
 
-def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberRef, Reject]]:
+def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
     """MemberRefs for every file below a folder: each file is an 'archive' read whole."""
     for relative, url, size in _list_files(piece.url):
         key = folder_member_key(piece.wnid, relative)
@@ -144,7 +144,7 @@ def hold_out(items: list, per_class: int, seed: int) -> list:
             for i in items]
 
 
-def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject]]:
+def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject, LeftOut]]:
     """An ArchiveSpec -> the units indexed in parallel (class tars, class folders, whole tars)."""
     if spec.kind == "nested_tar":
         yield from list_inner_tars(spec.split, spec.url, spec.name)
@@ -202,6 +202,7 @@ class _IndexUnitFn(beam.DoFn):
         self._seed = seed
 
     def process(self, piece):
+        items: Iterable[Union[MemberRef, Reject, LeftOut]]
         if isinstance(piece, FolderSlice):
             items = index_folder(piece, self._labeler)
         else:

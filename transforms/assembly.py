@@ -90,7 +90,11 @@ def _staged_samples(layout: OutputLayout, relative: str, reader: ArchiveReader) 
                 staged = StagedSample(*pickle.load(f))
             except EOFError:
                 return
-            yield staged.row, staged.jpeg if staged.source is None else reader.read(*staged.source)
+            if staged.source is not None:
+                yield staged.row, reader.read(*staged.source)
+            else:
+                assert staged.jpeg is not None
+                yield staged.row, staged.jpeg
 
 
 def assemble_shard(task: ShardTask, pieces: Iterable[PieceResult], layout: OutputLayout,

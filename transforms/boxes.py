@@ -100,7 +100,7 @@ _ORIENT_POINT = {
 
 def orient_boxes(boxes, orientation: Optional[int]) -> tuple:
     """Normalised boxes of the stored pixels -> the same boxes after --exif-transpose."""
-    move = _ORIENT_POINT.get(orientation)
+    move = _ORIENT_POINT.get(orientation) if orientation is not None else None
     if move is None:
         return tuple(tuple(b) for b in boxes)
     out = []

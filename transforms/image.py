@@ -80,7 +80,7 @@ class ResizeSpec:
         if self.mode == "none":
             if self.size is not None:
                 raise ValueError(f"resize 'none' takes no size, got {self.size!r}")
-        elif not _is_int(self.size) or self.size < 1:
+        elif not isinstance(self.size, int) or not _is_int(self.size) or self.size < 1:
             raise ValueError(f"resize size must be a positive integer, got {self.size!r}")
 
     @classmethod
@@ -103,6 +103,7 @@ class ResizeSpec:
         if self.mode == "none":
             return width, height
         n = self.size
+        assert n is not None  # every mode but "none" has a size
         side = max(width, height) if self.mode == "longer" else min(width, height)
         if side <= n:
             return width, height

@@ -24,8 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.layout import OutputLayout
-from transforms.records import (DuplicateLink, HashEntry, IndexFile, RejectsFile, ShardDuplicates, from_shuffle,
-                                to_shuffle)
+from transforms.records import (
+    DuplicateLink,
+    HashEntry,
+    IndexFile,
+    RejectsFile,
+    ShardDuplicates,
+    from_shuffle,
+    to_shuffle,
+)
 from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
 from transforms.storage import atomic_write
 

@@ -49,7 +49,7 @@ def _data_text(name: str) -> str:
     return importlib.resources.files("transforms").joinpath("data", name).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_classes() -> tuple[ClassInfo, ...]:
     """The 1,000 ILSVRC2012 classes, label = position in WNID order."""
     rows = []
@@ -63,7 +63,7 @@ def imagenet_classes() -> tuple[ClassInfo, ...]:
     return tuple(ClassInfo(i, w, n) for i, (w, n) in enumerate(rows))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _label_by_wnid() -> dict[str, int]:
     return {c.wnid: c.label for c in imagenet_classes()}
 
@@ -73,7 +73,7 @@ def label_of(wnid: str) -> int | None:
     return _label_by_wnid().get(wnid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ilsvrc2012_id_to_wnid() -> dict[int, str]:
     """ILSVRC2012_ID (1..1000, as in the devkit) -> WNID, from map_clsloc.txt."""
     table = {}

@@ -38,17 +38,19 @@ FACT_KINDS = {
 def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
     """header: format-independent fields (tool, codecs, config, inputs, classes).
     facts: Fact(kind, value) with kind one of FACT_KINDS."""
-    read, orphans, left_out = collections.Counter(), collections.Counter(), collections.Counter()
-    duplicates = collections.Counter()
+    read: collections.Counter[str] = collections.Counter()
+    orphans: collections.Counter[str] = collections.Counter()
+    left_out: collections.Counter[str] = collections.Counter()
+    duplicates: collections.Counter[str] = collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     annotation_rejects = {}
     for kind, fact in facts:
         if kind == "read":
-            read[fact.split] += fact.count
+            read[fact.split] += fact.n
         elif kind == "orphans":
-            orphans[fact.split] += fact.count
+            orphans[fact.split] += fact.n
         elif kind == "left_out":
-            left_out[fact.split] += fact.count
+            left_out[fact.split] += fact.n
         elif kind == "annotation_rejects":
             annotation_rejects[fact.split] = fact
         elif kind == "shard":
@@ -82,7 +84,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
                        for s in split_shards],
             "index": [i.path for i in split_index],
         }
-    by_reason = collections.Counter()
+    by_reason: collections.Counter[str] = collections.Counter()
     for s in splits.values():
         by_reason.update(s["rejects_by_reason"])
     return {

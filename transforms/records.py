@@ -198,7 +198,7 @@ class SplitCount(NamedTuple):
     """A count of something in one split (members read, members left out, orphan annotations)."""
 
     split: str
-    count: int
+    n: int
 
 
 class SplitPlan(NamedTuple):

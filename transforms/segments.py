@@ -52,7 +52,7 @@ class Segments:
 
     @classmethod
     def from_sizes(cls, sizes: Iterable[tuple[tuple[str, int], int]], workers: int,
-                   segment_members: int = SEGMENT_MEMBERS) -> "Segments":
+                   segment_members: int = SEGMENT_MEMBERS) -> Segments:
         """sizes: ((split, shard_id), members) of every shard that has members (in any order);
         workers: how many the runner has."""
         starts, total = {}, 0

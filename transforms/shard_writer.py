@@ -74,7 +74,9 @@ class ShardTarWriter:
 
     def add_sample(self, members: Sequence[tuple[str, bytes]]) -> list[int]:
         """Append members (a sample's, kept adjacent); return each payload's byte offset."""
-        parts, offsets, offset = [], [], self._offset
+        parts: list[bytes] = []
+        offsets: list[int] = []
+        offset = self._offset
         for name, data in members:
             header = _tar_header(name, len(data))
             offset += len(header)

@@ -62,7 +62,7 @@ def _add_pairs(pairs):
 
 def split_estimates(batch, mode: str, size, quality: int) -> list:
     """[(split, (samples, estimated bytes))] of one batch of MemberRefs."""
-    totals = {}
+    totals: dict[str, tuple[int, int]] = {}
     for ref in batch:
         count, total = totals.get(ref.split, (0, 0))
         totals[ref.split] = (count + 1, total + estimate_sample_bytes(ref.size, mode, size, quality))
@@ -71,7 +71,7 @@ def split_estimates(batch, mode: str, size, quality: int) -> list:
 
 def assign_batch(batch, seed: int, counts: dict) -> list:
     """[((split, shard_id), (MemberRef, ...))]: a batch of members cut by the shard they go to."""
-    by_shard = {}
+    by_shard: dict[tuple[str, int], list] = {}
     for ref in batch:
         by_shard.setdefault((ref.split, shard_of(ref.key, seed, counts[ref.split])), []).append(ref)
     return [(shard, tuple(refs)) for shard, refs in sorted(by_shard.items())]

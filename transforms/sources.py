@@ -22,7 +22,6 @@ import re
 import tarfile
 from typing import Callable, Optional
 
-
 from transforms.archives import TarSlice, list_inner_tars
 from transforms.keys import WNID, val_key
 from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes, parse_validation_ground_truth
@@ -96,7 +95,7 @@ class Discovery:
     needs_staging: Optional[ArchiveSpec] = None  # a gzipped tar of class tars: stage it, then discover again
     holdout_per_class: int = 0  # --val-per-class: train images per class moved to val (by seeded key hash)
 
-    def select(self, splits=None, classes=None, relabel: bool = False) -> "Discovery":
+    def select(self, splits=None, classes=None, relabel: bool = False) -> Discovery:
         """Only these splits and/or classes (e.g. ImageNet-100). Labels keep their index in the
         full class list unless `relabel` compacts them to 0..K-1 (in sorted class order)."""
         d = self
@@ -108,10 +107,10 @@ class Discovery:
             d = dataclasses.replace(d, archives=tuple(a for a in d.archives if a.split in splits))
         if classes:
             known = {c.wnid: c for c in d.classes}
-            unknown = [c for c in classes if c not in known]
-            if unknown:
-                raise SourceError(f"--classes names {len(unknown)} classes this dataset does not have, "
-                                  f"e.g. {', '.join(unknown[:5])}")
+            missing = [c for c in classes if c not in known]
+            if missing:
+                raise SourceError(f"--classes names {len(missing)} classes this dataset does not have, "
+                                  f"e.g. {', '.join(missing[:5])}")
             chosen = sorted(set(classes))
             subset = tuple(ClassInfo(i if relabel else known[w].label, w, known[w].name) for i, w in enumerate(chosen))
             d = dataclasses.replace(d, classes=subset, left_out=frozenset(known) - set(chosen))
@@ -119,17 +118,17 @@ class Discovery:
             raise SourceError("--relabel goes with --classes")
         return d
 
-    def with_label_map(self, wnids) -> "Discovery":
+    def with_label_map(self, wnids) -> Discovery:
         """Labels from a list (one WNID a line, e.g. a 21k model's order) instead of sorted order;
         classes present but missing from the list become `unlabeled` rejects."""
         return dataclasses.replace(self, classes=_class_infos(wnids))
 
-    def with_holdout(self, per_class: int) -> "Discovery":
+    def with_holdout(self, per_class: int) -> Discovery:
         if any(a.split == "val" for a in self.archives):
             raise SourceError("--val-per-class: this dataset has a val split already")
         return dataclasses.replace(self, holdout_per_class=per_class)
 
-    def with_boxes(self, urls) -> "Discovery":
+    def with_boxes(self, urls) -> Discovery:
         """The same, with annotation sources given by the user (--boxes) added."""
         extra = tuple(AnnotationSource(u, posixpath.basename(u.rstrip("/"))) for u in urls)
         return dataclasses.replace(self, annotations=self.annotations + extra)
@@ -177,7 +176,8 @@ def detect_layout(source: str) -> str:
         return "in21k"
     found = ", ".join(sorted(names)[:20]) or "nothing"
     expected = "\n".join(f"  {name}: {what}" for name, what in LAYOUTS.items())
-    raise SourceError(f"SOURCE {source!r} is in no layout this tool knows.\nfound: {found}\nexpected one of:\n{expected}")
+    raise SourceError(f"SOURCE {source!r} is in no layout this tool knows.\nfound: {found}\n"
+                      f"expected one of:\n{expected}")
 
 
 def _standard_classes() -> tuple:
@@ -205,7 +205,11 @@ def _no_split_error(source: str, layout: str, found) -> SourceError:
 def _discover_ilsvrc2012(source: str) -> Discovery:
     fs, root, url = _fs(source)
     found = {n: (url(i["name"]), int(i.get("size") or 0)) for n, i in _entries(fs, root).items() if i["type"] == "file"}
-    archives, warnings, inputs, key_classes, blacklist = [], [], [], {}, frozenset()
+    archives: list[ArchiveSpec] = []
+    warnings: list[str] = []
+    inputs: list[dict] = []
+    key_classes: dict[str, dict[str, str]] = {}
+    blacklist: frozenset[str] = frozenset()
 
     def use(name: str, split: str, kind: str, labelled: bool) -> None:
         path, size = found[name]
@@ -244,8 +248,9 @@ def _find_members(tar: tarfile.TarFile, basenames) -> dict:
     found = {}
     for info in tar:
         name = posixpath.basename(info.name)
-        if info.isreg() and name in basenames:
-            found[name] = tar.extractfile(info).read()
+        member = tar.extractfile(info) if info.isreg() and name in basenames else None
+        if member is not None:
+            found[name] = member.read()
     return found
 
 
@@ -306,15 +311,14 @@ def _discover_kaggle(source: str) -> Discovery:
     if not archives:
         raise _no_split_error(source, "kaggle", present)
     inputs = tuple({"name": a.name, "size": 0} for a in archives)
-    annotations = []
+    annotations: list[AnnotationSource] = []
     if fs.isdir(f"{root}/{KAGGLE_ANNOTATIONS}"):
         annotations.append(AnnotationSource(url(f"{root}/{KAGGLE_ANNOTATIONS}"), KAGGLE_ANNOTATIONS))
     for name in (KAGGLE_TRAIN_CSV, KAGGLE_VAL_CSV):  # boxes too; where an XML gives them as well, the XML wins
         if fs.exists(f"{root}/{name}"):
             annotations.append(AnnotationSource(url(f"{root}/{name}"), name, "kaggle_csv"))
-    annotations = tuple(annotations)
     return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings),
-                     annotations)
+                     tuple(annotations))
 
 
 # --- ImageFolder --------------------------------------------------------------------
@@ -322,7 +326,7 @@ def _discover_kaggle(source: str) -> Discovery:
 def _discover_imagefolder(source: str) -> Discovery:
     fs, root, url = _fs(source)
     entries = _entries(fs, root)
-    splits = {}  # split -> folder name
+    splits: dict[str, str] = {}  # split -> folder name
     for name, info in sorted(entries.items()):
         split = SPLIT_NAMES.get(name.lower())
         if split and info["type"] == "directory":
@@ -383,7 +387,7 @@ def _discover_in21k(source: str) -> Discovery:
     inputs = ({"name": name, "size": spec.size},)
     if not name.endswith(".tar"):  # gzip: not seekable, stage its class tars first
         return Discovery("in21k", (), (), {}, inputs, (), needs_staging=spec)
-    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if isinstance(t, TarSlice))
+    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if isinstance(t, TarSlice) and t.wnid)
     return Discovery("in21k", (spec,), _class_infos(wnids), {}, inputs, ())
 
 
@@ -396,6 +400,8 @@ def stage_gzipped_tar(spec: ArchiveSpec, staging_url: str, progress: Optional[Ca
             if not (info.isreg() and _CLASS_TAR.fullmatch(name)):
                 continue
             src = tar.extractfile(info)
+            if src is None:
+                continue
             with atomic_write(f"{staging_url.rstrip('/')}/{name}") as out:
                 while chunk := src.read(8 << 20):
                     out.write(chunk)

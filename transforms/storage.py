@@ -1,8 +1,8 @@
 """File access through fsspec: ranged reads of archives and atomic writes of outputs.
 
-This module imports no other module of the project. Archives are never downloaded or extracted: a member is one seek and one read.
-Outputs appear under their final name only when complete (write to a temporary name,
-then rename; on object stores one PUT is already atomic).
+Archives are never downloaded or extracted: a member is one seek and one read. Outputs appear
+under their final name only when complete (written to a temporary name, then renamed; on object
+stores one PUT is already atomic). This module imports no other module of the project.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class ArchiveReader:
         f.seek(offset)
         data = f.read(size)
         if len(data) != size:
-            raise IOError(f"{archive}: wanted {size} bytes at offset {offset}, got {len(data)} (archive truncated?)")
+            raise OSError(f"{archive}: wanted {size} bytes at offset {offset}, got {len(data)} (archive truncated?)")
         return data
 
     def close(self) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tarfile
+import typing
 from typing import IO, Iterator, Optional
 
-__all__ = ["TarEntry", "iter_tar_entries"]
+__all__ = ["TarEntry", "SeekableReader", "iter_tar_entries"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +45,11 @@ def _plain_header(block: bytes) -> Optional[tuple[str, int, str]]:
         return None
     if checksum != 256 + sum(block) - sum(block[148:156]):  # the field counts as 8 spaces
         return None
-    name = block[:100].split(b"\0", 1)[0]
+    raw_name = block[:100].split(b"\0", 1)[0]
     prefix = block[345:500].split(b"\0", 1)[0]
     if prefix:
-        name = prefix + b"/" + name
-    name = name.decode("utf-8", "surrogateescape")
+        raw_name = prefix + b"/" + raw_name
+    name = raw_name.decode("utf-8", "surrogateescape")
     if block[156:157] == b"\0" and name.endswith("/"):
         kind = "dir"
     if kind == "dir":
@@ -56,7 +57,17 @@ def _plain_header(block: bytes) -> Optional[tuple[str, int, str]]:
     return name, size, kind
 
 
-def iter_tar_entries(fileobj: IO[bytes], base_offset: int = 0, length: Optional[int] = None,
+class SeekableReader(typing.Protocol):
+    """What iter_tar_entries needs of a file: a binary file, or storage.RangeFile."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+def iter_tar_entries(fileobj: SeekableReader, base_offset: int = 0, length: Optional[int] = None,
                      where: str = "") -> Iterator[TarEntry]:
     """Walk a tar's headers, yielding its entries with absolute payload offsets.
 
@@ -84,12 +95,13 @@ def _cut_off(where: str, name: str) -> None:
     logging.getLogger(__name__).warning("%s ends inside member %s: the archive is cut off", where, name)
 
 
-def _tarfile_entries(fileobj: IO[bytes], start: int, base_offset: int, length: Optional[int],
+def _tarfile_entries(fileobj: SeekableReader, start: int, base_offset: int, length: Optional[int],
                      where: str) -> Iterator[TarEntry]:
     """iter_tar_entries' entries from the header at `start` on, as tarfile reads them."""
     try:
         fileobj.seek(start)
-        tar = tarfile.open(fileobj=fileobj, mode="r:")  # offsets it reports are the file's, from 0
+        # the offsets tarfile reports are the file's, from 0
+        tar = tarfile.open(fileobj=typing.cast(IO[bytes], fileobj), mode="r:")
         while True:
             if tar.offset and length is not None:
                 # tarfile probes the byte before each header with a 1-byte read: on an object store that
@@ -98,7 +110,7 @@ def _tarfile_entries(fileobj: IO[bytes], start: int, base_offset: int, length: O
             info = tar.next()
             if info is None:
                 break
-            tar.members.clear()  # tarfile keeps every header it saw; we need none of them
+            tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header it saw; we need none
             if info.isdir():
                 kind = "dir"
             elif info.isreg():
