@@ -7,32 +7,59 @@ STAMP := $(VENV)/.installed
 # pillow-simd builds from source: AVX2 resize kernels where the CPU has them.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo "cc")
 
-.PHONY: install demo test bench clean
+# The lowest Apache Beam release the project supports (setup.py's floor); `make test` runs the newest.
+BEAM_LOWEST := 2.67.0
+LOW_VENV := .venv-beam-$(BEAM_LOWEST)
+
+.PHONY: install demo lint test test-fast test-beam-lowest bench clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py packaging/pillow-simd-shim/setup.py Makefile
+	$(call make_venv,$(VENV),)
+	touch $(STAMP)
+
+# $(call make_venv,FOLDER,EXTRA_REQUIREMENT): a venv with the project, its test tools and pillow-simd.
+define make_venv
 	@# pillow-simd compiles against these codec headers (JPEG, zlib/PNG, WebP, TIFF, LittleCMS).
 	@dpkg -s libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev) || \
 	    echo "warning: install the codec headers above (Debian package names) for pillow-simd"; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
 	@# One pip call: the shim named 'pillow' satisfies apache-beam's Pillow requirement with pillow-simd.
 	@# --no-cache-dir so pip never reuses a pillow-simd wheel built with other compiler flags.
-	CC="$(SIMD_CC)" $(PY) -m pip install -q --no-cache-dir ./packaging/pillow-simd-shim -e '.[test]'
-	$(PY) -m pip check
-	$(PY) -c "import PIL, PIL.features as f; assert PIL.__version__.endswith('.post0') and f.check_feature('libjpeg_turbo'), PIL.__version__"
-	touch $(STAMP)
+	CC="$(SIMD_CC)" $(1)/bin/python -m pip install -q --no-cache-dir ./packaging/pillow-simd-shim -e '.[test]' $(2)
+	$(1)/bin/python -m pip check
+	$(1)/bin/python -c "import PIL, PIL.features as f; assert PIL.__version__.endswith('.post0') and f.check_feature('libjpeg_turbo'), PIL.__version__"
+endef
 
 demo: install
 	$(VENV)/bin/imagenet-shards demo --out demo-out
 
-test: install
-	$(VENV)/bin/pytest -q tests
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Each test gets its own temporary folder under a TMPDIR of this run (tests never share the machine's /tmp).
+test: lint
+	TMPDIR=$$(mktemp -d) $(VENV)/bin/pytest -q tests
+
+# The unit tests only: no Beam pipeline, no build through the command line (under a minute).
+test-fast: install
+	TMPDIR=$$(mktemp -d) $(VENV)/bin/pytest -q -m "not beam and not e2e" tests
+
+# The whole suite against the lowest Apache Beam release the project supports.
+test-beam-lowest: $(LOW_VENV)/.installed
+	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q tests
+
+$(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
+	$(call make_venv,$(LOW_VENV),'apache-beam==$(BEAM_LOWEST)')
+	$(LOW_VENV)/bin/python -c "import apache_beam; assert apache_beam.__version__ == '$(BEAM_LOWEST)', apache_beam.__version__"
+	touch $@
 
 bench: install
 	$(PY) -m pipeline.bench
 
 clean:
-	rm -rf demo-out bench-out .pytest_cache build *.egg-info
+	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -40,7 +40,7 @@ from pipeline.sample import make_sample_release
 from transforms.image import codec_versions
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.progress import read_progress
-from transforms.sources import SourceError
+from transforms.records import SourceError
 from transforms.storage import is_local
 
 __all__ = ["main", "run_build"]

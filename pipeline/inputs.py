@@ -22,15 +22,9 @@ from tqdm import tqdm
 
 from pipeline.options import BuildConfig, UsageError
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
-from transforms.sources import (
-    OFFICIAL_MD5,
-    Discovery,
-    SourceError,
-    discover,
-    read_class_list,
-    stage_gzipped_tar,
-    verify_md5,
-)
+from transforms.records import SourceError
+from transforms.release_files import OFFICIAL_MD5, read_class_list, verify_md5
+from transforms.sources import Discovery, discover, stage_gzipped_tar
 
 __all__ = ["Inputs", "resolve_inputs", "prepare_output"]
 

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ from pipeline.sample import make_sample_release
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pipeline"]  # what the console script runs
+
+
+@pytest.fixture(autouse=True)
+def own_temporary_folder(tmp_path_factory, monkeypatch):
+    """Each test gets a TMPDIR of its own (inherited by the builds it runs), so nothing another
+    process leaves in the machine's temporary folder can disturb it."""
+    folder = str(tmp_path_factory.mktemp("tmpdir"))
+    monkeypatch.setenv("TMPDIR", folder)
+    monkeypatch.setattr(tempfile, "tempdir", folder)
 
 
 def run_cli(*args, check_code=None, timeout=600):

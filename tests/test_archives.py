@@ -139,7 +139,7 @@ def test_index_folder_reads_files_whole_and_skips_hidden(tmp_path):
 
 
 def test_devkit_gives_val_labels_and_the_localisation_blacklist(release):
-    from transforms.sources import read_devkit
+    from transforms.release_files import read_devkit
 
     labels, blacklist = read_devkit(release.archives["devkit"])
     assert len(labels) == 50_000 and labels["ILSVRC2012_val_00000001"] == "n01751748"

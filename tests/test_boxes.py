@@ -26,6 +26,7 @@ def test_orient_boxes_follows_pils_transpose(orientation):
     assert got == pytest.approx(want, abs=1.5 / 90)
 
 
+@pytest.mark.e2e
 def test_exif_transpose_build_rotates_pixels_and_boxes(release, tmp_path):
     out = tmp_path / "out"
     run_cli("build", release.root, "--out", out, "--no-progress", "--max-reject-rate", "0.5", "--splits", "val",

@@ -15,6 +15,8 @@ from conftest import build, run_cli
 from pipeline.sample import make_sample_release
 from transforms.schema import INDEX_SCHEMA
 
+pytestmark = pytest.mark.e2e  # real builds through the command line
+
 
 def index_rows(b, split):
     return pq.read_table([str(b.path(p)) for p in b.manifest["splits"][split]["index"]]).to_pylist()

@@ -3,6 +3,9 @@ import json
 
 from conftest import run_cli
 from pipeline.cli import READING_EXAMPLE
+import pytest
+
+pytestmark = pytest.mark.e2e  # real builds through the command line
 
 
 def test_demo_builds_and_its_reading_example_runs(tmp_path):

@@ -10,6 +10,8 @@ from pipeline.sample import export_layout
 from transforms.keys import key_hash
 from transforms.sources import detect_layout
 
+pytestmark = pytest.mark.e2e  # real builds through the command line
+
 
 @pytest.mark.parametrize("variant", ["in21k_folder", "in21k_tar", "in21k_gz"])
 def test_in21k_variants_build_with_sorted_wnid_labels(release, tmp_path, variant):

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import Build, run_cli
 from pipeline.sample import export_layout
-from transforms.sources import SourceError, detect_layout, discover
+from transforms.records import SourceError
+from transforms.sources import detect_layout, discover
 
 
 @pytest.fixture(scope="module", params=["kaggle", "imagefolder"])
@@ -20,6 +21,7 @@ def layout_build(request, release, tmp_path_factory):
     return request.param, copy, Build(out, proc)
 
 
+@pytest.mark.e2e
 def test_layout_is_detected_and_reported(layout_build):
     layout, copy, b = layout_build
     assert detect_layout(copy.root) == layout
@@ -27,6 +29,7 @@ def test_layout_is_detected_and_reported(layout_build):
     assert f"layout: {layout}" in b.proc.stderr
 
 
+@pytest.mark.e2e
 def test_every_sample_lands_with_its_label_and_source(layout_build):
     layout, copy, b = layout_build
     for split, expected in copy.expected.items():
@@ -47,6 +50,7 @@ def test_every_sample_lands_with_its_label_and_source(layout_build):
         (split, k): e.outcome for split, es in copy.expected.items() for k, e in es.items() if e.outcome != "kept"}
 
 
+@pytest.mark.e2e
 def test_imagefolder_with_arbitrary_class_names(tmp_path):
     for split, cls, name in [("train", "dog", "001.jpg"), ("train", "cat", "001.jpg"), ("val", "cat", "7.jpg")]:
         (tmp_path / "src" / split / cls).mkdir(parents=True, exist_ok=True)

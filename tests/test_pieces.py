@@ -156,6 +156,7 @@ def test_assembly_refuses_missing_pieces(members, tmp_path):
 
 @pytest.mark.parametrize("local_workers, min_piece, staged", [(None, 32, False), (1, 1, False), (2, 32, False),
                                                               (2, 1, True)])
+@pytest.mark.beam
 def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeypatch, local_workers, min_piece,
                                                       staged):
     """None (runners that scale out): pieces of PIECE_SAMPLES, here one, written whole. 1 worker:
@@ -192,6 +193,7 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
         assert tar.getnames() == []  # the empty shard exists, and is an empty tar
 
 
+@pytest.mark.beam
 def test_write_shards_in_beam_stages_and_assembles_pieces(members, tmp_path, monkeypatch):
     import transforms.pieces as pieces
 

@@ -20,6 +20,8 @@ import webdataset as wds
 from conftest import CLI, REPO
 from s3server import S3Server
 
+pytestmark = pytest.mark.e2e  # real builds through the command line
+
 BUILD_OPTIONS = ["--no-progress", "--max-reject-rate", "0.5", "--shard-size", "120KB", "--direct_num_workers", "2"]
 TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_test_v10102019.tar")
 

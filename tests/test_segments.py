@@ -94,6 +94,7 @@ def _record_worker(folder):
     return record
 
 
+@pytest.mark.beam
 def test_the_local_runner_deals_each_worker_the_same_number_of_keys(tmp_path):
     """What the segments rely on: the local runner hands a grouped stage's keys out evenly over
     its workers (in turn, in the order they arrived), whatever the keys are. If a Beam release

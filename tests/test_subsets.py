@@ -4,6 +4,9 @@ import json
 import pyarrow.parquet as pq
 
 from conftest import run_cli
+import pytest
+
+pytestmark = pytest.mark.e2e  # real builds through the command line
 
 
 def test_class_subset_keeps_the_full_index_unless_relabelled(release, tmp_path):

@@ -1,6 +1,7 @@
 """One TestPipeline test per composite transform, asserting each of its outputs exactly."""
 import hashlib
 import io
+import json
 import tarfile
 
 import apache_beam as beam
@@ -14,12 +15,18 @@ from transforms.labels import Labeler, imagenet_classes
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
 from transforms.index import FlagDuplicates, WriteRejects, hash_buckets, write_index_file
 from transforms.layout import OutputLayout
+from transforms.boxes import ReadAnnotations
 from transforms.keys import shard_of
-from transforms.records import BoxesRef, IndexFile, MemberRef, Reject, RejectsFile, ShardTask, from_shuffle
+from transforms.manifest import WriteManifest
+from transforms.records import (AnnotationSource, BoxesRef, IndexFile, MemberRef, Reject, RejectsFile, ShardDuplicates,
+                                ShardInfo, ShardTask, SplitCount, from_shuffle)
 from transforms.schema import INDEX_SCHEMA, IndexRow
 from transforms.sharding import GroupIntoShards
 from transforms.sources import ArchiveSpec
 from transforms.write_shards import WriteShards
+import pytest
+
+pytestmark = pytest.mark.beam  # every test runs a Beam pipeline
 
 
 def jpeg(color, size=(40, 30)) -> bytes:
@@ -163,3 +170,79 @@ def test_write_rejects(tmp_path):
         ]))
     layout = OutputLayout(str(tmp_path))
     assert pq.read_table(layout.url(layout.rejects("val"))).num_rows == 2
+
+
+VOC = b"""<annotation><filename>%s</filename><size><width>200</width><height>100</height><depth>3</depth></size>
+<object><name>n01440764</name><bndbox><xmin>20</xmin><ymin>10</ymin><xmax>120</xmax><ymax>90</ymax></bndbox></object>
+</annotation>"""
+HOSTILE = b"""<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotation>&x;</annotation>"""
+
+
+def test_read_annotations(tmp_path):
+    folder = tmp_path / "xml" / "n01440764"
+    folder.mkdir(parents=True)
+    (folder / "n01440764_7.xml").write_bytes(VOC % b"%s")
+    (folder / "n01440764_8.xml").write_bytes(HOSTILE)
+    (folder / "ILSVRC2012_val_00000003.xml").write_bytes(b"<annotation><size>")
+    csv_file = tmp_path / "LOC_val_solution.csv"
+    csv_file.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01751748 10 20 30 40 \n"
+                        "ILSVRC2012_val_00000002,n01751748 10 20\n")
+    sources = [AnnotationSource(str(tmp_path / "xml"), "boxes"), AnnotationSource(str(csv_file), "LOC_val_solution.csv",
+                                                                                   "kaggle_csv")]
+    with TestPipeline() as p:
+        out = p | ReadAnnotations(sources)
+        assert_that(out["boxes"], equal_to([
+            BoxesRef("n01440764_7", "train", ((0.1, 0.1, 0.6, 0.9),), ("n01440764",), 0, "boxes/n01440764/n01440764_7.xml"),
+            BoxesRef("ILSVRC2012_val_00000001", "val", ((10.0, 20.0, 30.0, 40.0),), ("n01751748",), 0,
+                     "LOC_val_solution.csv:2", from_xml=False, in_pixels=True),
+        ]), label="boxes")
+        assert_that(out["rejects"] | beam.Map(lambda r: (r.key, r.split, r.source, r.reason, r.stage)), equal_to([
+            ("n01440764_8", "train", "boxes/n01440764/n01440764_8.xml", "forbidden_xml", "annotation"),
+            ("ILSVRC2012_val_00000003", "val", "boxes/n01440764/ILSVRC2012_val_00000003.xml", "malformed_xml",
+             "annotation"),
+            ("ILSVRC2012_val_00000002", "val", "LOC_val_solution.csv:3", "bad_coordinates", "annotation"),
+        ]), label="rejects")
+
+
+def _manifest_facts(p, read_train: int) -> dict:
+    def create(label, values):
+        return p | label >> beam.Create(values)
+
+    return {
+        "read": create("Read", [SplitCount("train", read_train), SplitCount("val", 1)]),
+        "left_out": create("LeftOut", [SplitCount("train", 4)]),
+        "shard": create("Shards", [ShardInfo("train", 1, "train/train-000001.tar", 1, 2048, "b" * 64),
+                                   ShardInfo("train", 0, "train/train-000000.tar", 2, 4096, "a" * 64),
+                                   ShardInfo("val", 0, "val/val-000000.tar", 1, 2048, "c" * 64)]),
+        "index": create("Index", [IndexFile("train", 0, "train/train-000000.parquet", 2, 0, 1, 3, 0),
+                                  IndexFile("train", 1, "train/train-000001.parquet", 1, 0),
+                                  IndexFile("val", 0, "val/val-000000.parquet", 1, 0)]),
+        "duplicates": create("Duplicates", [ShardDuplicates("train", 1, 1)]),
+        "rejects": create("Rejects", [RejectsFile("train", "rejects/train-rejects.parquet", read_train - 3,
+                                                  {"corrupt": read_train - 3})]),
+        "annotation_rejects": create("AnnotationRejects", [
+            RejectsFile("val", "rejects/val-annotation-rejects.parquet", 1, {"forbidden_xml": 1}, "annotations")]),
+        "orphans": create("Orphans", [SplitCount("val", 2), SplitCount("val", 1)]),
+    }
+
+
+def test_write_manifest(tmp_path):
+    with TestPipeline() as p:
+        status = _manifest_facts(p, read_train=4) | WriteManifest(str(tmp_path), {"tool": {"name": "t"}}, 0.5)
+        assert_that(status, equal_to(["ok"]))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    assert (train["read"], train["samples"], train["rejected"], train["left_out"]) == (4, 3, 1, 4)
+    assert [s["path"] for s in train["shards"]] == ["train/train-000000.tar", "train/train-000001.tar"]
+    assert (train["duplicates"], train["boxes"], train["with_boxes"], train["bytes"]) == (1, 3, 1, 6144)
+    assert manifest["rejects"] == ["rejects/train-rejects.parquet"] and manifest["rejects_by_reason"] == {"corrupt": 1}
+    assert manifest["annotation_rejects_by_reason"] == {"forbidden_xml": 1} and manifest["orphan_annotations"] == 3
+    assert manifest["tool"] == {"name": "t"} and not (tmp_path / "build-failed.json").exists()
+
+
+def test_write_manifest_fails_a_build_with_too_many_rejects(tmp_path):
+    with TestPipeline() as p:
+        status = _manifest_facts(p, read_train=9) | WriteManifest(str(tmp_path), {"tool": {}}, 0.5)
+        assert_that(status, equal_to(["too_many_rejects"]))
+    report = json.loads((tmp_path / "build-failed.json").read_text())
+    assert "6 of 10 samples rejected" in report["error"] and not (tmp_path / "manifest.json").exists()

@@ -24,6 +24,10 @@ What is stored is always a baseline, 8-bit, 3-component (RGB/YCbCr) JPEG:
     resized with Lanczos to ResizeSpec.target_size, encoded at options.quality with 4:2:0 chroma
     subsampling, no EXIF and no ICC profile. The same input always gives the same bytes.
 EXIF orientation is reported but never applied: pixels are kept as stored.
+
+Long on purpose: this is one kernel. The format probes, the JPEG checks, the conversions to RGB
+and the encoder are its steps, and they are kept together so that the contract above can be
+checked against them in one place.
 """
 from __future__ import annotations
 

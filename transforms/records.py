@@ -27,9 +27,9 @@ import dataclasses
 import pickle
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut", "BoxesRef",
-           "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected", "SplitCount", "SplitPlan",
-           "ShardTask", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry", "DuplicateLink",
+__all__ = ["SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
+           "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected", "SplitCount",
+           "SplitPlan", "ShardTask", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry", "DuplicateLink",
            "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"]
 
 
@@ -42,6 +42,10 @@ def to_shuffle(record: Any) -> bytes:
 
 def from_shuffle(data: bytes) -> Any:
     return pickle.loads(data)
+
+
+class SourceError(Exception):
+    """SOURCE, or a file given with an option, cannot be used as it is (exit status 2)."""
 
 
 # --- rejects: the one closed set of reasons --------------------------------------------------

@@ -12,38 +12,26 @@ A missing split is a warning; no split at all is an error.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fnmatch
-import hashlib
-import io
 import posixpath
 import re
 import tarfile
 from typing import Callable, Optional
 
 from transforms.archives import TarSlice, list_inner_tars
-from transforms.keys import WNID, val_key
-from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes, parse_validation_ground_truth
-from transforms.records import AnnotationSource
+from transforms.keys import WNID
+from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes
+from transforms.records import AnnotationSource, SourceError
+from transforms.release_files import read_devkit, read_kaggle_val_labels
 from transforms.storage import atomic_write, locate, open_input
 
-__all__ = ["SourceError", "ArchiveSpec", "Discovery", "discover", "LAYOUTS", "read_devkit_labels",
-           "read_devkit", "read_class_list", "stage_gzipped_tar", "OFFICIAL_MD5", "verify_md5"]
-
-# Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
-OFFICIAL_MD5 = {
-    "ILSVRC2012_img_train.tar": "1d675b47d978889d74fa0da5fadfb00e",
-    "ILSVRC2012_img_val.tar": "29b22e2961454d5413ddabcf34fc5622",
-    "ILSVRC2012_devkit_t12.tar.gz": "fa75699e90414af021442c21a62c3abf",
-}
+__all__ = ["ArchiveSpec", "Discovery", "discover", "detect_layout", "LAYOUTS", "stage_gzipped_tar"]
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 TEST_GLOB = "ILSVRC2012_img_test*.tar"
-GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
-BLACKLIST = "ILSVRC2012_validation_blacklist.txt"
 BBOX_GLOBS = ("ILSVRC2012_bbox_*.tar.gz", "ILSVRC2012_bbox_*.tgz", "ILSVRC2012_bbox_*.tar")
 KAGGLE_ANNOTATIONS = "ILSVRC/Annotations/CLS-LOC"
 KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
@@ -62,10 +50,6 @@ LAYOUTS = {
 }
 _CLASS_TAR = re.compile(rf"{WNID.pattern}\.tar")  # fullmatch
 _WHOLE = re.compile(r".*\.(tar|tar\.gz|tgz)$")
-
-
-class SourceError(Exception):
-    """SOURCE cannot be used as it is (exit status 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,17 +168,6 @@ def _standard_classes() -> tuple:
     return imagenet_classes()
 
 
-def read_class_list(url: str) -> list:
-    """Class names (WNIDs) from a file: one a line, the first word of each line counts
-    (so LOC_synset_mapping.txt-style lines work too); blank lines and # comments are skipped."""
-    with open_input(url) as f:
-        text = f.read().decode("utf-8")
-    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not names:
-        raise SourceError(f"{url}: no class names in it")
-    return names
-
-
 def _no_split_error(source: str, layout: str, found) -> SourceError:
     return SourceError(f"no {layout} split found in SOURCE {source!r}.\n  expected: {LAYOUTS[layout]}"
                        f"\n  found: {', '.join(sorted(found)) or 'nothing'}")
@@ -243,51 +216,7 @@ def _discover_ilsvrc2012(source: str) -> Discovery:
                      tuple(AnnotationSource(found[n][0], n) for n in boxes), blacklist)
 
 
-def _find_members(tar: tarfile.TarFile, basenames) -> dict:
-    """{basename: bytes} of the members with those base names, at any depth (one streaming pass)."""
-    found = {}
-    for info in tar:
-        name = posixpath.basename(info.name)
-        member = tar.extractfile(info) if info.isreg() and name in basenames else None
-        if member is not None:
-            found[name] = member.read()
-    return found
-
-
-def read_devkit(devkit_url: str) -> tuple:
-    """({val key: wnid}, localisation blacklist keys) from the devkit, members found at any depth."""
-    with open_input(devkit_url) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-        found = _find_members(tar, {GROUND_TRUTH, BLACKLIST})
-    if GROUND_TRUTH not in found:
-        raise SourceError(f"{devkit_url}: no {GROUND_TRUTH} inside the devkit")
-    try:
-        labels = parse_validation_ground_truth(found[GROUND_TRUTH].decode("ascii"))
-        blacklist = frozenset(val_key(int(x)) for x in found.get(BLACKLIST, b"").decode("ascii").split())
-    except ValueError as e:
-        raise SourceError(f"{devkit_url}: {e}") from None
-    return labels, blacklist
-
-
-def read_devkit_labels(devkit_url: str) -> dict[str, str]:
-    """{val key: wnid} from the devkit's ground truth."""
-    return read_devkit(devkit_url)[0]
-
-
 # --- Kaggle -------------------------------------------------------------------------
-
-def read_kaggle_val_labels(csv_url: str) -> dict[str, str]:
-    """{val key: wnid} from LOC_val_solution.csv (the first WNID of each PredictionString)."""
-    with open_input(csv_url) as f:
-        rows = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8"))
-        if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
-            raise SourceError(f"{csv_url}: expected the columns ImageId,PredictionString")
-        labels = {}
-        for row in rows:
-            words = row["PredictionString"].split()
-            if words:
-                labels[row["ImageId"]] = words[0]
-    return labels
-
 
 def _discover_kaggle(source: str) -> Discovery:
     fs, root, url = _fs(source)
@@ -407,15 +336,3 @@ def stage_gzipped_tar(spec: ArchiveSpec, staging_url: str, progress: Optional[Ca
                     out.write(chunk)
             if progress:
                 progress(info.size)
-
-
-def verify_md5(url: str, expected: str, progress: Optional[Callable[[int], None]] = None) -> Optional[str]:
-    """Read the whole file; return None when its MD5 matches, else the actual digest."""
-    md5 = hashlib.md5()
-    with open_input(url) as f:
-        while chunk := f.read(8 << 20):
-            md5.update(chunk)
-            if progress:
-                progress(len(chunk))
-    digest = md5.hexdigest()
-    return None if digest == expected.lower() else digest
