@@ -59,7 +59,7 @@ $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
 	touch $@
 
 bench: install
-	$(PY) -m pipeline.bench
+	$(PY) -m benchmarks.bench
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -110,7 +110,7 @@ class S3Server:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
@@ -140,7 +140,7 @@ class S3Server:
             self._thread.join(timeout=10)
             self._server = None
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:

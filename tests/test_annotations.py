@@ -12,8 +12,14 @@ import pytest
 
 import transforms.annotations as annotations_mod
 from transforms import records
-from transforms.annotations import (ANNOTATION_REASONS, Annotation, Box, boxes_in_pixels, iter_annotation_archive,
-                                    parse_voc_xml)
+from transforms.annotations import (
+    ANNOTATION_REASONS,
+    Annotation,
+    Box,
+    boxes_in_pixels,
+    iter_annotation_archive,
+    parse_voc_xml,
+)
 from transforms.keys import annotation_key
 from transforms.records import AnnotationRejected
 
@@ -388,7 +394,8 @@ def _fuzz_inputs(rng: random.Random):
     for _ in range(1500):  # random token soups, mostly well-formed-ish
         yield b"".join(rng.choice(tokens) for _ in range(rng.randint(1, 40)))
     for _ in range(300):  # valid structure, random values
-        vals = [rng.choice(["0", "1", "-5", "1e9", "", "x", "nan", "3.5", "499", "  7 ", "+2", "1_000"]) for _ in range(6)]
+        choices = ["0", "1", "-5", "1e9", "", "x", "nan", "3.5", "499", "  7 ", "+2", "1_000"]
+        vals = [rng.choice(choices) for _ in range(6)]
         yield voc([("n01440764", *vals[:4])], width=vals[4], height=vals[5])
 
 
@@ -449,7 +456,7 @@ def test_annotation_key(path, key):
 
 
 def test_boxes_in_pixels_round_trip():
-    for stem, width, height, objects in REAL:
+    for stem, _width, _height, objects in REAL:
         ann = parse_voc_xml((XML_DIR / f"{stem}.xml").read_bytes(), stem)
         assert boxes_in_pixels(ann.boxes, ann.width, ann.height) == [
             pytest.approx([x0, y0, x1, y1], abs=1e-9) for _, x0, y0, x1, y1 in objects]
@@ -547,7 +554,7 @@ class _NoSeek(io.RawIOBase):
 
 def _check_members(items):
     assert [p for p, _ in items] == [p for p, _ in EXPECTED_TAR]
-    for (path, data), (_, stem) in zip(items, EXPECTED_TAR):
+    for (_path, data), (_, stem) in zip(items, EXPECTED_TAR):
         if stem is not None:
             assert data == _real(stem)
     assert items[3][1] == b"<annotation>" and items[4][1] == b""

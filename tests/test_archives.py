@@ -6,16 +6,15 @@ import pytest
 
 from transforms.archives import FolderSlice, TarSlice, index_folder, index_tar_slice, list_inner_tars
 from transforms.keys import folder_member_key, sample_key
-from transforms.labels import Labeler
+from transforms.labels import Labeler, imagenet_classes
+from transforms.records import MemberRef, Reject
 from transforms.tar_headers import iter_tar_entries
-from transforms.labels import imagenet_classes
 
 CLASSES = {c.wnid: c.label for c in imagenet_classes()}
 
 
 def labeler(val=None, labelled=("train", "val")):
     return Labeler(CLASSES, {"val": val or {}}, frozenset(labelled))
-from transforms.records import MemberRef, Reject
 
 
 def tar_bytes(members, fmt=tarfile.GNU_FORMAT) -> bytes:

@@ -12,9 +12,12 @@ import tarfile
 import pytest
 from PIL import Image
 
-from pipeline import bench
-from pipeline.procmem import process_tree, rss_bytes, run_sampled
+import benchmarks as bench
+from benchmarks import process_tree, rss_bytes, run_sampled, runs
+from pipeline.options import cpu_count
 from pipeline.sample import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
+from transforms.image import ResizeSpec
+from transforms.sources import discover
 
 TINY = bench.CorpusSpec(train=12, val=3, classes=2, seed=7)
 
@@ -72,8 +75,7 @@ def test_corpus_has_the_official_layout(corpus):
         assert all(re.fullmatch(r"ILSVRC2012_val_\d{8}\.JPEG", n) for n in val.getnames())
         assert len(val.getnames()) == TINY.val
     assert stats["images"] == TINY.images and stats["mean_bytes"] > 20_000
-
-    from transforms.sources import discover  # the project reads it as an official release
+    # The project reads it as an official release.
     assert {a.split for a in discover(root).archives} == {"train", "val"}
 
 
@@ -99,8 +101,6 @@ def test_load_images_reads_every_image_with_its_place(corpus):
 
 @pytest.mark.parametrize("resize", ["shorter:256", "longer:512", "none"])
 def test_target_size_is_the_projects_rule(resize):
-    from transforms.image import ResizeSpec
-
     spec = ResizeSpec.parse(resize)
     for w, h in [(500, 375), (375, 500), (333, 500), (1, 2000), (2592, 1944), (257, 256), (100, 80), (513, 511)]:
         assert bench.target_size(w, h, resize) == spec.target_size(w, h)
@@ -126,7 +126,7 @@ def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
         assert len(os.sched_getaffinity(0)) == 1
         timed = bench.time_kernels(bench.kernels_for("shorter:256"), [i.data for i in images], repeats=2)
         profile = bench.profile_phases(images, "shorter:256", repeats=2, workdir=str(tmp_path))
-    assert len(os.sched_getaffinity(0)) == bench.cpu_count()
+    assert len(os.sched_getaffinity(0)) == cpu_count()
     for name in ("reference", "project", "naive"):
         assert timed[name]["images_per_s"] > 0 and timed[name]["images"] == 3
     assert set(profile["ms_per_image"]) == set(bench.PHASES)
@@ -136,11 +136,12 @@ def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
 
 def test_reference_on_all_cores_processes_every_image_once_per_core(corpus):
     images = bench.load_images(corpus[0])[:7]
-    run = bench.reference_on_all_cores([i.data for i in images], "shorter:256", bench.cpu_count())
-    assert run["images"] == 7 and run["processes"] == min(bench.cpu_count(), len(os.sched_getaffinity(0)))
+    run = bench.reference_on_all_cores([i.data for i in images], "shorter:256", cpu_count())
+    assert run["images"] == 7 and run["processes"] == min(cpu_count(), len(os.sched_getaffinity(0)))
     assert len(run["per_process_images_per_s"]) == run["processes"]
-    assert run["images_per_s"] > 0 and run["images_per_s"] * run["wall_s"] == pytest.approx(7, rel=0.05)  # wall_s is rounded to ms
-    assert len(os.sched_getaffinity(0)) == bench.cpu_count()  # the parent's own affinity is untouched
+    # wall_s is rounded to the millisecond
+    assert run["images_per_s"] > 0 and run["images_per_s"] * run["wall_s"] == pytest.approx(7, rel=0.05)
+    assert len(os.sched_getaffinity(0)) == cpu_count()  # the parent's own affinity is untouched
 
 
 def test_naive_script_writes_shards_of_every_image(corpus, tmp_path):
@@ -162,7 +163,7 @@ def test_warm_page_cache_reads_every_byte_of_every_file(tmp_path, monkeypatch):
     (tmp_path / "sub" / "b.txt").write_bytes(b"0123456789")
     read, real_open = collections.Counter(), open
 
-    class Counting:  # open() as bench sees it, counting the bytes each file gives
+    class Counting:  # open() as benchmarks.runs sees it, counting the bytes each file gives
         def __init__(self, path, *args, **kwargs):
             self._name, self._f = os.path.relpath(path, tmp_path), real_open(path, *args, **kwargs)
 
@@ -177,15 +178,15 @@ def test_warm_page_cache_reads_every_byte_of_every_file(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self._f.close()
 
-    monkeypatch.setattr(bench, "open", Counting, raising=False)
+    monkeypatch.setattr(runs, "open", Counting, raising=False)
     bench.warm_page_cache(str(tmp_path))
     assert read == {"a.tar": 9 << 20, os.path.join("sub", "b.txt"): 10}
 
 
 def test_a_timed_run_warms_its_corpus_then_runs(corpus, tmp_path, monkeypatch):
     warmed = []
-    real = bench.warm_page_cache
-    monkeypatch.setattr(bench, "warm_page_cache", lambda folder: warmed.append(folder) or real(folder))
+    real = runs.warm_page_cache
+    monkeypatch.setattr(runs, "warm_page_cache", lambda folder: warmed.append(folder) or real(folder))
     run = bench.naive_script_build(corpus[0], str(tmp_path / "out"), "shorter:256", "200KB", str(tmp_path),
                                    "naive", TINY.images)
     assert warmed == [corpus[0]] and run.exit_code == 0 and run.images == TINY.images and run.wall_s > 0

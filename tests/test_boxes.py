@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from transforms.boxes import orient_boxes
 from transforms.image import EXIF_TRANSPOSE
 
@@ -45,4 +45,5 @@ def test_exif_transpose_build_rotates_pixels_and_boxes(release, tmp_path):
             assert got == pytest.approx(want, abs=1e-6)
     for r in rows:
         if r["exif_orientation"] in (None, 1):
-            assert (r["width"], r["height"]) == (r["orig_width"], r["orig_height"]) or max(r["width"], r["height"]) == 512
+            unchanged = (r["width"], r["height"]) == (r["orig_width"], r["orig_height"])
+            assert unchanged or max(r["width"], r["height"]) == 512

@@ -1,17 +1,17 @@
 """End-to-end builds of a generated release, read back with other people's readers."""
 import io
 import json
-from pathlib import Path
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from conftest import build, run_cli
 from PIL import Image
 
-from conftest import build, run_cli
 from pipeline.sample import make_sample_release
 from transforms.schema import INDEX_SCHEMA
 
@@ -33,7 +33,8 @@ def test_counts_reconcile_and_manifest_is_complete(built, release):
     assert m["config"]["resize"] == "longer:512" and m["layout"] == "ilsvrc2012"
     assert {i["name"] for i in m["inputs"]} >= {"ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
                                                "ILSVRC2012_devkit_t12.tar.gz"}
-    assert len(m["classes"]) == 1000 and m["classes"][0] == {"label": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}
+    assert len(m["classes"]) == 1000
+    assert m["classes"][0] == {"label": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}
     assert set(m["splits"]) == {"train", "val", "test"}
     for split, s in m["splits"].items():
         expected = release.expected[split]

@@ -1,9 +1,10 @@
 """`imagenet-shards demo`: the bundled sample builds, and the printed reading example runs."""
 import json
 
-from conftest import run_cli
-from pipeline.cli import READING_EXAMPLE
 import pytest
+from conftest import run_cli
+
+from pipeline.cli import READING_EXAMPLE
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
 

@@ -3,8 +3,8 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import Build, run_cli
+
 from pipeline.sample import export_layout
 from transforms.records import SourceError
 from transforms.sources import detect_layout, discover

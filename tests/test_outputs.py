@@ -9,14 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.records import RejectsFile
 from transforms.index import duplicate_links, write_index_file, write_rejects_file
 from transforms.layout import OutputLayout
 from transforms.manifest import assemble_manifest, reconcile, write_manifest
-from transforms.records import Fact, HashEntry, MemberRef, Reject, SplitCount
-from transforms.schema import INDEX_SCHEMA, REJECTS_SCHEMA, IndexRow
 from transforms.pieces import order_members
-from transforms.records import ShardInfo
+from transforms.records import Fact, HashEntry, MemberRef, Reject, RejectsFile, ShardInfo, SplitCount
+from transforms.schema import INDEX_SCHEMA, REJECTS_SCHEMA, IndexRow
 from transforms.shard_writer import ShardTarWriter
 
 # The output contract other tools rely on (README "Output contract"): change it knowingly.
@@ -96,7 +94,8 @@ def test_index_and_rejects_files_read_back(tmp_path):
     assert table.schema.equals(INDEX_SCHEMA)
     assert table.column("key").to_pylist() == ["a", "b"]  # in shard order
     assert table.column("duplicate_of").to_pylist() == [None, "a"]
-    rejects = [Reject("z", "val", "v.tar/z", "empty", "", "image"), Reject("a", "val", "v.tar/a", "truncated", "cut", "index")]
+    rejects = [Reject("z", "val", "v.tar/z", "empty", "", "image"),
+               Reject("a", "val", "v.tar/a", "truncated", "cut", "index")]
     rinfo = write_rejects_file(layout, "val", rejects)
     assert rinfo.by_reason == {"empty": 1, "truncated": 1}
     assert pq.read_table(tmp_path / rinfo.path).column("key").to_pylist() == ["a", "z"]
@@ -137,8 +136,7 @@ def test_too_many_rejects_writes_a_failure_report_not_a_manifest(tmp_path):
 
 
 def test_a_worker_with_other_codecs_refuses_to_start():
-    from transforms.image import codec_versions
-    from transforms.image import check_codecs
+    from transforms.image import check_codecs, codec_versions
 
     check_codecs(codec_versions())  # the same build: fine
     with pytest.raises(RuntimeError, match="differ"):

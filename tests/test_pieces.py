@@ -13,13 +13,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from transforms.assembly import assemble_shard, process_piece, write_shard
 from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_image
 from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
+from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
 from transforms.records import BoxesRef, MemberRef, ShardTask
 from transforms.storage import ArchiveReader
-from transforms.assembly import assemble_shard, process_piece, write_shard
-from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
 from transforms.write_shards import WriteShards
 
 OPTIONS = ImageOptions(resize=ResizeSpec.parse("shorter:32"))

@@ -16,7 +16,6 @@ import fsspec.config
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
 from conftest import CLI, REPO
 from s3server import S3Server
 
@@ -94,7 +93,7 @@ def s3_shards(s3_build, tmp_path_factory):
     """{relative shard path: local copy} of every shard of the S3 build, fetched with s3fs."""
     local = tmp_path_factory.mktemp("s3-shards")
     copies = {}
-    for split, s in s3_build.manifest["splits"].items():
+    for _split, s in s3_build.manifest["splits"].items():
         for shard in s["shards"]:
             target = local / shard["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +143,7 @@ def test_s3_to_s3_build_reads_back_with_webdataset_and_pyarrow(s3_build, s3_shar
 
 
 def test_s3_index_offsets_point_at_the_jpeg_payloads_by_ranged_read(s3_build, s3_shards):
-    for split, s in s3_build.manifest["splits"].items():
+    for _split, s in s3_build.manifest["splits"].items():
         for row in pq.read_table([s3_build.path(p) for p in s["index"]], filesystem=s3_build.fs).to_pylist():
             # one seek and one read, on the object in the bucket
             with s3_build.fs.open(s3_build.path(row["shard"]), "rb", cache_type="none") as f:
@@ -230,9 +229,9 @@ def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
     import numpy as np
     from PIL import Image
 
+    from transforms.assembly import write_shard
     from transforms.image import ImageOptions, ResizeSpec
     from transforms.layout import PIECES_DIR, OutputLayout
-    from transforms.assembly import write_shard
     from transforms.records import MemberRef, ShardTask
     from transforms.storage import ArchiveReader
 
@@ -256,7 +255,8 @@ def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
     assert remote.shard == local.shard and remote.shard.samples == 7
     root = remote_root[len("s3://"):]
     assert s3.fs.cat(f"{root}/train/train-000000.tar") == (tmp_path / "local/train/train-000000.tar").read_bytes()
-    assert s3.fs.cat(f"{root}/train/train-000000.parquet") == (tmp_path / "local/train/train-000000.parquet").read_bytes()
+    local_index = (tmp_path / "local/train/train-000000.parquet").read_bytes()
+    assert s3.fs.cat(f"{root}/train/train-000000.parquet") == local_index
     staged = {(r.method, r.key) for r in s3.requests() if f"/{PIECES_DIR}/" in r.key}
     pieces = {f"pieces-out/{PIECES_DIR}/train-000000-{i:05d}.pkl" for i in range(3)}
     assert {key for method, key in staged if method == "PUT"} == pieces  # the three pieces went to S3 ...

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
+import pipeline
 from pipeline import sample
 from pipeline.sample import ExpectedSample, make_sample_release
-from transforms.records import REJECT_REASONS
+from transforms.records import SAMPLE_REJECT_REASONS
 
 DATA = Path(__file__).parent / "data"
-PHOTOS = Path(sample.__file__).parent / "data" / "photos"
+PHOTOS = Path(pipeline.__file__).parent / "data" / "photos"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -136,7 +137,7 @@ def test_train_is_a_tar_of_class_tars(release, members):
         assert ns != list(range(ns[0], ns[0] + len(ns)))  # not consecutive
     # members inside a class tar are not in sorted order everywhere (as in the real archive)
     orders = {}
-    for key, info, _d, class_tar in members["train"]:
+    for _key, info, _d, class_tar in members["train"]:
         orders.setdefault(class_tar, []).append(info.name)
     assert any(names != sorted(names) for names in orders.values())
 
@@ -261,7 +262,7 @@ def test_another_seed_gives_other_images(tmp_path):
 def test_expectations_are_well_formed(release):
     exps = list(all_expected(release))
     for e in exps:
-        assert e.outcome == "kept" or e.outcome in REJECT_REASONS
+        assert e.outcome == "kept" or e.outcome in SAMPLE_REJECT_REASONS
         assert e.case in sample.PLANTED_CASES and sample.PLANTED_CASES[e.case][0] == e.outcome
         if e.outcome == "kept":
             assert isinstance(e.reencoded, bool) and e.orig_format and e.orig_width and e.orig_height
@@ -274,13 +275,13 @@ def test_expectations_are_well_formed(release):
     assert any(e.reencoded for e in photos)  # and some are too large for longer:512
     planted = {e.case for e in exps}
     assert planted == set(sample.PLANTED_CASES)
-    assert {e.outcome for e in exps} == {"kept"} | set(REJECT_REASONS) - {"duplicate_key"}
+    assert {e.outcome for e in exps} == {"kept"} | set(SAMPLE_REJECT_REASONS) - {"duplicate_key"}
 
 
 def test_images_are_distinct_except_planted_duplicates(release, members):
     by_sha = {}
     for split, rows in members.items():
-        for key, info, data, _w in rows:
+        for key, _info, data, _w in rows:
             if data is not None:
                 sha = hashlib.sha256(data).hexdigest()
                 assert release.expected[split][key].sha256 == sha

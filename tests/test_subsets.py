@@ -2,9 +2,8 @@
 import json
 
 import pyarrow.parquet as pq
-
-from conftest import run_cli
 import pytest
+from conftest import run_cli
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
 

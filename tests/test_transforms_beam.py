@@ -6,25 +6,36 @@ import tarfile
 
 import apache_beam as beam
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from transforms.archives import IndexArchives
-from transforms.labels import Labeler, imagenet_classes
+from transforms.boxes import ReadAnnotations
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
 from transforms.index import FlagDuplicates, WriteRejects, hash_buckets, write_index_file
-from transforms.layout import OutputLayout
-from transforms.boxes import ReadAnnotations
 from transforms.keys import shard_of
+from transforms.labels import Labeler, imagenet_classes
+from transforms.layout import OutputLayout
 from transforms.manifest import WriteManifest
-from transforms.records import (AnnotationSource, BoxesRef, IndexFile, MemberRef, Reject, RejectsFile, ShardDuplicates,
-                                ShardInfo, ShardTask, SplitCount, from_shuffle)
+from transforms.records import (
+    AnnotationSource,
+    BoxesRef,
+    IndexFile,
+    MemberRef,
+    Reject,
+    RejectsFile,
+    ShardDuplicates,
+    ShardInfo,
+    ShardTask,
+    SplitCount,
+    from_shuffle,
+)
 from transforms.schema import INDEX_SCHEMA, IndexRow
 from transforms.sharding import GroupIntoShards
 from transforms.sources import ArchiveSpec
 from transforms.write_shards import WriteShards
-import pytest
 
 pytestmark = pytest.mark.beam  # every test runs a Beam pipeline
 
@@ -90,8 +101,8 @@ def test_group_into_shards_includes_empty_shards():
         boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
                                             BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
         grouped = {"members": members, "boxes": boxes} | grouping
-        shape = grouped["tasks"] | beam.MapTuple(lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs),
-                                                             [b.key for b in bs]))
+        shape = grouped["tasks"] | beam.MapTuple(
+            lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs), [b.key for b in bs]))
         # each ~10-byte source estimates to ~2.8 KB: one shard per sample
         # k1's boxes meet k1 in its shard; the test split has no samples, so its annotation is an orphan
         expected = [("train", shard, sorted(r.key for r in refs[:3] if shard_of(r.key, 0, 3) == shard),
@@ -192,7 +203,8 @@ def test_read_annotations(tmp_path):
     with TestPipeline() as p:
         out = p | ReadAnnotations(sources)
         assert_that(out["boxes"], equal_to([
-            BoxesRef("n01440764_7", "train", ((0.1, 0.1, 0.6, 0.9),), ("n01440764",), 0, "boxes/n01440764/n01440764_7.xml"),
+            BoxesRef("n01440764_7", "train", ((0.1, 0.1, 0.6, 0.9),), ("n01440764",), 0,
+                     "boxes/n01440764/n01440764_7.xml"),
             BoxesRef("ILSVRC2012_val_00000001", "val", ((10.0, 20.0, 30.0, 40.0),), ("n01751748",), 0,
                      "LOC_val_solution.csv:2", from_xml=False, in_pixels=True),
         ]), label="boxes")

@@ -1,19 +1,19 @@
-"""Peak memory of a process tree, sampled from /proc (Linux).
+"""The peak memory of a process tree, sampled with psutil.
 
-A Beam build is a driver plus worker subprocesses (and their helpers); what the machine must
-hold is the sum over all of them, and what one worker must fit in is its own peak. Both are
-sampled here every `interval` seconds from /proc: the tree is re-discovered at each sample
-(parent links from /proc/<pid>/stat), so workers started or ended mid-run are seen.
+A Beam build is a driver plus worker subprocesses (and their helpers); what the machine must hold
+is the sum over all of them, and what one worker must fit in is its own peak. Both are sampled
+here every `interval` seconds: the tree is found again at each sample, so workers that start or
+end mid-run are seen.
 
-RSS counts shared pages (the Python libraries every process maps) once per process, so the
-tree sum overstates what the machine really needs by roughly (processes - 1) x the shared
-part; it is the figure `ps`/`top` users add up, and it is what an OOM killer weighs.
+RSS counts shared pages (the Python libraries every process maps) once per process, so the tree
+sum overstates what the machine really needs by roughly (processes - 1) x the shared part; it is
+the figure that `ps` and `top` users add up, and it is what an OOM killer weighs.
 
     with TreeMemorySampler(proc.pid) as mem:
         proc.wait()
     mem.peak.tree_rss, mem.peak.process_rss, mem.peak.worker_rss
 
-or run_sampled(cmd), which also gives the tree's wall and CPU time.
+run_sampled(cmd) does the same for a command, and also gives the tree's wall and CPU time.
 """
 from __future__ import annotations
 
@@ -25,67 +25,46 @@ import threading
 import time
 from typing import Optional
 
+import psutil
+
 __all__ = ["MemoryPeak", "SampledRun", "TreeMemorySampler", "process_tree", "rss_bytes", "run_sampled"]
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _parent_map() -> dict[int, int]:
-    """pid -> parent pid of every process visible in /proc."""
-    parents = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # ended between listdir and open
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
-        fields = stat[stat.rindex(b")") + 2:].split()
-        parents[int(name)] = int(fields[1])
-    return parents
 
 
 def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants that are alive now (root first)."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _parent_map().items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
-    return tree
+    """`root` and all its descendants that are alive now (`root` first)."""
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except psutil.Error:  # The root has ended.
+        return [root]
+    return [root, *(child.pid for child in children)]
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident set size of one process, 0 when it is gone."""
+    """The resident set size of one process; 0 when it is gone."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
         return 0
 
 
 def _cmdline(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline()).strip()
+    except psutil.Error:
         return ""
 
 
 @dataclasses.dataclass
 class MemoryPeak:
+    """The peaks of a process tree's memory over a run."""
+
     tree_rss: int = 0  # the largest sum of RSS over the whole tree at one sample
-    tree_processes: int = 0  # processes in the tree at that sample
-    process_rss: int = 0  # the largest RSS of any single process of the tree (driver included)
+    tree_processes: int = 0  # the processes in the tree at that sample
+    process_rss: int = 0  # the largest RSS of any single process of the tree (the driver included)
     process_cmd: str = ""  # its command line (cut)
     worker_rss: int = 0  # the largest RSS of any descendant (the root excluded)
     worker_cmd: str = ""
-    root_rss: int = 0  # the root's (driver's) peak
+    root_rss: int = 0  # the root's (the driver's) peak
     max_processes: int = 0  # the most processes seen in the tree at once
     samples: int = 0
 
@@ -94,7 +73,7 @@ class MemoryPeak:
 
 
 class TreeMemorySampler:
-    """Samples a process tree's RSS from a background thread until stopped (a context manager)."""
+    """Samples a process tree's RSS from a background thread until it is stopped (a context manager)."""
 
     def __init__(self, root_pid: int, interval: float = 0.1):
         self.root = root_pid
@@ -104,7 +83,7 @@ class TreeMemorySampler:
         self._thread = threading.Thread(target=self._run, name="procmem", daemon=True)
 
     def sample(self) -> None:
-        """Take one sample now (also called by the thread)."""
+        """Take one sample now (the thread calls it too)."""
         tree = process_tree(self.root)
         sizes = {pid: rss_bytes(pid) for pid in tree}
         peak = self.peak
@@ -137,16 +116,18 @@ class TreeMemorySampler:
 
 @dataclasses.dataclass
 class SampledRun:
+    """A finished command: its exit code, its times and its memory peaks."""
+
     exit_code: int
     wall_s: float
-    cpu_s: float  # user + system time of the whole tree (every process it waited for)
+    cpu_s: float  # the user and system time of the whole tree (every process it waited for)
     memory: MemoryPeak
 
 
 def run_sampled(cmd: list[str], log_path: Optional[str] = None, interval: float = 0.1,
                 timeout: Optional[float] = None, **popen) -> SampledRun:
-    """Run `cmd` to completion while sampling its tree's memory. Output goes to `log_path` (or is
-    discarded). CPU time comes from getrusage(RUSAGE_CHILDREN): call it from one thread at a time."""
+    """Run `cmd` to completion while sampling its tree's memory. Its output goes to `log_path` (or is
+    discarded). The CPU time comes from getrusage(RUSAGE_CHILDREN): call it from one thread at a time."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path or os.devnull, "wb") as log:
         started = time.perf_counter()
