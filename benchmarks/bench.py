@@ -31,7 +31,7 @@ What is measured, and why:
    wall time of a build of a 20-image corpus; steady-state rate = images / (wall - start-up).
    The builds' CPU time (all processes, getrusage) is recorded too: cores x images / (CPU - start-up
    CPU) is the rate on otherwise idle cores, which other users' load disturbs much less than wall time.
-   After each build the reference kernel runs on all cores at once (a process a core) over all the
+   After each build the reference kernel runs on all cores at once (a process per core) over all the
    build's images in memory: "cores x reference", measured under the build's conditions; the
    steady state is held to it (the one-core ratios are printed beside it).
 

@@ -2,7 +2,7 @@
 
 The layout is pipeline.sample's (its choice of classes and validation images, so that the real ground
 truth applies; its names, tar headers and devkit); only the photos are made here. They follow
-ImageNet's size mix and have ImageNet's bytes (about 110 KB a file): crops of the bundled photos with
+ImageNet's size mix and have ImageNet's bytes (about 110 KB per file): crops of the bundled photos with
 film grain added, saved as baseline 4:2:0 JPEG at a quality of 85 to 95. The grain matters: it is what
 makes decoding and encoding cost what they cost on real photos.
 """

@@ -133,7 +133,7 @@ def _reference_worker(cpu: int, datas: list, resize: str, start, results) -> Non
 
 
 def reference_on_all_cores(datas: list[bytes], resize: str, cores: int) -> dict:
-    """The reference kernel on every core at once, one process a core, over `datas` dealt out in
+    """The reference kernel on every core at once, one process per core, over `datas` dealt out in
     turn: the codecs' own rate on this machine with nothing else to do. This is the "cores x
     reference" the build is held to, measured rather than multiplied: over the very images the
     build processes (not a sample), in one sustained pass as long as the build's, under the same

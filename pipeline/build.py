@@ -1,7 +1,7 @@
-"""The build graph: one labelled step a line, the element shape between steps.
+"""The build graph: one labelled step per line, the element shape between steps.
 
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
-small: MemberRefs in batches (~100 B a member), pieces of member references, PieceResults (a path
+small: MemberRefs in batches (~100 B per member), pieces of member references, PieceResults (a path
 and counts), HashEntry records in batches, rejects, facts. That keeps the local runner's memory
 low however large the dataset (see README "Design" and ARCHITECTURE.md).
 """

@@ -122,11 +122,11 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
         parser.add_argument("--splits", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
                             default=(), metavar="LIST", help="only these splits, e.g. train,val (default: all found)")
         parser.add_argument("--classes", dest="classes_file", metavar="FILE", default=None,
-                            help="only these classes: a file with one WNID (class name) a line, e.g. ImageNet-100")
+                            help="only these classes: a file with one WNID (class name) per line, e.g. ImageNet-100")
         parser.add_argument("--relabel", action="store_true",
                             help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
         parser.add_argument("--label-map", metavar="FILE", default=None,
-                            help="labels = line index of the class in FILE (one WNID a line; ImageNet-21k orders)")
+                            help="labels = line index of the class in FILE (one WNID per line; ImageNet-21k orders)")
         parser.add_argument("--val-per-class", type=int, default=0, metavar="N",
                             help="hold out N train images per class as val, chosen by the seeded key hash "
                                  "(datasets without a val split, e.g. ImageNet-21k)")
@@ -240,4 +240,4 @@ def local_workers(options: PipelineOptions) -> Optional[int]:
     workers themselves: shards are cut into small pieces for them)."""
     if not is_local_runner(options):
         return None
-    return options.view_as(DirectOptions).direct_num_workers or cpu_count()  # 0: one a core
+    return options.view_as(DirectOptions).direct_num_workers or cpu_count()  # 0: one per core

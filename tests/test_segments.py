@@ -39,7 +39,7 @@ def test_segments_are_equal_and_cut_few_shards(workers):
     rng = random.Random(workers)
     shards = {"train": _shard_sizes(rng, 12_000, 31), "val": _shard_sizes(rng, 1_200, 4)}
     segments = Segments.from_sizes(_sizes(shards), workers)
-    assert segments.count == workers  # 13,200 members: one segment a worker holds them all
+    assert segments.count == workers  # 13,200 members: one segment per worker holds them all
     load, cut = _deal(segments, shards)
     assert sum(load.values()) == 13_200  # every member in exactly one segment
     assert set(load) == set(range(workers))
@@ -55,7 +55,7 @@ def test_more_segments_for_bigger_builds_each_within_the_memory_bound():
               "val": [4166 + rng.randint(-70, 70) for _ in range(12)]}
     segments = Segments.from_sizes(_sizes(shards), workers=2)
     assert segments.count % 2 == 0 and segments.length <= 100_000
-    assert segments.count == 14  # ceil(~1.33M / 200,000) = 7 a worker
+    assert segments.count == 14  # ceil(~1.33M / 200,000) = 7 per worker
     load, cut = _deal(segments, shards)
     assert len(cut) <= segments.count - 1
     assert max(load.values()) - min(load.values()) <= 2 * MIN_PIECE_SAMPLES

@@ -79,7 +79,7 @@ def test_index_archives(tmp_path):
         out = p | IndexArchives(archives, labeler)
         batches = out["members"] | "BatchShape" >> beam.Map(lambda batch: sorted(r.key for r in batch))
         assert_that(batches, equal_to([["n01440764_1"], ["n01443537_7"], ["ILSVRC2012_val_00000001"]]),
-                    label="one batch a unit")
+                    label="one batch per unit")
         members = out["members"] | beam.FlatMap(lambda batch: batch) | beam.Map(lambda r: (r.key, r.split, r.label,
                                                                                         r.size))
         rejects = out["rejects"] | beam.Map(lambda r: (r.key, r.reason))

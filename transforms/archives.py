@@ -231,10 +231,10 @@ class IndexArchives(beam.PTransform):
     or rejected (directories are not members); "left_out" the members of classes --classes
     leaves out, which are neither.
 
-    Members come in batches, one a unit (a class tar, a class folder, a whole flat tar): the
+    Members come in batches, one per unit (a class tar, a class folder, a whole flat tar): the
     local runner keeps every element that crosses a stage in memory, and a batch pickles its
     shared strings (the archive's path, the split, the class) once, with one element's overhead
-    for a thousand members instead of a thousand (~100 B a member instead of ~330).
+    for a thousand members instead of a thousand (~100 B per member instead of ~330).
     Nested tars and folders of class folders are split into their classes first, and a
     Reshuffle spreads those over the workers (otherwise the whole fan-out would stay on the
     worker that listed it).

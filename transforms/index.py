@@ -50,8 +50,8 @@ def duplicate_links(entries: Iterable[HashEntry]) -> list[DuplicateLink]:
 
 
 # The duplicate search shuffles (sha256, key) records by sha256: bucketed by the digest's first
-# hex digit, one element carries a shard's records of a bucket (up to 16 elements a shard,
-# whatever its size) instead of one element a sample.
+# hex digit, one element carries a shard's records of a bucket (up to 16 elements per shard,
+# whatever its size) instead of one element per sample.
 HASH_BUCKETS = 16
 
 

@@ -77,7 +77,7 @@ def read_kaggle_val_labels(csv_url: str) -> dict[str, str]:
 
 
 def read_class_list(url: str) -> list:
-    """Class names (WNIDs) from a file: one a line, the first word of each line counts
+    """Class names (WNIDs) from a file: one per line, the first word of each line counts
     (so LOC_synset_mapping.txt-style lines work too); blank lines and # comments are skipped."""
     with open_input(url) as f:
         text = f.read().decode("utf-8")

@@ -54,7 +54,7 @@ class ShardTarWriter:
 
     Headers are tarfile's own GNU-format headers with fixed fields (see _tar_header); the
     writer concatenates header, payload and padding, so a sample's members go out in one write
-    and one hash update (tarfile.addfile cost ~0.3 ms a sample in copies and small writes; this
+    and one hash update (tarfile.addfile cost ~0.3 ms per sample in copies and small writes; this
     ~0.1 ms). The end of archive is what tarfile writes.
     """
 

@@ -106,7 +106,7 @@ class GroupIntoShards(beam.PTransform):
       "sizes":   ((split, shard_id), members) of every shard with members (repeated keys counted);
       "orphans": SplitCount(split, 1) for each annotation of a split that has no samples.
 
-    Only small records cross this shuffle (batches of MemberRefs, ~100 bytes a member, cut by
+    Only small records cross this shuffle (batches of MemberRefs, ~100 bytes per member, cut by
     shard; boxes), never image bytes. Annotations go to the shard their key hashes to, so they
     meet their image there.
     """

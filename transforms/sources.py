@@ -103,7 +103,7 @@ class Discovery:
         return d
 
     def with_label_map(self, wnids) -> Discovery:
-        """Labels from a list (one WNID a line, e.g. a 21k model's order) instead of sorted order;
+        """Labels from a list (one WNID per line, e.g. a 21k model's order) instead of sorted order;
         classes present but missing from the list become `unlabeled` rejects."""
         return dataclasses.replace(self, classes=_class_infos(wnids))
 

@@ -33,7 +33,7 @@ def _plain_header(block: bytes) -> Optional[tuple[str, int, str]]:
     """(name, size, kind) of a tar header that needs none of tarfile's cases, read as tarfile
     reads it (its frombuf: fields cut at their first NUL, octal numbers, the ustar prefix joined,
     the unsigned checksum); None for any other header. tarfile parses every field of a header
-    (~50 us a member: 1.3M members are a minute of CPU for ImageNet-1k); this reads the four a
+    (~50 us per member: 1.3M members are a minute of CPU for ImageNet-1k); this reads the four a
     MemberRef needs (~5 us)."""
     kind = _PLAIN_TYPES.get(block[156:157])
     if kind is None or len(block) != tarfile.BLOCKSIZE or block[124] & 0x80:  # 0x80: a base-256 size

@@ -18,7 +18,7 @@ more cores than shards):
                    piece straight into its tar, a piece of several into a scratch file
   AssembleShards   a shard's staged pieces, in order, into its tar (transforms/assembly.py)
 Only member references cross the first shuffle and only PieceResults (a path and counts) the
-second: image bytes and index rows (~1 KB a sample, which the local runner would hold in
+second: image bytes and index rows (~1 KB per sample, which the local runner would hold in
 memory) stay in the stage or in the scratch files.
 
 Determinism: the same inputs and options give a byte-identical shard on any runner, with any
