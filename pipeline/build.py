@@ -54,7 +54,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     # -> boxes: BoxesRef; rejects: Reject (stage "annotation": hostile or broken XML)
     annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
 
-    # -> tasks: (ShardTask, [MemberRef], [BoxesRef]) for every shard of every split;
+    # -> tasks: ShardMembers(task, members, boxes) for every shard of every split;
     #    plan: (split, SplitPlan); sizes: ((split, shard_id), members); orphans: SplitCount
     grouped = {"members": indexed["members"], "boxes": annotations["boxes"]} | "GroupIntoShards" >> GroupIntoShards(
         config.seed, config.shard_size, config.resize.mode, config.resize.size, config.quality)

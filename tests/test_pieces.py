@@ -18,7 +18,7 @@ from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_i
 from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
-from transforms.records import BoxesRef, MemberRef, ShardTask
+from transforms.records import BoxesRef, MemberRef, ShardMembers, ShardTask
 from transforms.storage import ArchiveReader
 from transforms.write_shards import WriteShards
 
@@ -170,7 +170,8 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
                 boxes=boxes)
     out = tmp_path / "beam"
     with TestPipeline() as p:
-        tasks = p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values())), (ShardTask("train", 1), [], [])])
+        tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, list(boxes.values())),
+                                 ShardMembers(ShardTask("train", 1), [], [])])
         sizes = p | "Sizes" >> beam.Create([(("train", 0), 11)])
         written = {"tasks": tasks, "sizes": sizes} | WriteShards(OPTIONS, str(out), 0, codec_versions(),
                                                                  local_workers=local_workers)
@@ -203,7 +204,7 @@ def test_write_shards_in_beam_stages_and_assembles_pieces(members, tmp_path, mon
                 boxes=boxes)
     out = tmp_path / "beam"
     with TestPipeline() as p:
-        tasks = p | beam.Create([(ShardTask("train", 0), refs, list(boxes.values()))])
+        tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, list(boxes.values()))])
         written = {"tasks": tasks} | WriteShards(OPTIONS, str(out), 0, codec_versions())
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 9)]), label="shards")

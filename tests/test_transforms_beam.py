@@ -28,6 +28,7 @@ from transforms.records import (
     RejectsFile,
     ShardDuplicates,
     ShardInfo,
+    ShardMembers,
     ShardTask,
     SplitCount,
     from_shuffle,
@@ -101,8 +102,9 @@ def test_group_into_shards_includes_empty_shards():
         boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
                                             BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
         grouped = {"members": members, "boxes": boxes} | grouping
-        shape = grouped["tasks"] | beam.MapTuple(
-            lambda task, rs, bs: (task.split, task.shard_id, sorted(r.key for r in rs), [b.key for b in bs]))
+        shape = grouped["tasks"] | beam.Map(lambda shard: (shard.task.split, shard.task.shard_id,
+                                                           sorted(r.key for r in shard.members),
+                                                           [b.key for b in shard.boxes]))
         # each ~10-byte source estimates to ~2.8 KB: one shard per sample
         # k1's boxes meet k1 in its shard; the test split has no samples, so its annotation is an orphan
         expected = [("train", shard, sorted(r.key for r in refs[:3] if shard_of(r.key, 0, 3) == shard),
@@ -126,7 +128,7 @@ def test_write_shards(tmp_path):
     with TestPipeline() as p:
         boxes = [BoxesRef("n01440764_1", "train", ((0.25, 0.0, 0.75, 1.0),), ("n01440764",), 0, "b/1"),
                  BoxesRef("n01440764_9", "train", (), (), 0, "b/9")]  # no such image: an orphan
-        tasks = p | beam.Create([(ShardTask("train", 0), refs, boxes)])
+        tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, boxes)])
         written = {"tasks": tasks} | WriteShards(options, str(out), 0, codec_versions())
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 1)]), label="shards")

@@ -11,7 +11,8 @@ Stream shapes, in the order a build makes them (pipeline/build.py wires them):
   Reject          a sample or an annotation file set aside, with its stage and reason
   SplitCount      a count of something in one split (members read, left out, orphan annotations)
   SplitPlan       a split's sample count and shard count, decided before any image is decoded
-  ShardTask       one shard to write: its split and number (GroupIntoShards)
+  ShardTask       one shard to write: its split and number
+  ShardMembers    a shard's task, its members and the annotations that hash to it (GroupIntoShards)
   PieceTask       one piece of a shard (WriteShards cuts shards where the work needs it)
   PieceResult     a processed piece staged in a scratch file, waiting to be assembled
   ShardInfo       a finished shard tar: path, samples, bytes, sha256
@@ -29,8 +30,8 @@ from typing import Any, NamedTuple, Optional
 
 __all__ = ["SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
            "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected", "SplitCount",
-           "SplitPlan", "ShardTask", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry", "DuplicateLink",
-           "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"]
+           "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry",
+           "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"]
 
 
 def to_shuffle(record: Any) -> bytes:
@@ -218,6 +219,15 @@ class SplitPlan(NamedTuple):
 class ShardTask:
     split: str
     shard_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardMembers:
+    """One shard's members and the boxes of the annotations that hash to it (GroupIntoShards)."""
+
+    task: ShardTask
+    members: list  # MemberRef, in no particular order (WriteShards orders them)
+    boxes: list  # BoxesRef
 
 
 @dataclasses.dataclass(frozen=True, order=True)

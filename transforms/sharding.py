@@ -17,7 +17,7 @@ import typing
 import apache_beam as beam
 
 from transforms.keys import shard_of
-from transforms.records import BoxesRef, ShardTask, SplitCount, SplitPlan, from_shuffle, to_shuffle
+from transforms.records import BoxesRef, ShardMembers, ShardTask, SplitCount, SplitPlan, from_shuffle, to_shuffle
 
 __all__ = ["estimate_sample_bytes", "plan_num_shards", "split_estimates", "assign_batch", "GroupIntoShards"]
 
@@ -101,7 +101,7 @@ class _AssignShardFn(beam.DoFn):
 
 class GroupIntoShards(beam.PTransform):
     """{"members": (MemberRef, ...) batches, "boxes": BoxesRef} ->
-      "tasks":   (ShardTask, [MemberRef], [BoxesRef]) for every shard of every split (empty ones too);
+      "tasks":   ShardMembers(task, members, boxes) for every shard of every split (empty ones too);
       "plan":    (split, SplitPlan(samples, shards)), decided before any image is decoded;
       "sizes":   ((split, shard_id), members) of every shard with members (repeated keys counted);
       "orphans": SplitCount(split, 1) for each annotation of a split that has no samples.
@@ -143,7 +143,7 @@ class GroupIntoShards(beam.PTransform):
         return {"tasks": tasks, "plan": plan, "sizes": sizes, "orphans": routed.orphans}
 
 
-def _to_shard_task(key, records) -> tuple:
+def _to_shard_task(key, records) -> ShardMembers:
     refs, boxes = [], []
     for r in records:
         if r is None:  # the marker that makes an empty shard exist
@@ -153,4 +153,4 @@ def _to_shard_task(key, records) -> tuple:
             boxes.append(r)
         else:  # a batch of members
             refs.extend(r)
-    return ShardTask(key[0], key[1]), refs, boxes
+    return ShardMembers(ShardTask(key[0], key[1]), refs, boxes)

@@ -1,6 +1,6 @@
 """WriteShards: the Beam stage that makes the shards, the only one that touches image bytes.
 
-Contract: {"tasks": (ShardTask, [MemberRef], [BoxesRef]), "sizes": ((split, shard_id), members)}
+Contract: {"tasks": ShardMembers(task, members, boxes), "sizes": ((split, shard_id), members)}
   -> "shards":  ShardInfo            each shard's tar, written
      "index":   IndexFile            each shard's Parquet index, written beside it
      "hashes":  (bucket, batch)      the stored samples' HashEntry records (index.hash_buckets)
@@ -72,7 +72,7 @@ def _shard_outputs(result: ShardResult):
 # GroupByKey refuses.
 @beam.typehints.with_output_types(typing.Tuple[typing.Any, bytes])
 class _CutShardFn(beam.DoFn):
-    """(ShardTask, [MemberRef], [BoxesRef]) -> (key, to_shuffle(Piece)) for each piece; repeated
+    """ShardMembers -> (key, to_shuffle(Piece)) for each piece; repeated
     keys -> rejects; annotations without an image -> orphans.
 
     The key is what the runner spreads over its workers. Runners that scale out: each piece its
@@ -107,8 +107,8 @@ class _CutShardFn(beam.DoFn):
         return cut, keys
 
     def process(self, element, sizes=()):
-        task, refs, boxes = element
-        cut, keys = self._cut(task, refs, _boxes_by_key(boxes), sizes)
+        task = element.task
+        cut, keys = self._cut(task, element.members, _boxes_by_key(element.boxes), sizes)
         if cut.orphan_annotations:
             yield pvalue.TaggedOutput("orphans", SplitCount(task.split, cut.orphan_annotations))
         for reject in cut.rejects:
