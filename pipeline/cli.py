@@ -19,12 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 import fsspec
 from tqdm import tqdm
 
+import pipeline
 from pipeline.build import build_graph
 from pipeline.inputs import Inputs, resolve_inputs
 from pipeline.options import (
@@ -182,9 +183,10 @@ def _local_worker_log_level(options) -> Iterator[None]:
 _OPTIONS_FILE = "PIPELINE_OPTIONS_FILE"
 
 
-def run_build(config: BuildConfig, beam_args: list[str], discovery=None) -> int:
-    """Resolve the inputs, build the graph, run it, report. Returns the exit status."""
-    options = beam_options(beam_args)
+def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_options: Sequence[str] = ()) -> int:
+    """Resolve the inputs, build the graph, run it, report. Returns the exit status.
+    tool_options: the command's own option strings, suggested first for a misspelled one."""
+    options = beam_options(beam_args, tool_options)
     started = time.monotonic()
     layout = OutputLayout(config.out)
     inputs = resolve_inputs(config, discovery, _say)
@@ -237,7 +239,7 @@ def run_demo(args, beam_args: list[str]) -> int:
     _say(f"  {sum(len(v) for v in release.expected.values())} members, {planted} planted to be rejected")
     args.source, args.out, args.overwrite = source, out, True
     config = config_from_args(args)
-    code = run_build(config, beam_args)
+    code = run_build(config, beam_args, tool_options=args.tool_options)
     if code == 0:
         _say("")
         _say(READING_EXAMPLE.format(out=out))
@@ -251,15 +253,34 @@ def _parser() -> argparse.ArgumentParser:
         prog="imagenet-shards",
         description="ImageNet archives -> WebDataset shards + Parquet index, on Apache Beam. "
                     "Arguments the tool does not know are passed to Beam as pipeline options.")
+    parser.add_argument("--version", action=_PrintVersion)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build shards from a folder of official ILSVRC2012 archives")
-    add_build_arguments(build)
+    build.set_defaults(tool_options=tuple(add_build_arguments(build)))
     demo = sub.add_parser("demo", help="build the bundled miniature ILSVRC2012 sample")
-    demo.add_argument("--out", default="demo-out", help="folder for the sample and its shards (default demo-out)")
-    add_build_arguments(demo, with_source=False)
+    out = demo.add_argument("--out", default="demo-out", help="folder for the sample and its shards (default demo-out)")
     # The sample plants faults on purpose (~7% rejects), and is small: small shards show the sharding.
-    demo.set_defaults(max_reject_rate=0.25, shard_size=1_000_000)
+    demo.set_defaults(max_reject_rate=0.25, shard_size=1_000_000,
+                      tool_options=(*out.option_strings, *add_build_arguments(demo, with_source=False)))
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """--version: print the versions on one line and exit (argparse's own action wraps the line)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="show the versions that decide the output, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+def _version() -> str:
+    """The tool's version and the versions that decide its output bytes."""
+    codecs = codec_versions()
+    return (f"imagenet-shards {pipeline.__version__} (apache-beam {beam.__version__}, PIL {codecs['pil']}, "
+            f"libjpeg-turbo {codecs['libjpeg_turbo']})")
 
 
 def _setup_logging() -> None:
@@ -293,7 +314,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args, beam_args)
-        return run_build(config_from_args(args), beam_args)
+        return run_build(config_from_args(args), beam_args, tool_options=args.tool_options)
     except (UsageError, SourceError) as e:
         _say(f"imagenet-shards: error: {e}")
         return 2

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -111,47 +111,54 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = True) -> None:
+def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = True) -> list[str]:
+    """Add the build's options to `parser`; return their option strings (for suggestions)."""
+    added: list[str] = []
+
+    def option(*names, **kwargs) -> None:
+        added.extend(parser.add_argument(*names, **kwargs).option_strings)
+
     if with_source:
-        parser.add_argument("source", metavar="SOURCE",
-                            help="folder (local path or fsspec URL) holding the ILSVRC2012 archives")
-        parser.add_argument("--out", required=True, metavar="OUT", help="output folder (local path or fsspec URL)")
-        parser.add_argument("--boxes", action="append", default=[], metavar="PATH",
-                            help="bounding-box XML: an archive (.tar, .tar.gz) or folder, local or remote; "
-                                 "repeatable (default: the bbox archives found in SOURCE)")
-        parser.add_argument("--splits", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
-                            default=(), metavar="LIST", help="only these splits, e.g. train,val (default: all found)")
-        parser.add_argument("--classes", dest="classes_file", metavar="FILE", default=None,
-                            help="only these classes: a file with one WNID (class name) per line, e.g. ImageNet-100")
-        parser.add_argument("--relabel", action="store_true",
-                            help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
-        parser.add_argument("--label-map", metavar="FILE", default=None,
-                            help="labels = line index of the class in FILE (one WNID per line; ImageNet-21k orders)")
-        parser.add_argument("--val-per-class", type=int, default=0, metavar="N",
-                            help="hold out N train images per class as val, chosen by the seeded key hash "
-                                 "(datasets without a val split, e.g. ImageNet-21k)")
-        parser.add_argument("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder", "in21k"), default=None,
-                            help="how SOURCE is laid out (default: detected)")
-    parser.add_argument("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
-                        help="longer:N | shorter:N | none (default longer:512); never upscales")
-    parser.add_argument("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
-    parser.add_argument("--reencode", choices=("auto", "always"), default="auto",
-                        help="auto: keep baseline RGB JPEGs that need no resize byte for byte (default); "
-                             "always: re-encode every image")
-    parser.add_argument("--shard-size", type=_byte_size, default=parse_byte_size(DEFAULT_SHARD_SIZE), metavar="SIZE",
-                        help="target bytes per shard (default 512MB; KB/MB/GB = 1000^n, KiB/MiB/GiB = 1024^n)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the key hash that spreads samples over shards")
-    parser.add_argument("--max-pixels", type=_positive_int, default=PIL_MAX_IMAGE_PIXELS,
-                        help=f"reject images with more pixels (default {PIL_MAX_IMAGE_PIXELS:,}, PIL's limit)")
-    parser.add_argument("--max-reject-rate", type=_rate, default=0.05,
-                        help="fail (exit 1) when more than this fraction of samples is rejected (default 0.05)")
-    parser.add_argument("--exif-transpose", action="store_true",
-                        help="apply the EXIF orientation to the pixels (and boxes) before resizing; "
-                             "default: pixels as stored, as torchvision and TFDS read ImageNet")
-    parser.add_argument("--verify-inputs", action="store_true",
-                        help="check the official archives against their published MD5 sums first (reads every byte)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a previous build in OUT")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        option("source", metavar="SOURCE",
+               help="folder (local path or fsspec URL) holding the ILSVRC2012 archives")
+        option("--out", required=True, metavar="OUT", help="output folder (local path or fsspec URL)")
+        option("--boxes", action="append", default=[], metavar="PATH",
+               help="bounding-box XML: an archive (.tar, .tar.gz) or folder, local or remote; "
+                    "repeatable (default: the bbox archives found in SOURCE)")
+        option("--splits", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+               default=(), metavar="LIST", help="only these splits, e.g. train,val (default: all found)")
+        option("--classes", dest="classes_file", metavar="FILE", default=None,
+               help="only these classes: a file with one WNID (class name) per line, e.g. ImageNet-100")
+        option("--relabel", action="store_true",
+               help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
+        option("--label-map", metavar="FILE", default=None,
+               help="labels = line index of the class in FILE (one WNID per line; ImageNet-21k orders)")
+        option("--val-per-class", type=int, default=0, metavar="N",
+               help="hold out N train images per class as val, chosen by the seeded key hash "
+                    "(datasets without a val split, e.g. ImageNet-21k)")
+        option("--layout", choices=("ilsvrc2012", "kaggle", "imagefolder", "in21k"), default=None,
+               help="how SOURCE is laid out (default: detected)")
+    option("--resize", type=_resize, default=ResizeSpec.parse("longer:512"), metavar="SPEC",
+           help="longer:N | shorter:N | none (default longer:512); never upscales")
+    option("--quality", type=_quality, default=90, help="JPEG quality of re-encoded images (default 90)")
+    option("--reencode", choices=("auto", "always"), default="auto",
+           help="auto: keep baseline RGB JPEGs that need no resize byte for byte (default); "
+                "always: re-encode every image")
+    option("--shard-size", type=_byte_size, default=parse_byte_size(DEFAULT_SHARD_SIZE), metavar="SIZE",
+           help="target bytes per shard (default 512MB; KB/MB/GB = 1000^n, KiB/MiB/GiB = 1024^n)")
+    option("--seed", type=int, default=0, help="seed of the key hash that spreads samples over shards")
+    option("--max-pixels", type=_positive_int, default=PIL_MAX_IMAGE_PIXELS,
+           help=f"reject images with more pixels (default {PIL_MAX_IMAGE_PIXELS:,}, PIL's limit)")
+    option("--max-reject-rate", type=_rate, default=0.05,
+           help="fail (exit 1) when more than this fraction of samples is rejected (default 0.05)")
+    option("--exif-transpose", action="store_true",
+           help="apply the EXIF orientation to the pixels (and boxes) before resizing; "
+                "default: pixels as stored, as torchvision and TFDS read ImageNet")
+    option("--verify-inputs", action="store_true",
+           help="check the official archives against their published MD5 sums first (reads every byte)")
+    option("--overwrite", action="store_true", help="replace a previous build in OUT")
+    option("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return added
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -185,31 +192,46 @@ def _collect_stray_arguments(parser) -> None:
 
 
 def _unknown_arguments(beam_args: list[str]) -> list[str]:
-    """The arguments in beam_args that no Beam pipeline option takes, as the user wrote them."""
+    """The arguments in beam_args that no Beam pipeline option takes, as the user wrote them, in
+    their order; a value that follows an unknown option is given with it ("--shard-sise 1MB")."""
     known = PipelineOptions([]).get_all_options(add_extra_args_fn=_collect_stray_arguments)
     parsed = PipelineOptions(beam_args).get_all_options(add_extra_args_fn=_collect_stray_arguments,
                                                         retain_unknown_options=True)
+    unknown_names = {name for name in parsed if name not in known}
+    strays = list(parsed[_STRAY])
     unknown = []
-    for name in parsed:
-        if name not in known:
-            unknown.append(next((a.split("=", 1)[0] for a in beam_args
-                                 if a.lstrip("-").split("=", 1)[0] == name), f"--{name}"))
-    return unknown + list(parsed[_STRAY])
+    for i, arg in enumerate(beam_args):
+        # Beam names an option's value by the option with its dashes made underscores
+        if arg.startswith("-") and arg.lstrip("-").split("=", 1)[0].replace("-", "_") in unknown_names:
+            value = beam_args[i + 1] if i + 1 < len(beam_args) and "=" not in arg else None
+            if value is not None and value in strays:
+                strays.remove(value)
+                arg = f"{arg} {value}"
+            unknown.append(arg)
+    return unknown + strays
 
 
-def beam_options(beam_args: list[str]) -> PipelineOptions:
+def _suggestion(arg: str, tool_options: Sequence[str], beam_names: Sequence[str]) -> str:
+    """The option most like a misspelled one: the tool's own first, then Beam's."""
+    if not arg.startswith("-"):
+        return ""
+    name = arg.split()[0].split("=", 1)[0]
+    close = difflib.get_close_matches(name, tool_options, n=1, cutoff=0.7) or difflib.get_close_matches(
+        name, beam_names, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def beam_options(beam_args: list[str], tool_options: Sequence[str] = ()) -> PipelineOptions:
     """PipelineOptions from the arguments the tool did not take; local defaults when no --runner.
 
-    Raises UsageError for an argument Beam does not know either (a typo).
+    Raises UsageError for an argument Beam does not know either (a typo), with a suggestion taken
+    from the tool's own options (`tool_options`) first, then from Beam's.
     """
     unknown = _unknown_arguments(beam_args)
     if unknown:
-        names = ["--" + name for name in PipelineOptions([]).get_all_options()]
-        hints = []
-        for arg in unknown:
-            close = difflib.get_close_matches(arg, names, n=1) if arg.startswith("-") else []
-            hints.append(arg + (f" (did you mean {close[0]}?)" if close else ""))
-        raise UsageError("unrecognised arguments: " + ", ".join(hints))
+        beam_names = ["--" + name for name in PipelineOptions([]).get_all_options()]
+        raise UsageError("unrecognised arguments: "
+                         + ", ".join(arg + _suggestion(arg, tool_options, beam_names) for arg in unknown))
     args = list(beam_args)
 
     def given(name: str) -> bool:

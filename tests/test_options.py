@@ -1,5 +1,6 @@
 """Command-line options: the tool's own, and Beam's passed through untouched."""
 import pytest
+from conftest import run_cli
 
 from pipeline.options import UsageError, beam_options, is_local_runner
 
@@ -38,3 +39,24 @@ def test_an_argument_nobody_knows_is_an_error(typo):
 def test_typo_gets_a_suggestion():
     with pytest.raises(UsageError, match="did you mean --direct_num_workers"):
         beam_options(["--direct_num_worker=2"])
+
+
+MISSPELLED = [
+    (["--shard-sise", "1MB"], "unrecognised arguments: --shard-sise 1MB (did you mean --shard-size?)"),
+    (["--resise=shorter:256"], "unrecognised arguments: --resise=shorter:256 (did you mean --resize?)"),
+    (["--ovewrite"], "unrecognised arguments: --ovewrite (did you mean --overwrite?)"),
+    (["--direct_num_worker", "2"], "did you mean --direct_num_workers?"),
+]
+
+
+@pytest.mark.parametrize("typo, suggestion", MISSPELLED)
+def test_a_misspelled_option_is_matched_against_the_tools_own_first(typo, suggestion, tmp_path):
+    proc = run_cli("build", tmp_path, "--out", tmp_path / "out", *typo, check_code=2)
+    assert suggestion in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_version_names_what_decides_the_bytes():
+    proc = run_cli("--version", check_code=0)
+    assert proc.stdout.startswith("imagenet-shards ") and "apache-beam" in proc.stdout
+    assert "libjpeg-turbo" in proc.stdout and proc.stdout.count("\n") == 1
