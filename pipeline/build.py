@@ -47,9 +47,10 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     out, discovery = config.out, inputs.discovery
 
     # -> members: (MemberRef, ...) batches, one per class tar, class folder or flat tar;
-    #    rejects: Reject (stage "index"); read, left_out: SplitCount
+    #    rejects: Reject (stage "index"); read, left_out: SplitCount; damaged: DamagedArchive
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
-                                                     discovery.holdout_per_class, config.seed)
+                                                     discovery.holdout_per_class, config.seed,
+                                                     config.accept_damaged_archives)
 
     # -> boxes: BoxesRef; rejects: Reject (stage "annotation": hostile or broken XML)
     annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
@@ -81,6 +82,6 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written
     facts = {"read": indexed["read"], "left_out": indexed["left_out"], "shard": written["shards"],
              "index": written["index"], "duplicates": duplicates, "rejects": rejects_files,
-             "annotation_rejects": annotation_rejects_files, "orphans": orphans}
+             "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"]}
     _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs),
                                                  config.max_reject_rate)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline.build import build_graph
+from pipeline.console import Console, default_log_path, root_cause
 from pipeline.inputs import Inputs, resolve_inputs
 from pipeline.options import (
     BuildConfig,
@@ -49,8 +50,13 @@ __all__ = ["main", "run_build"]
 log = logging.getLogger("imagenet_shards")
 
 
+# Where the tool's own words go: the terminal, while Beam's and the workers' output goes to the log
+# (pipeline/console.py). main() opens it for the run.
+_console = Console(default_log_path(), verbose=True)
+
+
 def _say(msg: str = "") -> None:
-    print(msg, file=sys.stderr, flush=True)
+    _console.say(msg)
 
 
 # --- progress ------------------------------------------------------------------------
@@ -73,8 +79,9 @@ class ProgressMonitor:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        interactive = sys.stderr.isatty()
-        bar = tqdm(total=0, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True,
+        terminal = _console.terminal
+        interactive = terminal.isatty()
+        bar = tqdm(total=0, unit="img", desc="images", file=terminal, dynamic_ncols=True,
                    mininterval=0.5 if interactive else 15, disable=None if interactive else False)
         try:
             while not self._stop.wait(0.5):
@@ -113,6 +120,9 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
              f"annotation rejects: {manifest.get('annotation_rejects_by_reason') or 0}; "
              f"orphan annotations: {manifest.get('orphan_annotations', 0)}; "
              f"val label disagreements: {splits.get('val', {}).get('label_disagreements', 0)}")
+    for damaged in manifest.get("damaged_archives", ()):
+        _say(f"damaged archive, read as far as it goes: {damaged['source']}: {damaged['detail']} "
+             f"(members located in the first {damaged['readable_bytes']:,} of {damaged['bytes']:,} bytes)")
     _say(f"wall time {wall:.1f} s, {samples / wall if wall else 0:.1f} images/s")
     if status != "ok":
         _say(f"FAILED: {manifest.get('error', status)}")
@@ -189,7 +199,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
     options = beam_options(beam_args, tool_options)
     started = time.monotonic()
     layout = OutputLayout(config.out)
-    inputs = resolve_inputs(config, discovery, _say)
+    inputs = resolve_inputs(config, discovery, _console.terminal)
     _describe(inputs)
 
     progress_dir = None
@@ -310,7 +320,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     _fewer_malloc_arenas()
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
-    _setup_logging()
+    global _console
+    _console = Console(args.log_file or default_log_path(), verbose=args.verbose)
+    with _console:
+        _setup_logging()  # after the console: the log handler writes to its standard error, the log
+        return _run(args, beam_args)
+
+
+def _run(args, beam_args: list[str]) -> int:
+    """Run the command; turn what can go wrong into a line on the terminal and an exit status."""
     try:
         if args.command == "demo":
             return run_demo(args, beam_args)
@@ -321,9 +339,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    except Exception as e:  # the pipeline failed: say why in one line, details in the log above
-        log.debug("build failed", exc_info=True)
-        _say(f"imagenet-shards: build failed: {type(e).__name__}: {e}")
+    except Exception as e:  # the build failed: one line here, the whole traceback in the log
+        log.error("build failed", exc_info=True)
+        cause = root_cause(e)
+        if cause.startswith("TarDamaged:"):
+            cause += "; --accept-damaged-archives builds from what can be read and lists the damage in the manifest"
+        where = "" if _console.verbose else f" (details: {_console.log_path})"
+        _say(f"imagenet-shards: build failed: {cause}{where}")
         return 1
 
 

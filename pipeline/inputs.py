@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Callable, Optional
+from typing import IO, Callable, Optional
 
 import fsspec
 from tqdm import tqdm
@@ -28,32 +28,32 @@ from transforms.sources import Discovery, discover, stage_gzipped_tar
 
 __all__ = ["Inputs", "resolve_inputs", "prepare_output"]
 
-Say = Callable[[str], None]
-
-
-def _say_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     discovery: Discovery  # what the build reads, narrowed by the options
     staging: Optional[str] = None  # where a gzipped tar's class tars were staged (removed after the build)
 
 
-def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None, say: Say = _say_to_stderr) -> Inputs:
-    """See the module docstring. `discovery`: SOURCE already discovered (step 1 skipped)."""
+def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None,
+                   terminal: Optional[IO[str]] = None) -> Inputs:
+    """See the module docstring. `discovery`: SOURCE already discovered (step 1 skipped);
+    `terminal`: where messages and progress bars go (standard error by default)."""
+    terminal = terminal or sys.stderr
+
+    def say(message: str) -> None:
+        print(message, file=terminal, flush=True)
+
     if discovery is None:
         discovery = discover(config.source, config.layout)
     if not discovery.needs_staging:
         discovery = _refine(discovery, config)
     if config.verify_inputs:
-        _verify_inputs(discovery, say)
+        _verify_inputs(discovery, say, terminal)
     prepare_output(config)
     if not discovery.needs_staging:
         return Inputs(discovery)
     staging = OutputLayout(config.out).url(f"_staging/{discovery.needs_staging.name}")
-    return Inputs(_refine(_stage(discovery, staging, say), config), staging)
+    return Inputs(_refine(_stage(discovery, staging, say, terminal), config), staging)
 
 
 def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:
@@ -66,14 +66,14 @@ def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:
     return discovery.with_boxes(config.boxes).select(config.splits, classes, config.relabel)
 
 
-def _verify_inputs(discovery: Discovery, say: Say) -> None:
+def _verify_inputs(discovery: Discovery, say: Callable[[str], None], terminal: IO[str]) -> None:
     for archive in discovery.archives:
         expected = OFFICIAL_MD5.get(archive.name)
         if expected is None:
             say(f"  {archive.name}: no published MD5, not verified")
             continue
         with tqdm(total=archive.size, unit="B", unit_scale=True, desc=f"md5 {archive.name}",
-                  file=sys.stderr, disable=None) as bar:
+                  file=terminal, disable=None) as bar:
             actual = verify_md5(archive.url, expected, bar.update)
         if actual:
             raise SourceError(f"{archive.name}: MD5 {actual} does not match the published {expected} "
@@ -81,13 +81,13 @@ def _verify_inputs(discovery: Discovery, say: Say) -> None:
         say(f"  {archive.name}: MD5 ok")
 
 
-def _stage(discovery: Discovery, staging: str, say: Say) -> Discovery:
+def _stage(discovery: Discovery, staging: str, say: Callable[[str], None], terminal: IO[str]) -> Discovery:
     """A gzipped tar cannot be read by ranges: one sequential pass copies its class tars to
     the output's staging area, and the build reads those instead."""
     spec = discovery.needs_staging
     assert spec is not None
     say(f"staging the class tars of {spec.name} (gzip cannot be read by ranges: one sequential pass)")
-    with tqdm(unit="B", unit_scale=True, desc="staging", file=sys.stderr, disable=None) as bar:
+    with tqdm(unit="B", unit_scale=True, desc="staging", file=terminal, disable=None) as bar:
         stage_gzipped_tar(spec, staging, bar.update)
     staged = discover(staging, "in21k")
     return dataclasses.replace(staged, inputs=discovery.inputs)

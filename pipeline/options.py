@@ -52,6 +52,7 @@ class BuildConfig:
     verify_inputs: bool
     overwrite: bool
     progress: bool
+    accept_damaged_archives: bool = False
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(resize=self.resize, quality=self.quality, reencode=self.reencode,
@@ -73,6 +74,7 @@ class BuildConfig:
             "label_map": self.label_map,
             "val_per_class": self.val_per_class,
             "exif_transpose": self.exif_transpose,
+            "accept_damaged_archives": self.accept_damaged_archives,
         }
 
 
@@ -157,7 +159,15 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
     option("--verify-inputs", action="store_true",
            help="check the official archives against their published MD5 sums first (reads every byte)")
     option("--overwrite", action="store_true", help="replace a previous build in OUT")
+    option("--accept-damaged-archives", action="store_true",
+           help="build from what can be read of a tar that is cut off or has a broken header, and list it "
+                "in the manifest (default: such an archive fails the build)")
     option("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    option("--verbose", action="store_true",
+           help="show Beam's and its workers' messages on the terminal (default: they go to the log file)")
+    option("--log-file", metavar="PATH", default=None,
+           help="where Beam's messages and the traceback of a failure go (default: a new file under "
+                "$TMPDIR/imagenet-shards-logs/)")
     return added
 
 
@@ -170,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         exif_transpose=args.exif_transpose, resize=args.resize, quality=args.quality, reencode=args.reencode,
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
-        progress=args.progress,
+        progress=args.progress, accept_damaged_archives=args.accept_damaged_archives,
     )
 
 

@@ -8,7 +8,7 @@ from transforms.archives import FolderSlice, TarSlice, index_folder, index_tar_s
 from transforms.keys import folder_member_key, sample_key
 from transforms.labels import Labeler, imagenet_classes
 from transforms.records import MemberRef, Reject
-from transforms.tar_headers import iter_tar_entries
+from transforms.tar_headers import TarDamaged, iter_tar_entries
 
 CLASSES = {c.wnid: c.label for c in imagenet_classes()}
 
@@ -99,17 +99,49 @@ def test_member_cut_off_by_the_end_of_the_archive_is_truncated(tmp_path):
     path = tmp_path / "n01440764.tar"
     path.write_bytes(cut)
     piece = TarSlice("train", str(path), 0, len(cut), "n01440764.tar", "n01440764")
-    items = list(index_tar_slice(piece, labeler()))
-    assert [type(i).__name__ for i in items] == ["MemberRef", "Reject"]
+    with pytest.raises(TarDamaged, match="n01440764.tar: the archive ends inside member n01440764_2.JPEG"):
+        list(index_tar_slice(piece, labeler()))  # a cut-off archive fails the build...
+    items = list(index_tar_slice(piece, labeler(), accept_damaged=True))  # ... unless it is accepted
+    assert [type(i).__name__ for i in items] == ["MemberRef", "Reject", "DamagedArchive"]
     assert items[1].reason == "truncated"
+    assert (items[2].source, items[2].size) == ("n01440764.tar", len(cut))
+    assert items[2].readable == data.index(b"B" * 100) - 512  # where the cut member's header starts
 
 
 def test_garbage_is_not_a_tar(tmp_path):
     path = tmp_path / "bad.tar"
     path.write_bytes(b"<html>not a tar</html>" * 100)
     piece = TarSlice("val", str(path), 0, path.stat().st_size, "bad.tar")
-    with pytest.raises(RuntimeError, match="not a readable tar"):
+    with pytest.raises(TarDamaged, match="not a readable tar"):
         list(index_tar_slice(piece, labeler()))
+
+
+def _entries_until_damage(data: bytes) -> tuple:
+    """(the entry names iter_tar_entries yields, the TarDamaged it raises or None)."""
+    names = []
+    try:
+        for entry in iter_tar_entries(io.BytesIO(data), length=len(data), where="t.tar"):
+            names.append(entry.name)
+    except TarDamaged as e:
+        return names, e
+    return names, None
+
+
+def test_a_header_that_makes_no_sense_is_damage_not_the_end(tmp_path):
+    data = bytearray(tar_bytes([(f"n01440764_{i}.JPEG", b"x" * 1000) for i in range(3)]))
+    assert _entries_until_damage(bytes(data)) == (["n01440764_0.JPEG", "n01440764_1.JPEG", "n01440764_2.JPEG"], None)
+    data[1536 + 148:1536 + 156] = b"9999999\0"  # the second header's checksum is wrong
+    names, error = _entries_until_damage(bytes(data))
+    assert names == ["n01440764_0.JPEG"]  # tarfile alone would stop here without a word
+    assert error is not None and "offset 1,536 is neither a member header" in str(error)
+    assert (error.readable, error.size) == (1536, len(data))
+
+
+def test_an_archive_without_its_end_blocks_is_damaged():
+    data = tar_bytes([("n01440764_1.JPEG", b"x" * 1000), ("n01440764_2.JPEG", b"y" * 1000)])
+    cut = data[:512 + 1024]  # cut right after the first member: every header read is whole
+    names, error = _entries_until_damage(cut)
+    assert names == ["n01440764_1.JPEG"] and "without its end-of-archive blocks" in str(error)
 
 
 @pytest.mark.parametrize("class_name,relative,key", [

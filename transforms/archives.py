@@ -30,9 +30,9 @@ from apache_beam import pvalue
 from transforms.counting import reject_output
 from transforms.keys import folder_member_key, key_hash, sample_key
 from transforms.labels import Labeler, LeftOutClass, NoLabel
-from transforms.records import LeftOut, MemberRef, Reject, SplitCount
+from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount
 from transforms.storage import RangeFile, file_size, locate, open_input
-from transforms.tar_headers import iter_tar_entries
+from transforms.tar_headers import TarDamaged, iter_tar_entries
 
 __all__ = ["TarSlice", "FolderSlice", "index_folder", "expand_archive", "hold_out", "list_inner_tars",
            "index_tar_slice", "IndexArchives"]
@@ -50,24 +50,40 @@ class TarSlice:
     wnid: Optional[str] = None  # class of every member (per-class tars); None: labels come from elsewhere
 
 
-def list_inner_tars(split: str, archive: str, name: str) -> Iterator[Union[TarSlice, Reject]]:
+def _damaged(split: str, error: TarDamaged, accept: bool) -> DamagedArchive:
+    """The record of a damaged tar when the build accepts them; else the build fails with the error."""
+    if not accept:
+        raise error
+    return DamagedArchive(split, error.where, error.detail, error.readable, error.size)
+
+
+def list_inner_tars(split: str, archive: str, name: str, accept_damaged: bool = False
+                    ) -> Iterator[Union[TarSlice, Reject, DamagedArchive]]:
     """The per-class tars of a tar of tars (ILSVRC2012_img_train.tar), as TarSlices.
 
     A member of the outer tar that is not a `.tar` cannot hold samples of a class:
-    it is rejected as `unlabeled` rather than dropped silently.
+    it is rejected as `unlabeled` rather than dropped silently. A damaged outer tar raises
+    TarDamaged, or with `accept_damaged` ends with a DamagedArchive record.
     """
     with open_input(archive) as f:
-        for entry in iter_tar_entries(f, length=file_size(archive), where=name):
-            if entry.kind == "dir":
-                continue
-            source = f"{name}/{entry.name}"
-            if entry.kind == "file" and entry.name.lower().endswith(".tar"):
-                wnid = posixpath.basename(entry.name)[: -len(".tar")]
-                yield TarSlice(split, archive, entry.offset, entry.size, source, wnid)
-            elif entry.kind == "file":
-                yield Reject(sample_key(entry.name), split, source, "unlabeled", "not inside a per-class tar", "index")
-            else:
-                yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file", "index")
+        try:
+            yield from _inner_tars(split, archive, name, f)
+        except TarDamaged as e:
+            yield _damaged(split, e, accept_damaged)
+
+
+def _inner_tars(split: str, archive: str, name: str, f) -> Iterator[Union[TarSlice, Reject]]:
+    for entry in iter_tar_entries(f, length=file_size(archive), where=name):
+        if entry.kind == "dir":
+            continue
+        source = f"{name}/{entry.name}"
+        if entry.kind == "file" and entry.name.lower().endswith(".tar"):
+            wnid = posixpath.basename(entry.name)[: -len(".tar")]
+            yield TarSlice(split, archive, entry.offset, entry.size, source, wnid)
+        elif entry.kind == "file":
+            yield Reject(sample_key(entry.name), split, source, "unlabeled", "not inside a per-class tar", "index")
+        else:
+            yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file", "index")
 
 
 def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, offset: int, size: int,
@@ -81,28 +97,36 @@ def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, o
                      wnid=found.name, source=source)
 
 
-def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None
-                    ) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
-    """MemberRefs (and Rejects) for every member of one tar."""
+def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None,
+                    accept_damaged: bool = False) -> Iterator[Union[MemberRef, Reject, LeftOut, DamagedArchive]]:
+    """MemberRefs (and Rejects) for every member of one tar. A damaged tar raises TarDamaged, or
+    with `accept_damaged` ends with a DamagedArchive record."""
     if archive_size is None:
         archive_size = file_size(piece.archive)
     end = min(piece.offset + piece.size, archive_size)
     with open_input(piece.archive) as f:
-        view = RangeFile(f, piece.offset, end - piece.offset)
-        for entry in iter_tar_entries(view, base_offset=piece.offset, length=end - piece.offset,
-                                      where=piece.source):
-            if entry.kind == "dir":
-                continue
-            key = sample_key(entry.name)
-            source = f"{piece.source}/{entry.name}"
-            if entry.kind != "file":
-                yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar", "index")
-            elif entry.offset + entry.size > end:
-                yield Reject(key, piece.split, source, "truncated",
-                             f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)",
-                             "index")
-            else:
-                yield _member(labeler, key, piece.split, source, piece.archive, entry.offset, entry.size, piece.wnid)
+        try:
+            yield from _tar_members(piece, labeler, RangeFile(f, piece.offset, end - piece.offset), end)
+        except TarDamaged as e:
+            yield _damaged(piece.split, e, accept_damaged)
+
+
+def _tar_members(piece: TarSlice, labeler: Labeler, view: RangeFile, end: int
+                 ) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
+    for entry in iter_tar_entries(view, base_offset=piece.offset, length=end - piece.offset,
+                                  where=piece.source):
+        if entry.kind == "dir":
+            continue
+        key = sample_key(entry.name)
+        source = f"{piece.source}/{entry.name}"
+        if entry.kind != "file":
+            yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar", "index")
+        elif entry.offset + entry.size > end:
+            yield Reject(key, piece.split, source, "truncated",
+                         f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)",
+                         "index")
+        else:
+            yield _member(labeler, key, piece.split, source, piece.archive, entry.offset, entry.size, piece.wnid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +168,11 @@ def hold_out(items: list, per_class: int, seed: int) -> list:
             for i in items]
 
 
-def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject, LeftOut]]:
+def expand_archive(spec, labeler: Labeler, accept_damaged: bool = False
+                   ) -> Iterator[Union[TarSlice, FolderSlice, MemberRef, Reject, LeftOut, DamagedArchive]]:
     """An ArchiveSpec -> the units indexed in parallel (class tars, class folders, whole tars)."""
     if spec.kind == "nested_tar":
-        yield from list_inner_tars(spec.split, spec.url, spec.name)
+        yield from list_inner_tars(spec.split, spec.url, spec.name, accept_damaged)
     elif spec.kind == "tar":
         yield TarSlice(spec.split, spec.url, 0, spec.size, spec.name, spec.class_name)
     elif spec.kind == "folder":
@@ -176,13 +201,16 @@ def expand_archive(spec, labeler: Labeler) -> Iterator[Union[TarSlice, FolderSli
 class _ExpandArchivesFn(beam.DoFn):
     """ArchiveSpec -> the units to index (TarSlice, FolderSlice), or members found on the way."""
 
-    def __init__(self, labeler: Labeler):
+    def __init__(self, labeler: Labeler, accept_damaged: bool):
         self._labeler = labeler
+        self._accept_damaged = accept_damaged
 
     def process(self, spec):
-        for item in expand_archive(spec, self._labeler):
+        for item in expand_archive(spec, self._labeler, self._accept_damaged):
             if isinstance(item, Reject):
                 yield reject_output(item)
+            elif isinstance(item, DamagedArchive):
+                yield pvalue.TaggedOutput("damaged", item)
             elif isinstance(item, MemberRef):
                 yield pvalue.TaggedOutput("members", (item,))  # a batch of one (a file outside any class folder)
             elif isinstance(item, LeftOut):
@@ -195,18 +223,19 @@ class _ExpandArchivesFn(beam.DoFn):
 class _IndexUnitFn(beam.DoFn):
     """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
 
-    def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int):
+    def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int, accept_damaged: bool):
         self._labeler = labeler
         self._sizes = sizes
         self._holdout = holdout
         self._seed = seed
+        self._accept_damaged = accept_damaged
 
     def process(self, piece):
-        items: Iterable[Union[MemberRef, Reject, LeftOut]]
+        items: Iterable[Union[MemberRef, Reject, LeftOut, DamagedArchive]]
         if isinstance(piece, FolderSlice):
             items = index_folder(piece, self._labeler)
         else:
-            items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive))
+            items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive), self._accept_damaged)
         if self._holdout and piece.wnid is not None:  # one unit = one whole class
             items = hold_out(list(items), self._holdout, self._seed)
         batch = []
@@ -215,6 +244,8 @@ class _IndexUnitFn(beam.DoFn):
                 yield reject_output(item)
             elif isinstance(item, LeftOut):
                 yield pvalue.TaggedOutput("left_out", item)
+            elif isinstance(item, DamagedArchive):
+                yield pvalue.TaggedOutput("damaged", item)
             else:
                 batch.append(item)
         if batch:
@@ -227,9 +258,11 @@ def _splits_of_batch(batch) -> list:
 
 class IndexArchives(beam.PTransform):
     """PBegin -> {"members": (MemberRef, ...) batches, "rejects": Reject, "left_out": SplitCount,
-    "read": SplitCount}: every member, headers only. "read" counts every member per split, kept
-    or rejected (directories are not members); "left_out" the members of classes --classes
-    leaves out, which are neither.
+    "read": SplitCount, "damaged": DamagedArchive}: every member, headers only. "read" counts
+    every member per split, kept or rejected (directories are not members); "left_out" the
+    members of classes --classes leaves out, which are neither. A damaged tar (cut off, or with
+    a header that makes no sense) fails the build, unless `accept_damaged`: then it is indexed
+    as far as it goes and reported in "damaged".
 
     Members come in batches, one per unit (a class tar, a class folder, a whole flat tar): the
     local runner keeps every element that crosses a stage in memory, and a batch pickles its
@@ -240,26 +273,29 @@ class IndexArchives(beam.PTransform):
     worker that listed it).
     """
 
-    def __init__(self, archives, labeler: Labeler, holdout_per_class: int = 0, seed: int = 0):
+    def __init__(self, archives, labeler: Labeler, holdout_per_class: int = 0, seed: int = 0,
+                 accept_damaged: bool = False):
         super().__init__()
         self._archives = list(archives)
         self._labeler = labeler
         self._holdout = holdout_per_class
         self._seed = seed
+        self._accept_damaged = accept_damaged
 
     def expand(self, pbegin):
         sizes = {a.url: a.size for a in self._archives}
         units = (
             pbegin
             | "ListArchives" >> beam.Create(self._archives)
-            | "ListClassTars" >> beam.ParDo(_ExpandArchivesFn(self._labeler)).with_outputs(
-                "members", "rejects", "left_out", main="units")
+            | "ListClassTars" >> beam.ParDo(_ExpandArchivesFn(self._labeler, self._accept_damaged)).with_outputs(
+                "members", "rejects", "left_out", "damaged", main="units")
         )
         indexed = (
             units.units
             | "SpreadUnits" >> beam.Reshuffle()
-            | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes, self._holdout, self._seed)).with_outputs(
-                "rejects", "left_out", main="members")
+            | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes, self._holdout, self._seed,
+                                                       self._accept_damaged)).with_outputs(
+                "rejects", "left_out", "damaged", main="members")
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()
         rejects = (units.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
@@ -277,4 +313,5 @@ class IndexArchives(beam.PTransform):
             | "CountRead" >> beam.CombinePerKey(sum)
             | "ReadCounts" >> beam.MapTuple(SplitCount)
         )
-        return {"members": members, "rejects": rejects, "left_out": left_out, "read": read}
+        damaged = (units.damaged, indexed.damaged) | "MergeDamaged" >> beam.Flatten()
+        return {"members": members, "rejects": rejects, "left_out": left_out, "read": read, "damaged": damaged}

@@ -32,6 +32,7 @@ FACT_KINDS = {
     "rejects": "RejectsFile of the samples' rejects",
     "annotation_rejects": "RejectsFile of the annotation files set aside",
     "duplicates": "ShardDuplicates: samples of that shard's index flagged duplicate_of",
+    "damaged": "DamagedArchive: a tar read only as far as it goes (--accept-damaged-archives)",
 }
 
 
@@ -44,6 +45,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
     duplicates: collections.Counter[str] = collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     annotation_rejects = {}
+    damaged = []
     for kind, fact in facts:
         if kind == "read":
             read[fact.split] += fact.n
@@ -61,6 +63,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             rejects[fact.split] = fact
         elif kind == "duplicates":
             duplicates[fact.split] += fact.flagged
+        elif kind == "damaged":
+            damaged.append(fact)
         else:
             raise ValueError(f"unknown fact {kind!r}")
 
@@ -98,6 +102,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         "annotation_rejects_by_reason": dict(sorted(sum(
             (collections.Counter(r.by_reason) for r in annotation_rejects.values()), collections.Counter()).items())),
         "orphan_annotations": sum(orphans.values()),
+        "damaged_archives": [{"split": d.split, "source": d.source, "detail": d.detail, "readable_bytes": d.readable,
+                              "bytes": d.size} for d in sorted(damaged)],
     }
 
 

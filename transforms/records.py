@@ -7,6 +7,7 @@ these records, only where to find them (archive, offset, size).
 Stream shapes, in the order a build makes them (pipeline/build.py wires them):
   MemberRef       one sample's byte range in an archive (IndexArchives, in batches)
   LeftOut         a member of a class that --classes leaves out (counted, never read)
+  DamagedArchive  a tar cut off or with a broken header, read as far as it goes (--accept-damaged-archives)
   BoxesRef        one image's boxes, on their way to its shard (ReadAnnotations)
   Reject          a sample or an annotation file set aside, with its stage and reason
   SplitCount      a count of something in one split (members read, left out, orphan annotations)
@@ -28,10 +29,12 @@ import dataclasses
 import pickle
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
-           "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected", "SplitCount",
-           "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo", "IndexFile", "HashEntry",
-           "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"]
+__all__ = [
+    "SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
+    "DamagedArchive", "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected",
+    "SplitCount", "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo", "IndexFile",
+    "HashEntry", "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"
+]
 
 
 def to_shuffle(record: Any) -> bytes:
@@ -174,6 +177,18 @@ class LeftOut:
 
     split: str
     key: str
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class DamagedArchive:
+    """A tar that ends early or whose headers stop making sense, indexed as far as it goes because
+    the build was told to accept it (--accept-damaged-archives): what was skipped is on record."""
+
+    split: str
+    source: str  # the tar's readable name, e.g. "ILSVRC2012_img_train.tar/n01440764.tar"
+    detail: str  # what is wrong with it
+    readable: int  # bytes from its start in which members were located
+    size: int  # bytes it has
 
 
 @dataclasses.dataclass(frozen=True)

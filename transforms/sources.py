@@ -316,7 +316,9 @@ def _discover_in21k(source: str) -> Discovery:
     inputs = ({"name": name, "size": spec.size},)
     if not name.endswith(".tar"):  # gzip: not seekable, stage its class tars first
         return Discovery("in21k", (), (), {}, inputs, (), needs_staging=spec)
-    wnids = sorted(t.wnid for t in list_inner_tars("train", spec.url, name) if isinstance(t, TarSlice) and t.wnid)
+    # the class list only: a damaged tar fails the build (or is accepted) when IndexArchives reads it
+    inner = list_inner_tars("train", spec.url, name, accept_damaged=True)
+    wnids = sorted(t.wnid for t in inner if isinstance(t, TarSlice) and t.wnid)
     return Discovery("in21k", (spec,), _class_infos(wnids), {}, inputs, ())
 
 

@@ -8,12 +8,11 @@ plain, tarfile reads the rest. This module imports no other module of the projec
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tarfile
 import typing
 from typing import IO, Iterator, Optional
 
-__all__ = ["TarEntry", "SeekableReader", "iter_tar_entries"]
+__all__ = ["TarEntry", "TarDamaged", "SeekableReader", "iter_tar_entries"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +66,31 @@ class SeekableReader(typing.Protocol):
     def tell(self) -> int: ...
 
 
+class TarDamaged(Exception):
+    """A tar that ends before its end-of-archive blocks, or whose headers stop making sense: the
+    members after `readable` bytes cannot be located. Picklable (its args are its fields)."""
+
+    def __init__(self, where: str, detail: str, readable: int, size: int):
+        super().__init__(where, detail, readable, size)
+        self.where = where  # the archive's readable name
+        self.detail = detail
+        self.readable = readable  # bytes from the start that could be indexed
+        self.size = size  # bytes the archive has (its headers may promise more)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail} (members located in the first {self.readable:,} of {self.size:,} bytes)"
+
+
 def iter_tar_entries(fileobj: SeekableReader, base_offset: int = 0, length: Optional[int] = None,
                      where: str = "") -> Iterator[TarEntry]:
     """Walk a tar's headers, yielding its entries with absolute payload offsets.
 
     Plain headers (_plain_header) are read directly; from the first that is not, tarfile reads
-    the rest. A member whose payload runs past `length` (a cut-off download) is the last one
-    yielded: nothing after it can be located.
+    the rest. With `length` (the tar's size) known, a damaged tar raises TarDamaged after the
+    last entry that can be located: a member whose payload runs past `length` (a cut-off
+    download: that member is yielded first, so that it can be counted), a tar that ends without
+    its end-of-archive blocks, or a block that is neither a header nor the end of the archive
+    (tarfile itself would stop there without a word).
     """
     offset = 0
     while True:
@@ -86,13 +103,23 @@ def iter_tar_entries(fileobj: SeekableReader, base_offset: int = 0, length: Opti
         data = offset + tarfile.BLOCKSIZE
         yield TarEntry(name, base_offset + data, size, kind)
         if length is not None and data + size > length:
-            _cut_off(where, name)
-            return
+            raise TarDamaged(where, f"the archive ends inside member {name}, {data + size - length:,} bytes short",
+                             offset, length)
         offset = data + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def _cut_off(where: str, name: str) -> None:
-    logging.getLogger(__name__).warning("%s ends inside member %s: the archive is cut off", where, name)
+def _check_end(fileobj: SeekableReader, end: int, length: Optional[int], where: str) -> None:
+    """Raise TarDamaged unless the block at `end`, where the headers stopped, ends the archive."""
+    if length is None:
+        return
+    fileobj.seek(end)
+    block = fileobj.read(tarfile.BLOCKSIZE) if end < length else b""
+    if len(block) < tarfile.BLOCKSIZE:
+        raise TarDamaged(where, "the archive ends without its end-of-archive blocks (cut off between members?)",
+                         end, length)
+    if block.count(0) != len(block):
+        raise TarDamaged(where, f"the block at offset {end:,} is neither a member header nor the end of the archive",
+                         end, length)
 
 
 def _tarfile_entries(fileobj: SeekableReader, start: int, base_offset: int, length: Optional[int],
@@ -119,7 +146,8 @@ def _tarfile_entries(fileobj: SeekableReader, start: int, base_offset: int, leng
                 kind = "other"
             yield TarEntry(info.name, base_offset + info.offset_data, info.size, kind)
             if length is not None and info.offset_data + info.size > length:
-                _cut_off(where, info.name)
-                return
+                raise TarDamaged(where, f"the archive ends inside member {info.name}, "
+                                 f"{info.offset_data + info.size - length:,} bytes short", info.offset, length)
     except tarfile.TarError as e:
-        raise RuntimeError(f"{where or 'archive'}: not a readable tar ({e})") from e
+        raise TarDamaged(where or "archive", f"not a readable tar ({e})", start, length or 0) from e
+    _check_end(fileobj, tar.offset, length, where)

@@ -1,0 +1,58 @@
+"""Nothing lost silently: a damaged archive fails the build in one clear line, or, accepted, is
+read as far as it goes and listed; Beam's own output goes to the log, not the terminal."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e  # real builds through the command line
+
+
+@pytest.fixture(scope="module")
+def cut_release(release, tmp_path_factory):
+    """The release with its train tar cut in the middle, as a half-finished copy leaves it."""
+    root = tmp_path_factory.mktemp("cut") / "src"
+    shutil.copytree(release.root, root)
+    train = root / "ILSVRC2012_img_train.tar"
+    data = train.read_bytes()
+    train.write_bytes(data[: len(data) // 2])
+    return root
+
+
+def test_a_cut_off_archive_fails_the_build_in_one_line(cut_release, tmp_path):
+    proc = run_cli("build", cut_release, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
+                   check_code=1)
+    failure = [line for line in proc.stderr.splitlines() if "build failed" in line]
+    assert len(failure) == 1, proc.stderr
+    assert "TarDamaged: ILSVRC2012_img_train.tar: the archive ends inside member" in failure[0]
+    assert "--accept-damaged-archives" in failure[0]
+    assert "Traceback" not in proc.stderr and "apache_beam" not in proc.stderr  # the terminal: the tool's words
+    log = Path(re.search(r"\(details: (.+\.log)\)", failure[0]).group(1))
+    assert "Traceback" in log.read_text() and "TarDamaged" in log.read_text()  # the whole story is in the log
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_accepted_damaged_archive_is_listed_and_its_readable_part_built(cut_release, release, tmp_path):
+    proc = run_cli("build", cut_release, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
+                   "--accept-damaged-archives", check_code=0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    damaged = manifest["damaged_archives"]
+    assert damaged[0]["source"] == "ILSVRC2012_img_train.tar" and damaged[0]["split"] == "train"
+    cut_size = (cut_release / "ILSVRC2012_img_train.tar").stat().st_size
+    assert damaged[0]["readable_bytes"] < damaged[0]["bytes"] == cut_size
+    train = manifest["splits"]["train"]
+    assert 0 < train["read"] < len(release.expected["train"])  # what lies past the cut cannot be located
+    assert train["read"] == train["samples"] + train["rejected"]
+    assert manifest["config"]["accept_damaged_archives"] is True
+    assert "damaged archive, read as far as it goes: ILSVRC2012_img_train.tar" in proc.stderr
+    assert "INFO" not in proc.stderr and "apitools" not in proc.stderr  # Beam's own lines went to the log
+
+
+def test_verbose_shows_beams_own_messages(release, tmp_path):
+    proc = run_cli("build", release.root, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
+                   "--splits", "val", "--verbose", "--log-file", tmp_path / "unused.log", check_code=0)
+    assert "apache_beam" in proc.stderr or "INFO" in proc.stderr
+    assert not (tmp_path / "unused.log").exists()
