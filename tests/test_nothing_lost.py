@@ -1,12 +1,17 @@
 """Nothing lost silently: a damaged archive fails the build in one clear line, or, accepted, is
-read as far as it goes and listed; Beam's own output goes to the log, not the terminal."""
+read as far as it goes and listed; Beam's own output goes to the log, not the terminal; a farm of
+symbolic links is read through its links."""
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
+
+from pipeline.sample import export_layout
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
 
@@ -56,3 +61,36 @@ def test_verbose_shows_beams_own_messages(release, tmp_path):
                    "--splits", "val", "--verbose", "--log-file", tmp_path / "unused.log", check_code=0)
     assert "apache_beam" in proc.stderr or "INFO" in proc.stderr
     assert not (tmp_path / "unused.log").exists()
+
+
+@pytest.fixture(scope="module")
+def link_farm(release, tmp_path_factory):
+    """An ImageFolder subset made the usual way, of symbolic links: a class of linked files, a
+    linked class folder, a link to nothing, a link back up the tree, and a fifo."""
+    real = export_layout(release, tmp_path_factory.mktemp("real"), "imagefolder")
+    farm = tmp_path_factory.mktemp("farm") / "src"
+    classes = sorted(p for p in (Path(real.root) / "train").iterdir() if p.is_dir())
+    (farm / "train" / classes[0].name).mkdir(parents=True)
+    for image in sorted(classes[0].iterdir()):
+        (farm / "train" / classes[0].name / image.name).symlink_to(image)
+    (farm / "train" / classes[1].name).symlink_to(classes[1], target_is_directory=True)
+    (farm / "train" / classes[0].name / "gone.JPEG").symlink_to(farm / "nowhere.JPEG")
+    (farm / "train" / classes[0].name / "up").symlink_to(farm / "train", target_is_directory=True)
+    os.mkfifo(farm / "train" / classes[0].name / "pipe.JPEG")
+    expected = {c.name: sorted(p.name for p in c.iterdir()) for c in classes[:2]}
+    return farm, expected
+
+
+def test_a_farm_of_links_builds_every_linked_image_and_rejects_what_is_not_a_file(link_farm, tmp_path):
+    farm, expected = link_farm
+    run_cli("build", farm, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5", check_code=0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rows = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    rejects = pq.read_table([str(tmp_path / "out" / p) for p in manifest["rejects"]]).to_pylist()
+    found = {tuple(r["source"].split("/")[1:3]) for r in rows + rejects if r.get("reason") != "not_a_file"}
+    # every linked image is read (kept, or rejected for its content like the original), none lost
+    assert found == {(wnid, name) for wnid, names in expected.items() for name in names}
+    not_files = sorted(r["source"].rsplit("/", 1)[1] for r in rejects if r["reason"] == "not_a_file")
+    assert not_files == ["gone.JPEG", "pipe.JPEG", "up"]  # "up", a link back up the tree, is not followed
+    train = manifest["splits"]["train"]
+    assert train["read"] == train["samples"] + train["rejected"] == sum(map(len, expected.values())) + 3
