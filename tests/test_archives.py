@@ -1,5 +1,6 @@
 """Indexing tars in place: offsets, nesting, links, labels, truncation."""
 import io
+import os
 import tarfile
 
 import pytest
@@ -249,3 +250,32 @@ def test_headers_of_a_gnu_tar_archive(tmp_path):
     data = archive.read_bytes()
     assert _ours(data) == _tarfile_view(data)
     assert len(_ours(data)) == 8
+
+
+def test_a_name_that_is_not_utf8_gives_a_valid_key_and_a_readable_source(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        info = tarfile.TarInfo("n01440764_\udcff7.JPEG")  # the byte 0xff, which is not UTF-8
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    path = tmp_path / "n01440764.tar"
+    path.write_bytes(buf.getvalue())
+    assert b"n01440764_\xff7.JPEG" in path.read_bytes()
+    (ref,) = index_tar_slice(TarSlice("train", str(path), 0, path.stat().st_size, "n01440764.tar", "n01440764"),
+                             labeler())
+    assert ref.key == "n01440764__7"
+    assert ref.source == "n01440764.tar/n01440764_\\xff7.JPEG"  # the escape rule: \xNN for a byte that is not UTF-8
+    ref.source.encode("utf-8")  # valid text: JSON and Parquet take it
+
+
+def test_a_folder_entry_that_is_not_utf8_keeps_its_path_and_escapes_its_source(tmp_path):
+    folder = tmp_path / "n01440764"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/n01440764_\xff7.JPEG"
+    with open(raw, "wb") as f:
+        f.write(b"abc")
+    (ref,) = index_folder(FolderSlice("train", str(folder), "train/n01440764", "n01440764"), labeler())
+    assert ref.key == "n01440764__7" and ref.source == "train/n01440764/n01440764_\\xff7.JPEG"
+    with open(ref.archive, "rb") as f:  # the path to read is the real one
+        assert f.read() == b"abc"

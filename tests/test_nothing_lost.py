@@ -94,3 +94,18 @@ def test_a_farm_of_links_builds_every_linked_image_and_rejects_what_is_not_a_fil
     assert not_files == ["gone.JPEG", "pipe.JPEG", "up"]  # "up", a link back up the tree, is not followed
     train = manifest["splits"]["train"]
     assert train["read"] == train["samples"] + train["rejected"] == sum(map(len, expected.values())) + 3
+
+
+def test_names_that_are_not_utf8_build_and_read_back(link_farm, tmp_path):
+    farm, expected = link_farm
+    wnid = sorted(expected)[0]
+    source = tmp_path / "src" / "train" / wnid
+    source.mkdir(parents=True)
+    image = (farm / "train" / wnid / expected[wnid][0]).read_bytes()
+    with open(os.fsencode(source) + b"/n01440764_\xff1.JPEG", "wb") as f:
+        f.write(image)
+    run_cli("build", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
+            check_code=0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (row,) = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    assert row["source"] == f"train/{wnid}/n01440764_\\xff1.JPEG" and row["key"] == "n01440764__1"

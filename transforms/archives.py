@@ -28,7 +28,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms.counting import reject_output
-from transforms.keys import folder_member_key, key_hash, sample_key
+from transforms.keys import folder_member_key, key_hash, readable_name, sample_key
 from transforms.labels import Labeler, LeftOutClass, NoLabel
 from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount
 from transforms.storage import RangeFile, file_size, is_local, locate, open_input
@@ -76,7 +76,7 @@ def _inner_tars(split: str, archive: str, name: str, f) -> Iterator[Union[TarSli
     for entry in iter_tar_entries(f, length=file_size(archive), where=name):
         if entry.kind == "dir":
             continue
-        source = f"{name}/{entry.name}"
+        source = f"{name}/{readable_name(entry.name)}"
         if entry.kind == "file" and entry.name.lower().endswith(".tar"):
             wnid = posixpath.basename(entry.name)[: -len(".tar")]
             yield TarSlice(split, archive, entry.offset, entry.size, source, wnid)
@@ -118,7 +118,7 @@ def _tar_members(piece: TarSlice, labeler: Labeler, view: RangeFile, end: int
         if entry.kind == "dir":
             continue
         key = sample_key(entry.name)
-        source = f"{piece.source}/{entry.name}"
+        source = f"{piece.source}/{readable_name(entry.name)}"
         if entry.kind != "file":
             yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar", "index")
         elif entry.offset + entry.size > end:
@@ -208,7 +208,7 @@ def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberR
     that is not a regular file is a `not_a_file` reject."""
     for entry in _list_files(piece.url):
         key = folder_member_key(piece.wnid, entry.relative)
-        source = f"{piece.source}/{entry.relative}"
+        source = f"{piece.source}/{readable_name(entry.relative)}"
         if entry.problem:
             yield Reject(key, piece.split, source, "not_a_file", entry.problem, "index")
         else:
@@ -255,9 +255,9 @@ def expand_archive(spec, labeler: Labeler, accept_damaged: bool = False
     elif spec.kind == "class_folders":
         base = spec.url.rstrip("/")
         for name, is_folder, entry in _class_folder_entries(spec.url):
-            source, key = f"{spec.name}/{name}", folder_member_key(None, name)
+            source, key = f"{spec.name}/{readable_name(name)}", folder_member_key(None, name)
             if is_folder:
-                yield FolderSlice(spec.split, f"{base}/{name}", source, name)
+                yield FolderSlice(spec.split, f"{base}/{name}", source, readable_name(name))
             elif entry.problem:
                 yield Reject(key, spec.split, source, "not_a_file", entry.problem, "index")
             else:  # a file outside any class folder has no class

@@ -16,8 +16,8 @@ import posixpath
 import re
 from typing import Optional
 
-__all__ = ["WNID", "is_wnid", "sample_key", "annotation_key", "folder_member_key", "split_of_key", "val_key",
-           "key_hash", "shard_of"]
+__all__ = ["WNID", "is_wnid", "readable_name", "sample_key", "annotation_key", "folder_member_key", "split_of_key",
+           "val_key", "key_hash", "shard_of"]
 
 # A WordNet noun synset ID as ImageNet writes it: "n" and the synset's 8-digit offset.
 WNID = re.compile(r"n\d{8}")
@@ -30,6 +30,13 @@ _EVAL_KEY = re.compile(r"^ILSVRC20\d\d_(val|test)_")
 
 def is_wnid(name: Optional[str]) -> bool:
     return name is not None and WNID.fullmatch(name) is not None
+
+
+def readable_name(name: str) -> str:
+    """A name as the outputs record it (`source`): the name itself, except that each byte that is
+    not UTF-8 (read as a surrogate escape) is written `\\xNN`. JSON and Parquet take only valid
+    text, and an archive may hold any bytes as a name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def sample_key(member_name: str) -> str:

@@ -20,7 +20,7 @@ import tarfile
 from typing import Callable, Optional
 
 from transforms.archives import TarSlice, list_inner_tars
-from transforms.keys import WNID
+from transforms.keys import WNID, readable_name
 from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes
 from transforms.records import AnnotationSource, SourceError
 from transforms.release_files import read_devkit, read_kaggle_val_labels
@@ -264,13 +264,14 @@ def _discover_imagefolder(source: str) -> Discovery:
             splits[split] = name
     if not splits:
         raise _no_split_error(source, "imagefolder", entries)
-    archives, class_names, warnings = [], set(), []
+    archives, warnings = [], []
+    class_names: set[str] = set()
     for split, folder in sorted(splits.items()):
         sub = _entries(fs, f"{root}/{folder}")
         dirs = sorted(n for n, i in sub.items() if i["type"] == "directory" and not n.startswith("."))
         loose = [n for n, i in sub.items() if i["type"] == "file" and not n.startswith(".")]
         if dirs:
-            class_names.update(dirs)
+            class_names.update(readable_name(d) for d in dirs)  # as the FolderSlices name them
             archives.append(ArchiveSpec(split, url(f"{root}/{folder}"), folder, 0, "class_folders", True))
             if loose:
                 warnings.append(f"{folder}/ has {len(loose)} files outside class folders: rejected as unlabeled")
