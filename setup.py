@@ -26,9 +26,10 @@ setup(
         "opencv-python-headless>=4.9",  # headless: the GUI build aborts without a display
         "defusedxml>=0.7",
         "tqdm>=4.66",
+        "psutil>=5.9",  # stopping the local runner's workers on SIGINT / SIGTERM
     ],
     extras_require={
-        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6", "psutil>=5.9", "ruff>=0.6", "mypy>=1.10"],
+        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6", "ruff>=0.6", "mypy>=1.10"],
     },
     entry_points={"console_scripts": ["imagenet-shards=pipeline.cli:main"]},
 )

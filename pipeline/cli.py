@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 import fsspec
+import psutil
 from tqdm import tqdm
 
 import pipeline
@@ -298,6 +300,22 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job): unwinds the build as Ctrl-C does."""
+
+
+def _stop(signum, frame) -> None:
+    """SIGINT or SIGTERM: stop the local runner's worker processes first (the runner waits for
+    them as it unwinds, and a worker still starting up would keep it waiting), then unwind the
+    build from here, which removes its scratch files."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
@@ -322,6 +340,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     global _console
     _console = Console(args.log_file or default_log_path(), verbose=args.verbose)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
     with _console:
         _setup_logging()  # after the console: the log handler writes to its standard error, the log
         return _run(args, beam_args)
@@ -336,8 +356,11 @@ def _run(args, beam_args: list[str]) -> int:
     except (UsageError, SourceError) as e:
         _say(f"imagenet-shards: error: {e}")
         return 2
+    except Terminated:
+        _say("imagenet-shards: stopped (SIGTERM); nothing was published, the scratch files are removed")
+        return 143
     except KeyboardInterrupt:
-        _say("interrupted")
+        _say("imagenet-shards: interrupted; nothing was published, the scratch files are removed")
         return 130
     except Exception as e:  # the build failed: one line here, the whole traceback in the log
         log.error("build failed", exc_info=True)

@@ -5,11 +5,14 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import CLI, REPO, run_cli
 
 from pipeline.sample import export_layout
 
@@ -109,3 +112,30 @@ def test_names_that_are_not_utf8_build_and_read_back(link_farm, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     (row,) = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
     assert row["source"] == f"train/{wnid}/n01440764_\\xff1.JPEG" and row["key"] == "n01440764__1"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_build_leaves_no_scratch_and_no_workers(release, tmp_path, signum, code):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "build", str(release.root), "--out", str(out), "--max-reject-rate", "0.5",
+                             "--direct_num_workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out / "_progress").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the progress folder appears just before the pipeline starts
+    time.sleep(1.0)  # the runner is starting its workers, or they are indexing
+    assert proc.poll() is None, "the build ended before it could be stopped"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "nothing was published" in stderr and "Traceback" not in stderr
+    assert not (out / "manifest.json").exists()
+    assert not (out / "_progress").exists() and not (out / "_pieces").exists()
+    for _ in range(100):  # the runner's worker processes (same session) leave with the build
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the stopped build")
