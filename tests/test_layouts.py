@@ -1,5 +1,6 @@
 """The Kaggle and ImageFolder layouts: detected, built, and read back like the official one."""
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -75,3 +76,13 @@ def test_unknown_layout_says_what_each_layout_expects(tmp_path):
     assert "photos" in message
     for name in ("ilsvrc2012", "kaggle", "imagefolder"):
         assert name in message
+
+
+def test_an_empty_official_archive_is_unusable_input(release, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"):
+        (source / name).write_bytes(Path(release.root, name).read_bytes())
+    (source / "ILSVRC2012_img_train.tar").write_bytes(b"")
+    with pytest.raises(SourceError, match="ILSVRC2012_img_train.tar in SOURCE is empty"):
+        discover(str(source))

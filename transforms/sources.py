@@ -186,6 +186,9 @@ def _discover_ilsvrc2012(source: str) -> Discovery:
 
     def use(name: str, split: str, kind: str, labelled: bool) -> None:
         path, size = found[name]
+        if size == 0:  # an interrupted download or a placeholder: nothing to build from
+            raise SourceError(f"{name} in SOURCE is empty (0 bytes): download it again, or move it away to build "
+                              "without its split")
         archives.append(ArchiveSpec(split, path, name, size, kind, labelled))
         inputs.append({"name": name, "size": size})
 
