@@ -279,3 +279,18 @@ def test_a_folder_entry_that_is_not_utf8_keeps_its_path_and_escapes_its_source(t
     assert ref.key == "n01440764__7" and ref.source == "train/n01440764/n01440764_\\xff7.JPEG"
     with open(ref.archive, "rb") as f:  # the path to read is the real one
         assert f.read() == b"abc"
+
+
+def test_a_file_named_like_a_folder_is_rejected_not_given_an_empty_key(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("n01440764_5/", "n01440764_6.JPEG"):
+            info = tarfile.TarInfo(name)  # both regular files (type "0")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    path = tmp_path / "n01440764.tar"
+    path.write_bytes(buf.getvalue())
+    items = list(index_tar_slice(TarSlice("train", str(path), 0, len(buf.getvalue()), "n01440764.tar", "n01440764"),
+                                 labeler()))
+    assert [(type(i).__name__, i.key) for i in items] == [("Reject", "n01440764_5"), ("MemberRef", "n01440764_6")]
+    assert items[0].reason == "not_a_file" and "gives no sample key" in items[0].detail

@@ -81,9 +81,14 @@ def _inner_tars(split: str, archive: str, name: str, f) -> Iterator[Union[TarSli
             wnid = posixpath.basename(entry.name)[: -len(".tar")]
             yield TarSlice(split, archive, entry.offset, entry.size, source, wnid)
         elif entry.kind == "file":
-            yield Reject(sample_key(entry.name), split, source, "unlabeled", "not inside a per-class tar", "index")
+            yield Reject(_reject_key(entry.name), split, source, "unlabeled", "not inside a per-class tar", "index")
         else:
-            yield Reject(sample_key(entry.name), split, source, "not_a_file", "link or special file", "index")
+            yield Reject(_reject_key(entry.name), split, source, "not_a_file", "link or special file", "index")
+
+
+def _reject_key(name: str) -> str:
+    """A key to name a rejected member by, never empty (a file named like a folder, "x/", has no stem)."""
+    return sample_key(name) or sample_key(name.rstrip("/")) or "_"
 
 
 def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, offset: int, size: int,
@@ -121,6 +126,9 @@ def _tar_members(piece: TarSlice, labeler: Labeler, view: RangeFile, end: int
         source = f"{piece.source}/{readable_name(entry.name)}"
         if entry.kind != "file":
             yield Reject(key, piece.split, source, "not_a_file", "link or special file in the tar", "index")
+        elif not key:  # a file named like a folder ("x/"): no stem, so no key a reader could use
+            yield Reject(_reject_key(entry.name), piece.split, source, "not_a_file",
+                         "a file whose name ends with '/', a folder's name: it gives no sample key", "index")
         elif entry.offset + entry.size > end:
             yield Reject(key, piece.split, source, "truncated",
                          f"archive ends before this member ({entry.offset + entry.size - end} bytes missing)",
