@@ -84,4 +84,4 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
              "index": written["index"], "duplicates": duplicates, "rejects": rejects_files,
              "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"]}
     _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs),
-                                                 config.max_reject_rate)
+                                                 config.max_reject_rate, inputs.fingerprints)

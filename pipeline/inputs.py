@@ -25,6 +25,7 @@ from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
 from transforms.records import SourceError
 from transforms.release_files import OFFICIAL_MD5, read_class_list, verify_md5
 from transforms.sources import Discovery, discover, stage_gzipped_tar
+from transforms.storage import fingerprint
 
 __all__ = ["Inputs", "resolve_inputs", "prepare_output"]
 
@@ -32,6 +33,14 @@ __all__ = ["Inputs", "resolve_inputs", "prepare_output"]
 class Inputs:
     discovery: Discovery  # what the build reads, narrowed by the options
     staging: Optional[str] = None  # where a gzipped tar's class tars were staged (removed after the build)
+    # {url: storage.fingerprint} of the tars the build reads, taken when they were discovered:
+    # WriteManifest checks them again, so an archive rewritten during the build fails it (the files
+    # of folder layouts are not fingerprinted one by one)
+    fingerprints: dict = dataclasses.field(default_factory=dict)
+
+
+def _fingerprints(discovery: Discovery) -> dict:
+    return {a.url: fingerprint(a.url) for a in discovery.archives if a.kind in ("tar", "nested_tar")}
 
 
 def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None,
@@ -51,9 +60,10 @@ def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None,
         _verify_inputs(discovery, say, terminal)
     prepare_output(config)
     if not discovery.needs_staging:
-        return Inputs(discovery)
+        return Inputs(discovery, fingerprints=_fingerprints(discovery))
     staging = OutputLayout(config.out).url(f"_staging/{discovery.needs_staging.name}")
-    return Inputs(_refine(_stage(discovery, staging, say, terminal), config), staging)
+    staged = _refine(_stage(discovery, staging, say, terminal), config)
+    return Inputs(staged, staging, _fingerprints(staged))
 
 
 def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:

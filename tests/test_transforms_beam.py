@@ -36,6 +36,7 @@ from transforms.records import (
 from transforms.schema import INDEX_SCHEMA, IndexRow
 from transforms.sharding import GroupIntoShards
 from transforms.sources import ArchiveSpec
+from transforms.storage import changed_since, fingerprint
 from transforms.write_shards import WriteShards
 
 pytestmark = pytest.mark.beam  # every test runs a Beam pipeline
@@ -260,3 +261,17 @@ def test_write_manifest_fails_a_build_with_too_many_rejects(tmp_path):
         assert_that(status, equal_to(["too_many_rejects"]))
     report = json.loads((tmp_path / "build-failed.json").read_text())
     assert "6 of 10 samples rejected" in report["error"] and not (tmp_path / "manifest.json").exists()
+
+
+def test_write_manifest_refuses_an_input_that_changed_during_the_build(tmp_path):
+    archive = tmp_path / "ILSVRC2012_img_val.tar"
+    archive.write_bytes(b"x" * 1024)
+    inputs = {str(archive): fingerprint(str(archive))}
+    assert changed_since(inputs) == []
+    with archive.open("ab") as f:  # rewritten (here: grown) while the build reads it
+        f.write(b"y" * 512)
+    assert len(changed_since(inputs)) == 1 and "size=1024" in changed_since(inputs)[0]
+    with pytest.raises(Exception, match="an input changed while the build read it"):
+        with TestPipeline() as p:
+            _ = _manifest_facts(p, read_train=4) | WriteManifest(str(tmp_path / "out"), {"tool": {}}, 0.5, inputs)
+    assert not (tmp_path / "out" / "manifest.json").exists()

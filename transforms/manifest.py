@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import collections
 import json
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 
 from transforms.layout import OutputLayout
 from transforms.records import Fact
-from transforms.storage import atomic_write
+from transforms.storage import atomic_write, changed_since
 
 __all__ = ["FORMAT", "FACT_KINDS", "assemble_manifest", "reconcile", "write_manifest", "WriteManifest"]
 
@@ -118,11 +118,22 @@ def reconcile(manifest: dict) -> list[str]:
     return problems
 
 
-def write_manifest(layout: OutputLayout, manifest: dict, max_reject_rate: float) -> str:
+class InputChanged(RuntimeError):
+    """An input archive changed while the build read it: its shards may not match their index."""
+
+
+def write_manifest(layout: OutputLayout, manifest: dict, max_reject_rate: float,
+                   inputs: Optional[dict] = None) -> str:
     """Write manifest.json, or build-failed.json when too many samples were rejected.
 
-    Returns "ok" or "too_many_rejects". Raises RuntimeError when counts do not reconcile.
+    Returns "ok" or "too_many_rejects". Raises RuntimeError when counts do not reconcile, and
+    InputChanged when one of `inputs` ({url: storage.fingerprint} taken before the build read
+    it) is no longer that version: the build's bytes would not be what its index says.
     """
+    changed = changed_since(inputs or {})
+    if changed:
+        raise InputChanged("an input changed while the build read it, so its shards may not match their index: "
+                           + "; ".join(changed) + ". Build again once the inputs are complete.")
     problems = reconcile(manifest)
     if problems:
         raise RuntimeError("counts do not reconcile: " + "; ".join(problems))
@@ -150,12 +161,14 @@ class WriteManifest(beam.PTransform):
     after every shard, index and rejects file is in place.
     """
 
-    def __init__(self, out_root: str, header: dict, max_reject_rate: float):
+    def __init__(self, out_root: str, header: dict, max_reject_rate: float, inputs: Optional[dict] = None):
+        """inputs: {url: storage.fingerprint} of the archives the build reads, checked again first."""
         super().__init__()
         self._out_root = out_root
         # As JSON text: Beam's type inference would walk the 1,000 classes of a dict in a closure.
         self._header = json.dumps(header)
         self._max_reject_rate = max_reject_rate
+        self._inputs = dict(inputs or {})
 
     def expand(self, facts: dict):
         unknown = set(facts) - set(FACT_KINDS)
@@ -165,11 +178,11 @@ class WriteManifest(beam.PTransform):
             pcoll | f"Tag{kind.title()}" >> beam.Map(lambda value, kind=kind: Fact(kind, value))
             for kind, pcoll in sorted(facts.items())
         ]
-        root, header, rate = self._out_root, self._header, self._max_reject_rate
+        root, header, rate, inputs = self._out_root, self._header, self._max_reject_rate, self._inputs
         return (
             tagged
             | "AllFacts" >> beam.Flatten()
             | "Collect" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(
-                lambda fs: write_manifest(OutputLayout(root), assemble_manifest(json.loads(header), fs), rate))
+            | "Write" >> beam.Map(lambda fs: write_manifest(
+                OutputLayout(root), assemble_manifest(json.loads(header), fs), rate, inputs))
         )

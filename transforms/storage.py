@@ -15,7 +15,8 @@ from typing import IO, Callable, Iterator
 
 import fsspec
 
-__all__ = ["open_input", "is_local", "locate", "atomic_write", "RangeFile", "ArchiveReader", "file_size"]
+__all__ = ["open_input", "is_local", "locate", "atomic_write", "RangeFile", "ArchiveReader", "file_size", "fingerprint",
+           "changed_since"]
 
 # Remote reads: no read-ahead cache. Each member is one ranged GET of exactly its bytes;
 # a large block cache would fetch megabytes to read a 512-byte tar header.
@@ -58,6 +59,31 @@ def open_input(url: str) -> IO[bytes]:
 def file_size(url: str) -> int:
     fs, path = fsspec.core.url_to_fs(url)
     return int(fs.size(path))
+
+
+def fingerprint(url: str) -> str:
+    """What identifies a file's version: its size and its modification time (nanoseconds), or an
+    object store's ETag."""
+    if is_local(url):
+        stat = os.stat(fsspec.core.url_to_fs(url)[1])
+        return f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
+    fs, path = fsspec.core.url_to_fs(url)
+    info = fs.info(path)
+    version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+    return f"size={info.get('size')} version={version}"
+
+
+def changed_since(fingerprints: dict) -> list:
+    """The files of {url: fingerprint} that are no longer the version fingerprinted (or are gone)."""
+    changed = []
+    for url, expected in sorted(fingerprints.items()):
+        try:
+            now = fingerprint(url)
+        except FileNotFoundError:
+            now = "gone"
+        if now != expected:
+            changed.append(f"{url} ({expected} -> {now})")
+    return changed
 
 
 @contextlib.contextmanager
