@@ -31,6 +31,7 @@ import pipeline
 from pipeline.build import build_graph
 from pipeline.console import Console, default_log_path, root_cause
 from pipeline.inputs import Inputs, resolve_inputs
+from pipeline.lock import OutputLock
 from pipeline.options import (
     BuildConfig,
     UsageError,
@@ -201,6 +202,11 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
     options = beam_options(beam_args, tool_options)
     started = time.monotonic()
     layout = OutputLayout(config.out)
+    with OutputLock(config.out):
+        return _build(config, options, layout, started, discovery)
+
+
+def _build(config: BuildConfig, options, layout: OutputLayout, started: float, discovery=None) -> int:
     inputs = resolve_inputs(config, discovery, _console.terminal)
     _describe(inputs)
 

@@ -20,6 +20,7 @@ from typing import IO, Callable, Optional
 import fsspec
 from tqdm import tqdm
 
+from pipeline.lock import LOCK_NAME
 from pipeline.options import BuildConfig, UsageError
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
 from transforms.records import SourceError
@@ -111,7 +112,8 @@ def prepare_output(config: BuildConfig) -> None:
         return
     if not fs.isdir(root):
         raise UsageError(f"--out {config.out!r} exists and is not a folder")
-    entries = fs.ls(root, detail=False)
+    # the lock of the build now running (pipeline/lock.py) is not content
+    entries = [e for e in fs.ls(root, detail=False) if os.path.basename(e.rstrip("/")) != LOCK_NAME]
     if not entries:
         return
     names = {os.path.basename(e.rstrip("/")) for e in entries}
@@ -124,5 +126,5 @@ def prepare_output(config: BuildConfig) -> None:
     for name in (MANIFEST_NAME, FAILED_REPORT_NAME):
         if name in names:
             fs.rm(f"{root.rstrip('/')}/{name}")
-    fs.rm(root, recursive=True)
-    fs.makedirs(root, exist_ok=True)
+    for entry in entries:  # everything but the lock, which this build holds
+        fs.rm(entry, recursive=True)

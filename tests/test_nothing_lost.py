@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, run_cli
 
+from pipeline.lock import LOCK_NAME, OutputLock
 from pipeline.sample import export_layout
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
@@ -139,3 +140,15 @@ def test_a_stopped_build_leaves_no_scratch_and_no_workers(release, tmp_path, sig
         time.sleep(0.1)
     else:
         pytest.fail("worker processes outlived the stopped build")
+
+
+def test_one_build_at_a_time_per_out(release, tmp_path):
+    out = tmp_path / "out"
+    args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")
+    with OutputLock(str(out)):  # a build is running
+        proc = run_cli(*args, check_code=2)
+    assert "another build is writing to --out" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert not (out / "manifest.json").exists()
+    (out / LOCK_NAME).write_text("pid 1 on elsewhere\n")  # left by a killed build: nobody holds it now
+    run_cli(*args, check_code=0)
+    assert (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
