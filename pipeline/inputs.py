@@ -13,7 +13,10 @@ message that says what was expected. In order:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import posixpath
+import re
 import sys
 from typing import IO, Callable, Optional
 
@@ -22,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.lock import LOCK_NAME
 from pipeline.options import BuildConfig, UsageError
-from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, OutputLayout
+from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, PIECES_DIR, OutputLayout
 from transforms.records import SourceError
 from transforms.release_files import OFFICIAL_MD5, read_class_list, verify_md5
 from transforms.sources import Discovery, discover, stage_gzipped_tar
@@ -104,8 +107,35 @@ def _stage(discovery: Discovery, staging: str, say: Callable[[str], None], termi
     return dataclasses.replace(staged, inputs=discovery.inputs)
 
 
+# Names at the top of OUT that a build writes, besides one folder per split.
+_BUILD_NAMES = {MANIFEST_NAME, FAILED_REPORT_NAME, "rejects", PIECES_DIR, "_progress", "_staging"}
+# Files a build writes in a split's folder: its shards and their indexes, and their temporary names.
+_SHARD_FILE = re.compile(r"^\.?[\w-]+-\d{6}\.(tar|parquet)(\.tmp-[0-9a-f]+)?$")
+
+
+def _not_written_by_a_build(fs, root: str, names: set) -> list:
+    """The entries of OUT that no build of this tool writes (an empty list: all of it is a build's).
+    What the manifest (or failed report) does not name as this tool's is counted as foreign."""
+    report = MANIFEST_NAME if MANIFEST_NAME in names else FAILED_REPORT_NAME
+    try:
+        with fs.open(f"{root}/{report}", "rb") as f:
+            manifest = json.load(f)
+        splits = set(manifest["splits"]) if str(manifest.get("format", "")).startswith("imagenet-shards/") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        splits = None
+    if splits is None:
+        return sorted(names)  # not this tool's manifest: nothing in OUT is known to be a build's
+    foreign = sorted(names - _BUILD_NAMES - splits)
+    for split in sorted(names & splits):
+        for path in fs.find(f"{root}/{split}"):
+            if not _SHARD_FILE.match(posixpath.basename(path)):
+                foreign.append(posixpath.relpath(path, root))
+    return foreign
+
+
 def prepare_output(config: BuildConfig) -> None:
-    """OUT must be empty, new, or (with --overwrite) a previous build, which is removed."""
+    """OUT must be empty, new, or (with --overwrite) a previous build, which is removed; --overwrite
+    removes only what a build writes, and refuses a folder that holds anything else."""
     fs, root = fsspec.core.url_to_fs(config.out)
     if not fs.exists(root):
         fs.makedirs(root, exist_ok=True)
@@ -122,9 +152,15 @@ def prepare_output(config: BuildConfig) -> None:
         raise UsageError(f"--out {config.out!r} is not empty and holds no previous build: choose a new folder")
     if not config.overwrite:
         raise UsageError(f"--out {config.out!r} holds a previous build: pass --overwrite to replace it")
+    foreign = _not_written_by_a_build(fs, root.rstrip("/"), names)
+    if foreign:
+        raise UsageError(f"--out {config.out!r} holds a previous build, but also files no build writes "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): --overwrite deletes only "
+                         "a build's own files; move the others away, or choose another folder")
     # The manifest goes first: from here on, nothing in OUT looks like a finished build.
     for name in (MANIFEST_NAME, FAILED_REPORT_NAME):
         if name in names:
             fs.rm(f"{root.rstrip('/')}/{name}")
-    for entry in entries:  # everything but the lock, which this build holds
-        fs.rm(entry, recursive=True)
+    for entry in entries:  # the rest of the build, but the lock, which this build holds
+        if os.path.basename(entry.rstrip("/")) not in (MANIFEST_NAME, FAILED_REPORT_NAME):
+            fs.rm(entry, recursive=True)

@@ -298,3 +298,14 @@ def test_hostile_and_broken_xml_are_set_aside_and_orphans_counted(built, release
     for split, key in release.annotation_rejects:  # their images are kept, without boxes
         assert release.expected[split][key].outcome == "kept"
         assert [r for r in index_rows(built, split) if r["key"] == key][0]["has_boxes"] is False
+
+
+def test_overwrite_replaces_a_previous_build(release, tmp_path):
+    args = ("build", release.root, "--out", tmp_path / "o", "--no-progress", "--splits", "val",
+            "--max-reject-rate", "0.5")
+    run_cli(*args, check_code=0)
+    first = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    run_cli(*args, "--overwrite", "--seed", "3", check_code=0)
+    second = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert (first["config"]["seed"], second["config"]["seed"]) == (0, 3)
+    assert second["splits"]["val"]["samples"] == first["splits"]["val"]["samples"]

@@ -1,6 +1,7 @@
 """Nothing lost silently: a damaged archive fails the build in one clear line, or, accepted, is
 read as far as it goes and listed; Beam's own output goes to the log, not the terminal; a farm of
 symbolic links is read through its links."""
+import argparse
 import json
 import os
 import re
@@ -14,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, run_cli
 
+from pipeline.inputs import prepare_output
 from pipeline.lock import LOCK_NAME, OutputLock
+from pipeline.options import UsageError, add_build_arguments, config_from_args
 from pipeline.sample import export_layout
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
@@ -152,3 +155,34 @@ def test_one_build_at_a_time_per_out(release, tmp_path):
     (out / LOCK_NAME).write_text("pid 1 on elsewhere\n")  # left by a killed build: nobody holds it now
     run_cli(*args, check_code=0)
     assert (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def _config(out, *extra):
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    return config_from_args(parser.parse_args(["src", "--out", str(out), *extra]))
+
+
+def _previous_build(out):
+    (out / "train").mkdir(parents=True)
+    (out / "rejects").mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "imagenet-shards/1", "splits": {"train": {}}}))
+    (out / "train" / "train-000000.tar").write_bytes(b"x")
+    (out / "train" / "train-000000.parquet").write_bytes(b"x")
+    (out / "rejects" / "train-rejects.parquet").write_bytes(b"x")
+
+
+def test_overwrite_deletes_a_previous_build_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    _previous_build(out)
+    prepare_output(_config(out, "--overwrite"))
+    assert list(out.iterdir()) == []
+    _previous_build(out)  # ... in a folder that also holds someone's work
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / "index.html").write_text("<html></html>")
+    (out / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"also files no build writes \(.git, index.html, train/notes.txt\)"):
+        prepare_output(_config(out, "--overwrite"))
+    assert (out / ".git" / "HEAD").exists() and (out / "manifest.json").exists()  # nothing deleted
+    assert (out / "train" / "train-000000.tar").exists()
