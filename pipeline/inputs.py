@@ -142,25 +142,26 @@ def prepare_output(config: BuildConfig) -> None:
         return
     if not fs.isdir(root):
         raise UsageError(f"--out {config.out!r} exists and is not a folder")
-    # the lock of the build now running (pipeline/lock.py) is not content
-    entries = [e for e in fs.ls(root, detail=False) if os.path.basename(e.rstrip("/")) != LOCK_NAME]
+    root = root.rstrip("/")
+    entries = {os.path.basename(e.rstrip("/")): e for e in fs.ls(root, detail=False)}
+    entries.pop(LOCK_NAME, None)  # the lock of the build now running (pipeline/lock.py) is not content
     if not entries:
         return
-    names = {os.path.basename(e.rstrip("/")) for e in entries}
+    names = set(entries)
     previous = bool(names & {MANIFEST_NAME, FAILED_REPORT_NAME})
     if not previous:
         raise UsageError(f"--out {config.out!r} is not empty and holds no previous build: choose a new folder")
     if not config.overwrite:
         raise UsageError(f"--out {config.out!r} holds a previous build: pass --overwrite to replace it")
-    foreign = _not_written_by_a_build(fs, root.rstrip("/"), names)
+    foreign = _not_written_by_a_build(fs, root, names)
     if foreign:
         raise UsageError(f"--out {config.out!r} holds a previous build, but also files no build writes "
                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): --overwrite deletes only "
                          "a build's own files; move the others away, or choose another folder")
-    # The manifest goes first: from here on, nothing in OUT looks like a finished build.
+    # The manifest goes first: from here on, nothing in OUT looks like a finished build. Then the
+    # rest of the build (the lock, which this build holds, is not among the entries).
     for name in (MANIFEST_NAME, FAILED_REPORT_NAME):
-        if name in names:
-            fs.rm(f"{root.rstrip('/')}/{name}")
-    for entry in entries:  # the rest of the build, but the lock, which this build holds
-        if os.path.basename(entry.rstrip("/")) not in (MANIFEST_NAME, FAILED_REPORT_NAME):
-            fs.rm(entry, recursive=True)
+        if name in entries:
+            fs.rm(entries.pop(name))
+    for entry in entries.values():
+        fs.rm(entry, recursive=True)

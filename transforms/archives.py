@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import posixpath
 import typing
-from typing import Iterable, Iterator, NamedTuple, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms.counting import reject_output
+from transforms.folders import class_folder_entries, list_files
 from transforms.keys import folder_member_key, key_hash, readable_name, sample_key
 from transforms.labels import Labeler, LeftOutClass, NoLabel
 from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount
-from transforms.storage import RangeFile, file_size, is_local, locate, open_input
+from transforms.storage import RangeFile, file_size, open_input
 from transforms.tar_headers import TarDamaged, iter_tar_entries
 
 __all__ = ["TarSlice", "FolderSlice", "index_folder", "expand_archive", "hold_out", "list_inner_tars",
@@ -147,99 +147,16 @@ class FolderSlice:
     wnid: Optional[str] = None  # the class of every file, None: labels come from a table
 
 
-class FolderEntry(NamedTuple):
-    """A non-hidden entry below a folder: a regular file (problem None), or something that cannot
-    be one (a link to nothing, a fifo, a device), which becomes a `not_a_file` reject."""
-
-    relative: str  # path below the folder, with "/"
-    url: str
-    size: int
-    problem: Optional[str] = None
-
-
-def _walk_local(root: str) -> Iterator[FolderEntry]:
-    """Every non-hidden entry below a local folder, symbolic links followed (to files and to
-    folders: an ImageNet subset is often a folder of links), each real folder visited once. A
-    link to the folder itself or to a folder above it would make the tree contain itself: it is
-    not followed, and is an entry with a problem (so it is counted as a reject)."""
-    top = os.path.realpath(root)
-    seen = {top}
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        followed = []
-        for name in sorted(dirs):
-            path = os.path.join(folder, name)
-            real = os.path.realpath(path)
-            if name.startswith("."):  # hidden folders (.git and the like) hold no samples
-                continue
-            if top == real or top.startswith(real + os.sep):
-                yield FolderEntry(_relative(path, root), path, 0, "a link to a folder above it (a loop): not followed")
-            elif real not in seen:
-                seen.add(real)
-                followed.append(name)
-        dirs[:] = followed
-        for name in files:
-            if not name.startswith("."):  # hidden files (.DS_Store and the like) are not samples
-                path = os.path.join(folder, name)
-                yield _local_entry(path, _relative(path, root))
-
-
-def _relative(path: str, root: str) -> str:
-    return os.path.relpath(path, root).replace(os.sep, "/")
-
-
-def _local_entry(path: str, relative: str) -> FolderEntry:
-    if os.path.isfile(path):  # a regular file, or a link that ends at one
-        return FolderEntry(relative, path, os.path.getsize(path))
-    if os.path.islink(path) and not os.path.exists(path):
-        return FolderEntry(relative, path, 0, f"a link to {os.readlink(path)}, which does not exist")
-    return FolderEntry(relative, path, 0, "not a regular file (a fifo, a device or a socket)")
-
-
-def _list_files(url: str) -> list[FolderEntry]:
-    """Every non-hidden entry below a folder, sorted by path."""
-    fs, root, url_of = locate(url)
-    if is_local(url):
-        return sorted(_walk_local(root))
-    root = root.rstrip("/")
-    entries = []
-    for path, info in fs.find(root, detail=True).items():
-        relative = path[len(root) + 1:]
-        if any(part.startswith(".") for part in relative.split("/")):
-            continue  # hidden files (.DS_Store and the like) are not samples
-        problem = None if info.get("type") == "file" else f"not a regular file ({info.get('type')})"
-        entries.append(FolderEntry(relative, url_of(path), int(info.get("size") or 0), problem))
-    return sorted(entries)
-
-
 def index_folder(piece: FolderSlice, labeler: Labeler) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
     """MemberRefs for every file below a folder: each file is an 'archive' read whole. An entry
     that is not a regular file is a `not_a_file` reject."""
-    for entry in _list_files(piece.url):
+    for entry in list_files(piece.url):
         key = folder_member_key(piece.wnid, entry.relative)
         source = f"{piece.source}/{readable_name(entry.relative)}"
         if entry.problem:
             yield Reject(key, piece.split, source, "not_a_file", entry.problem, "index")
         else:
             yield _member(labeler, key, piece.split, source, entry.url, 0, entry.size, piece.wnid)
-
-
-def _class_folder_entries(url: str) -> list[tuple[str, bool, FolderEntry]]:
-    """(name, is a folder, entry) of a folder's direct non-hidden entries, sorted; links followed."""
-    fs, root, url_of = locate(url)
-    found = []
-    if is_local(url):
-        for name in sorted(os.listdir(root)):
-            path = os.path.join(root, name)
-            if not name.startswith("."):
-                found.append((name, os.path.isdir(path), _local_entry(path, name)))
-        return found
-    for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
-        name = posixpath.basename(info["name"].rstrip("/"))
-        if not name.startswith("."):
-            problem = None if info["type"] in ("file", "directory") else f"not a regular file ({info['type']})"
-            found.append((name, info["type"] == "directory",
-                          FolderEntry(name, url_of(info["name"]), int(info.get("size") or 0), problem)))
-    return found
 
 
 def hold_out(items: list, per_class: int, seed: int) -> list:
@@ -262,9 +179,9 @@ def expand_archive(spec, labeler: Labeler, accept_damaged: bool = False
         yield FolderSlice(spec.split, spec.url, spec.name, spec.class_name)
     elif spec.kind == "class_folders":
         base = spec.url.rstrip("/")
-        for name, is_folder, entry in _class_folder_entries(spec.url):
+        for name, entry in class_folder_entries(spec.url):
             source, key = f"{spec.name}/{readable_name(name)}", folder_member_key(None, name)
-            if is_folder:
+            if entry is None:  # a class folder
                 yield FolderSlice(spec.split, f"{base}/{name}", source, readable_name(name))
             elif entry.problem:
                 yield Reject(key, spec.split, source, "not_a_file", entry.problem, "index")
