@@ -310,16 +310,40 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping the job): unwinds the build as Ctrl-C does."""
 
 
+# How long a stopped build may take to unwind (Beam's runner joins its worker threads, the
+# scratch files are removed) before the tool leaves without waiting for it.
+UNWIND_SECONDS = 30.0
+
+
 def _stop(signum, frame) -> None:
-    """SIGINT or SIGTERM: stop the local runner's worker processes first (the runner waits for
-    them as it unwinds, and a worker still starting up would keep it waiting), then unwind the
-    build from here, which removes its scratch files."""
+    """SIGINT or SIGTERM: stop the local runner's worker processes, then unwind the build from
+    here, which removes its scratch files.
+
+    The runner starts each worker process from a thread of its own and joins that thread as it
+    unwinds, so a worker started just after the signal would keep the build waiting for ever: a
+    daemon thread goes on stopping any new worker until the process ends. If the unwinding still
+    takes longer than UNWIND_SECONDS, that thread removes nothing more and ends the process."""
+    code = 143 if signum == signal.SIGTERM else 130
+    threading.Thread(target=_stop_workers_until_exit, args=(code,), name="stop-workers", daemon=True).start()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _stop_workers_until_exit(code: int) -> None:
+    deadline = time.monotonic() + UNWIND_SECONDS
+    while time.monotonic() < deadline:
+        _kill_children()
+        time.sleep(0.1)
+    _say(f"imagenet-shards: stopped; the runner did not unwind within {UNWIND_SECONDS:.0f} s, "
+         "so scratch files may remain in --out")
+    os._exit(code)
+
+
+def _kill_children() -> None:
     for child in psutil.Process().children(recursive=True):
         try:
             child.kill()
         except psutil.NoSuchProcess:
             pass
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
