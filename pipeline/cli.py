@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -24,7 +23,6 @@ from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 import fsspec
-import psutil
 from tqdm import tqdm
 
 import pipeline
@@ -42,6 +40,7 @@ from pipeline.options import (
     local_workers,
 )
 from pipeline.sample import make_sample_release
+from pipeline.stopping import Terminated, stop_cleanly_on_signals
 from transforms.image import codec_versions
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.progress import read_progress
@@ -306,46 +305,6 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler stopping the job): unwinds the build as Ctrl-C does."""
-
-
-# How long a stopped build may take to unwind (Beam's runner joins its worker threads, the
-# scratch files are removed) before the tool leaves without waiting for it.
-UNWIND_SECONDS = 30.0
-
-
-def _stop(signum, frame) -> None:
-    """SIGINT or SIGTERM: stop the local runner's worker processes, then unwind the build from
-    here, which removes its scratch files.
-
-    The runner starts each worker process from a thread of its own and joins that thread as it
-    unwinds, so a worker started just after the signal would keep the build waiting for ever: a
-    daemon thread goes on stopping any new worker until the process ends. If the unwinding still
-    takes longer than UNWIND_SECONDS, that thread removes nothing more and ends the process."""
-    code = 143 if signum == signal.SIGTERM else 130
-    threading.Thread(target=_stop_workers_until_exit, args=(code,), name="stop-workers", daemon=True).start()
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _stop_workers_until_exit(code: int) -> None:
-    deadline = time.monotonic() + UNWIND_SECONDS
-    while time.monotonic() < deadline:
-        _kill_children()
-        time.sleep(0.1)
-    _say(f"imagenet-shards: stopped; the runner did not unwind within {UNWIND_SECONDS:.0f} s, "
-         "so scratch files may remain in --out")
-    os._exit(code)
-
-
-def _kill_children() -> None:
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
@@ -370,8 +329,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     global _console
     _console = Console(args.log_file or default_log_path(), verbose=args.verbose)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop)
+    stop_cleanly_on_signals(_say)
     with _console:
         _setup_logging()  # after the console: the log handler writes to its standard error, the log
         return _run(args, beam_args)
