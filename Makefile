@@ -11,7 +11,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench clean
+.PHONY: install demo lint test test-fast test-beam-lowest bench rebuild clean
 
 install: $(STAMP)
 
@@ -60,6 +60,12 @@ $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
 
 bench: install
 	$(PY) -m benchmarks.bench
+
+# A scheduled rebuild (cron, systemd, Airflow): "up to date" and exit 0 when nothing changed, a new
+# version published when something did, a stopped build resumed. ARGS: more build options.
+rebuild: install
+	@test -n "$(SOURCE)" && test -n "$(OUT)" || { echo "usage: make rebuild SOURCE=<folder or URL> OUT=<dataset root> [ARGS='--keep 5 ...']" >&2; exit 2; }
+	$(VENV)/bin/imagenet-shards build "$(SOURCE)" --out "$(OUT)" --no-progress $(ARGS)
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -14,7 +14,8 @@ setup(
     description="Ingest ImageNet archives into deterministic WebDataset shards with a Parquet index.",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
-    package_data={"pipeline": ["data/*.txt", "data/*.md", "data/photos/*"], "transforms": ["data/*.txt", "data/*.md", "data/*.tsv.gz"]},
+    package_data={"pipeline": ["data/*.txt", "data/*.md", "data/photos/*"],
+                  "transforms": ["data/*.txt", "data/*.md", "data/*.tsv.gz"]},
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.67,<3",  # CI tests the lowest (make test-beam-lowest) and the newest

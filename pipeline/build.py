@@ -26,31 +26,37 @@ from transforms.write_shards import WriteShards
 __all__ = ["manifest_header", "build_graph"]
 
 
-def manifest_header(config: BuildConfig, inputs: Inputs, codecs: dict) -> dict:
-    """The manifest's fields that are known before the build runs."""
+def manifest_header(config: BuildConfig, inputs: Inputs, codecs: dict, version: Optional[dict] = None) -> dict:
+    """The manifest's fields that are known before the build runs. `version`: the build id, the
+    previous version and the fingerprint (pipeline/versions.py, pipeline/fingerprint.py)."""
     discovery = inputs.discovery
     return {
+        **(version or {}),
         "tool": {"name": "imagenet-shards", "version": pipeline.__version__},
         "codecs": codecs,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "layout": discovery.layout,
         "config": config.for_manifest(),
         "inputs": list(discovery.inputs),
-        "classes": [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in discovery.classes],
+        **discovery.manifest_classes(),  # "classes" (and "fine_classes" under --label-level), with WordNet facts
     }
 
 
-def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: dict,
-                progress_dir: Optional[str] = None, local_workers: Optional[int] = None) -> None:
-    """local_workers: the local runner's worker count, which the shards are shared out over (see
-    transforms/segments.py); None for runners that scale out (shards cut in small pieces)."""
-    out, discovery = config.out, inputs.discovery
+def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: dict, out: str,
+                version: Optional[dict] = None, progress_dir: Optional[str] = None,
+                local_workers: Optional[int] = None) -> None:
+    """out: the folder the build writes (its version folder, see pipeline/versions.py); version:
+    the manifest's fields of the version (see manifest_header). local_workers: the local runner's
+    worker count, which the shards are shared out over (see transforms/segments.py); None for
+    runners that scale out (shards cut in small pieces)."""
+    discovery = inputs.discovery
 
     # -> members: (MemberRef, ...) batches, one per class tar, class folder or flat tar;
-    #    rejects: Reject (stage "index"); read, left_out: SplitCount; damaged: DamagedArchive
+    #    rejects: Reject (stage "index"); read, left_out: SplitCount; damaged: DamagedArchive;
+    #    dropped_classes: ClassCount (--min-per-class)
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
                                                      discovery.holdout_per_class, config.seed,
-                                                     config.accept_damaged_archives)
+                                                     config.accept_damaged_archives, discovery.class_filter())
 
     # -> boxes: BoxesRef; rejects: Reject (stage "annotation": hostile or broken XML)
     annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
@@ -82,6 +88,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     # -> "ok" | "too_many_rejects", after manifest.json (or build-failed.json) is written
     facts = {"read": indexed["read"], "left_out": indexed["left_out"], "shard": written["shards"],
              "index": written["index"], "duplicates": duplicates, "rejects": rejects_files,
-             "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"]}
-    _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs),
+             "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"],
+             "dropped_classes": indexed["dropped_classes"]}
+    _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs, version),
                                                  config.max_reject_rate, inputs.fingerprints)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import fsspec
@@ -28,7 +26,9 @@ from tqdm import tqdm
 import pipeline
 from pipeline.build import build_graph
 from pipeline.console import Console, default_log_path, root_cause
-from pipeline.inputs import Inputs, resolve_inputs
+from pipeline.fingerprint import build_fingerprint
+from pipeline.inputs import Inputs, discover_inputs, prepare_output, stage_inputs, verify_inputs
+from pipeline.local_runner import fewer_malloc_arenas, worker_log_level
 from pipeline.lock import OutputLock
 from pipeline.options import (
     BuildConfig,
@@ -41,11 +41,14 @@ from pipeline.options import (
 )
 from pipeline.sample import make_sample_release
 from pipeline.stopping import Terminated, stop_cleanly_on_signals
+from pipeline.versions import LATEST_NAME, DatasetRoot, new_build_id
+from transforms.checkpoints import completed_shards, remove_completion_records
 from transforms.image import codec_versions
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.progress import read_progress
 from transforms.records import SourceError
-from transforms.storage import is_local
+from transforms.sources import Discovery
+from transforms.storage import is_local, remove_temporaries
 
 __all__ = ["main", "run_build"]
 
@@ -130,14 +133,15 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
         _say(f"FAILED: {manifest.get('error', status)}")
 
 
-def _describe(inputs: Inputs) -> None:
-    discovery = inputs.discovery
+def _describe(discovery: Discovery) -> None:
     for warning in discovery.warnings:
         _say(f"warning: {warning}")
     _say(f"layout: {discovery.layout}; splits: "
          + ", ".join(f"{a.split} <- {a.name}" for a in discovery.archives))
     if discovery.annotations:
         _say("boxes: " + ", ".join(a.name for a in discovery.annotations))
+    if discovery.class_matches:  # --classes: how many classes each entry matched
+        _say("classes: " + ", ".join(f"{entry} matched {n}" for entry, n in discovery.class_matches))
 
 
 def _remove_scratch(layout: OutputLayout, progress_dir: Optional[str]) -> None:
@@ -168,64 +172,72 @@ def _report(layout: OutputLayout, wall: float) -> int:
     return 1
 
 
-@contextlib.contextmanager
-def _local_worker_log_level(options) -> Iterator[None]:
-    """Tell the local runner's worker processes the log level (--default_sdk_harness_log_level).
-
-    The local runner hands its workers no pipeline options, so they would log at INFO (~35 lines
-    a small build). The SDK harness reads its options from the file that PIPELINE_OPTIONS_FILE
-    names (the variable of Beam's worker container contract), and the workers inherit this
-    process's environment."""
-    level = options.get_all_options()["default_sdk_harness_log_level"]
-    with tempfile.TemporaryDirectory(prefix="imagenet-shards-") as folder:
-        path = os.path.join(folder, "worker-options.json")
-        with open(path, "w") as f:
-            json.dump({"options": {"default_sdk_harness_log_level": level}}, f)
-        previous = os.environ.get(_OPTIONS_FILE)
-        os.environ[_OPTIONS_FILE] = path
-        try:
-            yield
-        finally:
-            if previous is None:
-                del os.environ[_OPTIONS_FILE]
-            else:
-                os.environ[_OPTIONS_FILE] = previous
-
-
-_OPTIONS_FILE = "PIPELINE_OPTIONS_FILE"
-
-
 def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_options: Sequence[str] = ()) -> int:
-    """Resolve the inputs, build the graph, run it, report. Returns the exit status.
+    """Resolve the inputs, build a new version of OUT, publish it. Returns the exit status.
     tool_options: the command's own option strings, suggested first for a misspelled one."""
     options = beam_options(beam_args, tool_options)
     started = time.monotonic()
-    layout = OutputLayout(config.out)
-    with OutputLock(config.out):
-        return _build(config, options, layout, started, discovery)
+    with OutputLock(config.out) as lock:
+        discovery = discover_inputs(config, discovery)
+        _describe(discovery)
+        dataset = DatasetRoot(config.out)
+        codecs = codec_versions()
+        fingerprint = build_fingerprint(config, discovery.layout, codecs)
+        latest = dataset.latest_manifest() if dataset.is_versioned() else None
+        if latest and latest.get("fingerprint", {}).get("digest") == fingerprint["digest"] and not config.force:
+            _say(f"up to date: {dataset.join(dataset.latest() or '')} was built from these inputs with these "
+                 "options (--force builds again)")
+            return 0
+        prepare_output(config)
+        if config.verify_inputs:
+            verify_inputs(discovery, _console.terminal)
+        resumed = dataset.resumable(fingerprint["digest"])
+        build_id = resumed.build_id if resumed else new_build_id(fingerprint["digest"])
+        for removed in dataset.remove_unfinished(keep=build_id):
+            _say(f"removed {removed}, left unfinished by an earlier build")
+        if resumed is None:
+            version = OutputLayout(dataset.start_version(build_id, fingerprint["digest"]))
+        else:
+            version = OutputLayout(dataset.join(resumed.relative))
+            remove_temporaries(version.root)  # files the stopped build was writing
+            _say(f"resuming {resumed.relative}, which a stopped build of these inputs and options began "
+                 f"({completed_shards(version)} shards completed)")
+        if resumed is None or not resumed.finished:
+            inputs = stage_inputs(config, discovery, version, _console.terminal)
+            header = {"version": build_id, "previous": dataset.latest(), "fingerprint": fingerprint}
+            code = _build(config, options, version, inputs, codecs, header, started)
+        else:  # its manifest is written: only publishing was left to do
+            code = _report(version, time.monotonic() - started)
+        if code == 0:
+            lock.check()  # an object store's lease still this build's: nobody else is publishing
+            remove_completion_records(version)
+            dataset.publish(build_id)
+            _say(f"published: {dataset.join(LATEST_NAME)} -> versions/{build_id}")
+            for removed in dataset.prune(config.keep):
+                _say(f"removed {removed} (--keep {config.keep})")
+        return code
 
 
-def _build(config: BuildConfig, options, layout: OutputLayout, started: float, discovery=None) -> int:
-    inputs = resolve_inputs(config, discovery, _console.terminal)
-    _describe(inputs)
-
+def _build(config: BuildConfig, options, version: OutputLayout, inputs: Inputs, codecs: dict, header: dict,
+           started: float) -> int:
+    """Run the pipeline into the version folder; report. Returns the exit status."""
     progress_dir = None
-    if is_local_runner(options) and is_local(config.out) and config.progress:
-        progress_dir = os.path.abspath(fsspec.core.url_to_fs(layout.progress_dir)[1])
+    if is_local_runner(options) and is_local(version.root) and config.progress:
+        progress_dir = os.path.abspath(fsspec.core.url_to_fs(version.progress_dir)[1])
         os.makedirs(progress_dir, exist_ok=True)
 
     p = beam.Pipeline(options=options)
-    build_graph(p, config, inputs, codec_versions(), progress_dir, local_workers(options))
+    build_graph(p, config, inputs, codecs, version.root, header, progress_dir, local_workers(options))
     try:
         with contextlib.ExitStack() as running:
             if is_local_runner(options):
-                running.enter_context(_local_worker_log_level(options))
+                running.enter_context(worker_log_level(options))
             if progress_dir:
                 running.enter_context(ProgressMonitor(progress_dir))
             p.run().wait_until_finish()
     finally:
-        _remove_scratch(layout, progress_dir)
-    return _report(layout, time.monotonic() - started)
+        _remove_scratch(version, progress_dir)
+    return _report(version, time.monotonic() - started)
 
 
 # --- demo ----------------------------------------------------------------------------
@@ -234,7 +246,8 @@ READING_EXAMPLE = """\
 How to read it (webdataset and pyarrow):
 
   import json, pyarrow.parquet as pq, webdataset as wds
-  root = "{out}"
+  root = "{out}"                                            # the dataset; LATEST names its current version
+  root += "/" + open(f"{{root}}/LATEST").read().strip()
   manifest = json.load(open(f"{{root}}/manifest.json"))
   shards = [f"{{root}}/{{s['path']}}" for s in manifest["splits"]["train"]["shards"]]
   for sample in wds.WebDataset(shards, shardshuffle=False).decode("pil"):
@@ -305,26 +318,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def _fewer_malloc_arenas() -> None:
-    """glibc gives threads that allocate their own malloc arenas (up to 8 per core) and keeps
-    what is freed in each; Beam's gRPC threads move every record through several. Two arenas a
-    process: measured on the benchmark's builds, the process tree's RSS grows 25% less per
-    sample (13.5 -> 10.1 KB), at no measurable cost in time. The local runner's worker processes
-    inherit the variable (read when they start); this process, already started, is told
-    through mallopt."""
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
-    except (OSError, AttributeError, ValueError):  # not glibc, or a value the user set that is not a number
-        pass
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """The command line (the `imagenet-shards` console script)."""
-    _fewer_malloc_arenas()
+    fewer_malloc_arenas()
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     global _console
@@ -355,6 +351,8 @@ def _run(args, beam_args: list[str]) -> int:
         cause = root_cause(e)
         if cause.startswith("TarDamaged:"):
             cause += "; --accept-damaged-archives builds from what can be read and lists the damage in the manifest"
+        if "No space left on device" in cause:
+            cause += "; free some space and run the same command again: it resumes from the shards it completed"
         where = "" if _console.verbose else f" (details: {_console.log_path})"
         _say(f"imagenet-shards: build failed: {cause}{where}")
         return 1

@@ -1,14 +1,16 @@
 """Resolving the inputs: everything a build does before its graph is built.
 
-Contract: resolve_inputs(config) -> Inputs, or UsageError / SourceError (exit status 2) with a
-message that says what was expected. In order:
-  1. discover what SOURCE holds (transforms/sources.py: its layout, splits, labels, boxes);
-  2. narrow and relabel it by the options (--label-map, --val-per-class, --boxes, --splits,
-     --classes, --relabel), so that usage errors come before OUT is touched;
-  3. check the official archives' MD5 sums (--verify-inputs);
-  4. prepare OUT: new, empty, or a previous build replaced (--overwrite);
-  5. stage a gzipped tar of class tars into OUT/_staging/ (gzip cannot be read by ranges), and
-     discover and narrow the staged copy instead.
+Contract, in the order the command line calls these (each raises UsageError or SourceError,
+exit status 2, with a message that says what was expected):
+  1. discover_inputs: discover what SOURCE holds (transforms/sources.py: its layout, splits,
+     labels, boxes), then narrow and relabel it by the options (--label-map, --val-per-class,
+     --boxes, --splits, --classes, --relabel, --min-per-class, --label-level), so that usage errors
+     come before OUT is touched;
+  2. prepare_output: OUT is new, empty, a dataset root of versions (pipeline/versions.py), or an
+     unversioned build of an earlier release that --overwrite replaces;
+  3. verify_inputs: check the official archives' MD5 sums (--verify-inputs);
+  4. stage_inputs: stage a gzipped tar of class tars into the version's _staging/ (gzip cannot be
+     read by ranges), and discover and narrow the staged copy instead; fingerprint the tars.
 """
 from __future__ import annotations
 
@@ -25,13 +27,14 @@ from tqdm import tqdm
 
 from pipeline.lock import LOCK_NAME
 from pipeline.options import BuildConfig, UsageError
+from pipeline.versions import LATEST_NAME, VERSIONS_DIR
 from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, PIECES_DIR, OutputLayout
 from transforms.records import SourceError
-from transforms.release_files import OFFICIAL_MD5, read_class_list, verify_md5
+from transforms.release_files import OFFICIAL_MD5, read_class_entries, read_class_list, verify_md5
 from transforms.sources import Discovery, discover, stage_gzipped_tar
 from transforms.storage import fingerprint
 
-__all__ = ["Inputs", "resolve_inputs", "prepare_output"]
+__all__ = ["Inputs", "discover_inputs", "prepare_output", "verify_inputs", "stage_inputs"]
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
@@ -47,27 +50,30 @@ def _fingerprints(discovery: Discovery) -> dict:
     return {a.url: fingerprint(a.url) for a in discovery.archives if a.kind in ("tar", "nested_tar")}
 
 
-def resolve_inputs(config: BuildConfig, discovery: Optional[Discovery] = None,
-                   terminal: Optional[IO[str]] = None) -> Inputs:
-    """See the module docstring. `discovery`: SOURCE already discovered (step 1 skipped);
-    `terminal`: where messages and progress bars go (standard error by default)."""
-    terminal = terminal or sys.stderr
-
-    def say(message: str) -> None:
-        print(message, file=terminal, flush=True)
-
+def discover_inputs(config: BuildConfig, discovery: Optional[Discovery] = None) -> Discovery:
+    """What SOURCE holds, narrowed by the options (step 1). `discovery`: SOURCE already discovered."""
     if discovery is None:
         discovery = discover(config.source, config.layout)
-    if not discovery.needs_staging:
-        discovery = _refine(discovery, config)
-    if config.verify_inputs:
-        _verify_inputs(discovery, say, terminal)
-    prepare_output(config)
+    return discovery if discovery.needs_staging else _refine(discovery, config)
+
+
+def stage_inputs(config: BuildConfig, discovery: Discovery, version: OutputLayout,
+                 terminal: Optional[IO[str]] = None) -> Inputs:
+    """What the build reads (step 4): the discovery, or a staged copy of a gzipped tar of class
+    tars in the version's _staging/ folder; the tars fingerprinted. `terminal`: where messages and
+    progress bars go (standard error by default)."""
     if not discovery.needs_staging:
         return Inputs(discovery, fingerprints=_fingerprints(discovery))
-    staging = OutputLayout(config.out).url(f"_staging/{discovery.needs_staging.name}")
-    staged = _refine(_stage(discovery, staging, say, terminal), config)
+    terminal = terminal or sys.stderr
+    staging = version.url(f"_staging/{discovery.needs_staging.name}")
+    staged = _refine(_stage(discovery, staging, _printer(terminal), terminal), config)
     return Inputs(staged, staging, _fingerprints(staged))
+
+
+def _printer(terminal: IO[str]) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        print(message, file=terminal, flush=True)
+    return say
 
 
 def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:
@@ -76,11 +82,18 @@ def _refine(discovery: Discovery, config: BuildConfig) -> Discovery:
         discovery = discovery.with_label_map(read_class_list(config.label_map))
     if config.val_per_class:
         discovery = discovery.with_holdout(config.val_per_class)
-    classes = read_class_list(config.classes_file) if config.classes_file else None
-    return discovery.with_boxes(config.boxes).select(config.splits, classes, config.relabel)
+    classes = read_class_entries(config.classes_file) if config.classes_file else None
+    discovery = discovery.with_boxes(config.boxes).with_min_per_class(config.min_per_class).select(
+        config.splits, classes, config.relabel)
+    if config.label_level:  # coarse labels, over the classes selected
+        discovery = discovery.with_label_level(read_class_list(config.label_level), config.label_level_on_several)
+    return discovery
 
 
-def _verify_inputs(discovery: Discovery, say: Callable[[str], None], terminal: IO[str]) -> None:
+def verify_inputs(discovery: Discovery, terminal: Optional[IO[str]] = None) -> None:
+    """Check the official archives' MD5 sums against the published ones (step 3, --verify-inputs)."""
+    terminal = terminal or sys.stderr
+    say = _printer(terminal)
     for archive in discovery.archives:
         expected = OFFICIAL_MD5.get(archive.name)
         if expected is None:
@@ -134,8 +147,9 @@ def _not_written_by_a_build(fs, root: str, names: set) -> list:
 
 
 def prepare_output(config: BuildConfig) -> None:
-    """OUT must be empty, new, or (with --overwrite) a previous build, which is removed; --overwrite
-    removes only what a build writes, and refuses a folder that holds anything else."""
+    """OUT must be new, empty, a dataset root (versions and LATEST: the build adds a version), or an
+    unversioned build of an earlier release, which --overwrite removes; --overwrite removes only what
+    a build writes, and refuses a folder that holds anything else."""
     fs, root = fsspec.core.url_to_fs(config.out)
     if not fs.exists(root):
         fs.makedirs(root, exist_ok=True)
@@ -144,15 +158,19 @@ def prepare_output(config: BuildConfig) -> None:
         raise UsageError(f"--out {config.out!r} exists and is not a folder")
     root = root.rstrip("/")
     entries = {os.path.basename(e.rstrip("/")): e for e in fs.ls(root, detail=False)}
-    entries.pop(LOCK_NAME, None)  # the lock of the build now running (pipeline/lock.py) is not content
+    for name in [n for n in entries if n.startswith(LOCK_NAME)]:
+        del entries[name]  # the lock of the build now running (pipeline/lock.py) is not content
     if not entries:
         return
     names = set(entries)
+    if names & {LATEST_NAME, VERSIONS_DIR}:
+        return  # a dataset root: the build adds a version, and touches nothing else of it
     previous = bool(names & {MANIFEST_NAME, FAILED_REPORT_NAME})
     if not previous:
         raise UsageError(f"--out {config.out!r} is not empty and holds no previous build: choose a new folder")
     if not config.overwrite:
-        raise UsageError(f"--out {config.out!r} holds a previous build: pass --overwrite to replace it")
+        raise UsageError(f"--out {config.out!r} holds an unversioned build of an earlier release: pass --overwrite "
+                         "to replace it (from then on, builds keep versions side by side)")
     foreign = _not_written_by_a_build(fs, root, names)
     if foreign:
         raise UsageError(f"--out {config.out!r} holds a previous build, but also files no build writes "

@@ -53,6 +53,11 @@ class BuildConfig:
     overwrite: bool
     progress: bool
     accept_damaged_archives: bool = False
+    label_level: Optional[str] = None  # a file of coarse class WNIDs (--label-level)
+    label_level_on_several: str = "error"
+    min_per_class: int = 0
+    force: bool = False  # build even when the version LATEST names has the same fingerprint
+    keep: int = 3  # finished versions kept in OUT after a publish (LATEST's among them)
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(resize=self.resize, quality=self.quality, reencode=self.reencode,
@@ -75,6 +80,9 @@ class BuildConfig:
             "val_per_class": self.val_per_class,
             "exif_transpose": self.exif_transpose,
             "accept_damaged_archives": self.accept_damaged_archives,
+            "label_level": self.label_level,
+            "label_level_on_several": self.label_level_on_several,
+            "min_per_class": self.min_per_class,
         }
 
 
@@ -129,10 +137,23 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
                     "repeatable (default: the bbox archives found in SOURCE)")
         option("--splits", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
                default=(), metavar="LIST", help="only these splits, e.g. train,val (default: all found)")
-        option("--classes", dest="classes_file", metavar="FILE", default=None,
-               help="only these classes: a file with one WNID (class name) per line, e.g. ImageNet-100")
+        option("--classes", dest="classes_file", metavar="FILE|LIST", default=None,
+               help="only these classes: a file with one entry per line (e.g. ImageNet-100), or entries "
+                    "separated by commas; an entry is a WNID (class name), or a WNID and a plus sign for "
+                    "every class under that WordNet synset (n02084071+: the dogs)")
         option("--relabel", action="store_true",
-               help="with --classes: labels 0..K-1 in sorted class order (default: the full index)")
+               help="with --classes or --min-per-class: labels 0..K-1 in sorted order of the classes kept "
+                    "(default: the full index)")
+        option("--label-level", metavar="FILE", default=None,
+               help="coarse labels: a file of WNIDs, one per line, each a coarse class (label = line index); "
+                    "every sample takes the label of the one listed class it is or lies under, and keeps its "
+                    "own in the index (fine_label, fine_wnid)")
+        option("--label-level-on-several", choices=("error", "deepest", "first"), default="error",
+               help="with --label-level, a class under several listed classes: error (default), deepest (the "
+                    "nearest one), or first (the first one in the file)")
+        option("--min-per-class", type=_positive_int, default=0, metavar="N",
+               help="leave out the classes with fewer than N images, counted over the splits built "
+                    "(e.g. 500 for ImageNet-21K-P); the manifest lists them in dropped_classes")
         option("--label-map", metavar="FILE", default=None,
                help="labels = line index of the class in FILE (one WNID per line; ImageNet-21k orders)")
         option("--val-per-class", type=int, default=0, metavar="N",
@@ -158,7 +179,12 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
                 "default: pixels as stored, as torchvision and TFDS read ImageNet")
     option("--verify-inputs", action="store_true",
            help="check the official archives against their published MD5 sums first (reads every byte)")
-    option("--overwrite", action="store_true", help="replace a previous build in OUT")
+    option("--overwrite", action="store_true",
+           help="replace an unversioned build of an earlier release in OUT (versions need no option)")
+    option("--force", action="store_true",
+           help="build even when OUT's current version was built from the same inputs and options")
+    option("--keep", type=_at_least_one, default=3, metavar="K",
+           help="finished versions to keep in OUT after publishing a new one, the new one included (default 3)")
     option("--accept-damaged-archives", action="store_true",
            help="build from what can be read of a tar that is cut off or has a broken header, and list it "
                 "in the manifest (default: such an archive fails the build)")
@@ -181,7 +207,21 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         shard_size=args.shard_size, seed=args.seed, max_pixels=args.max_pixels,
         max_reject_rate=args.max_reject_rate, verify_inputs=args.verify_inputs, overwrite=args.overwrite,
         progress=args.progress, accept_damaged_archives=args.accept_damaged_archives,
+        label_level=getattr(args, "label_level", None),
+        label_level_on_several=getattr(args, "label_level_on_several", "error"),
+        min_per_class=getattr(args, "min_per_class", 0),
+        force=args.force, keep=args.keep,
     )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (the version LATEST names is always kept)")
+    return value
 
 
 def cpu_count() -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.sample import make_sample_release
+from pipeline.versions import current_version
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pipeline"]  # what the console script runs
@@ -21,6 +22,23 @@ def own_temporary_folder(tmp_path_factory, monkeypatch):
     folder = str(tmp_path_factory.mktemp("tmpdir"))
     monkeypatch.setenv("TMPDIR", folder)
     monkeypatch.setattr(tempfile, "tempdir", folder)
+
+
+def version_of(out) -> Path:
+    """The version of OUT that LATEST names (where a finished build's manifest is)."""
+    return Path(current_version(str(out)))
+
+
+def read_manifest(out) -> dict:
+    """The manifest of OUT's current version."""
+    return json.loads((version_of(out) / "manifest.json").read_text())
+
+
+def unpublished_version(out) -> Path:
+    """The one version folder of OUT (a build that did not publish: LATEST does not name it)."""
+    (folder,) = (Path(out) / "versions").iterdir()
+    assert not (Path(out) / "LATEST").exists()
+    return folder
 
 
 def run_cli(*args, check_code=None, timeout=600):
@@ -40,10 +58,13 @@ def release(tmp_path_factory):
 
 
 class Build:
-    def __init__(self, out: Path, proc):
-        self.out = out
+    """A finished build: `root` is OUT (the dataset root), `out` the version that LATEST names."""
+
+    def __init__(self, root: Path, proc):
+        self.root = root
+        self.out = Path(current_version(str(root)))
         self.proc = proc
-        self.manifest = json.loads((out / "manifest.json").read_text())
+        self.manifest = json.loads((self.out / "manifest.json").read_text())
 
     def path(self, relative: str) -> Path:
         return self.out / relative

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import run_cli, version_of
 from PIL import Image
 
 from transforms.boxes import orient_boxes
@@ -31,6 +31,7 @@ def test_exif_transpose_build_rotates_pixels_and_boxes(release, tmp_path):
     out = tmp_path / "out"
     run_cli("build", release.root, "--out", out, "--no-progress", "--max-reject-rate", "0.5", "--splits", "val",
             "--exif-transpose", check_code=0)
+    out = version_of(out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["exif_transpose"] is True
     rows = pq.read_table([str(out / p) for p in m["splits"]["val"]["index"]]).to_pylist()

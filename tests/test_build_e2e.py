@@ -1,6 +1,7 @@
 """End-to-end builds of a generated release, read back with other people's readers."""
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -9,10 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import build, run_cli
+from conftest import build, read_manifest, run_cli, unpublished_version, version_of
 from PIL import Image
 
 from pipeline.sample import make_sample_release
+from pipeline.versions import MARKER_NAME
 from transforms.schema import INDEX_SCHEMA
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
@@ -34,7 +36,11 @@ def test_counts_reconcile_and_manifest_is_complete(built, release):
     assert {i["name"] for i in m["inputs"]} >= {"ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
                                                "ILSVRC2012_devkit_t12.tar.gz"}
     assert len(m["classes"]) == 1000
-    assert m["classes"][0] == {"label": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}
+    tench = m["classes"][0]
+    assert {k: tench[k] for k in ("label", "wnid", "name")} == {"label": 0, "wnid": "n01440764",
+                                                               "name": "tench, Tinca tinca"}
+    # WordNet: a cyprinid, a fish, ... an entity
+    assert tench["parents"] == ["n01439121"] and {"n02512053", "n00001740"} <= set(tench["ancestors"])
     assert set(m["splits"]) == {"train", "val", "test"}
     for split, s in m["splits"].items():
         expected = release.expected[split]
@@ -148,7 +154,7 @@ def test_shards_mix_classes(built):
 
 
 def test_no_temporary_files_left(built):
-    leftovers = [p for p in built.out.rglob("*") if p.name.startswith(".") or "tmp" in p.name
+    leftovers = [p for p in built.root.rglob("*") if p.name.startswith(".") or "tmp" in p.name
                  or p.name in ("_progress", "_pieces") or p.suffix == ".pkl"]
     assert leftovers == []
 
@@ -174,9 +180,10 @@ def test_too_many_rejects_fails_after_writing_the_rejects(release, tmp_path):
     proc = run_cli("build", release.root, "--out", out, "--no-progress", "--max-reject-rate", "0.01")
     assert proc.returncode == 1, proc.stderr
     assert "FAILED" in proc.stderr
-    assert not (out / "manifest.json").exists()
-    report = json.loads((out / "build-failed.json").read_text())
-    assert report["rejects"] and all((out / p).exists() for p in report["rejects"])
+    version = unpublished_version(out)  # LATEST is not written
+    assert not (version / "manifest.json").exists()
+    report = json.loads((version / "build-failed.json").read_text())
+    assert report["rejects"] and all((version / p).exists() for p in report["rejects"])
 
 
 @pytest.mark.parametrize("args,message", [
@@ -198,9 +205,23 @@ def test_folder_without_archives_lists_what_was_expected(tmp_path):
     assert "ILSVRC2012_img_train.tar" in proc.stderr and "notes.txt" in proc.stderr
 
 
-def test_out_with_a_previous_build_needs_overwrite(built, release):
-    proc = run_cli("build", release.root, "--out", built.out)
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+def test_an_unversioned_build_stays_readable_and_overwrite_replaces_it(release, tmp_path):
+    out = tmp_path / "o"
+    args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")
+    run_cli(*args, check_code=0)
+    version = version_of(out)
+    for entry in version.iterdir():  # the layout of earlier releases: the build at OUT's root
+        if entry.name != MARKER_NAME:
+            entry.rename(out / entry.name)
+    shutil.rmtree(out / "versions")
+    (out / "LATEST").unlink()
+    old = read_manifest(out)  # readers still find it
+    assert version_of(out) == out and old["splits"]["val"]["samples"] > 0
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and "unversioned build of an earlier release: pass --overwrite" in proc.stderr
+    run_cli(*args, "--overwrite", check_code=0)
+    assert sorted(p.name for p in out.iterdir()) == ["LATEST", "versions"]
+    assert read_manifest(out)["splits"]["val"]["samples"] == old["splits"]["val"]["samples"]
 
 
 def test_verify_inputs_catches_a_checksum_mismatch(release, tmp_path):
@@ -300,12 +321,26 @@ def test_hostile_and_broken_xml_are_set_aside_and_orphans_counted(built, release
         assert [r for r in index_rows(built, split) if r["key"] == key][0]["has_boxes"] is False
 
 
-def test_overwrite_replaces_a_previous_build(release, tmp_path):
-    args = ("build", release.root, "--out", tmp_path / "o", "--no-progress", "--splits", "val",
-            "--max-reject-rate", "0.5")
+def test_rebuilds_publish_versions_and_the_same_build_is_up_to_date(release, tmp_path):
+    out = tmp_path / "o"
+    args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")
     run_cli(*args, check_code=0)
-    first = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    run_cli(*args, "--overwrite", "--seed", "3", check_code=0)
-    second = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    first = read_manifest(out)
+    assert (out / "LATEST").read_text() == f"versions/{first['version']}\n" and first["previous"] is None
+
+    proc = run_cli(*args, check_code=0)  # the same inputs and options: nothing to do
+    assert "up to date" in proc.stderr and len(list((out / "versions").iterdir())) == 1
+
+    run_cli(*args, "--seed", "3", check_code=0)  # other options: a new version, published
+    second = read_manifest(out)
     assert (first["config"]["seed"], second["config"]["seed"]) == (0, 3)
+    assert second["previous"] == f"versions/{first['version']}"
+    assert second["fingerprint"]["digest"] != first["fingerprint"]["digest"]
     assert second["splits"]["val"]["samples"] == first["splits"]["val"]["samples"]
+    assert (out / second["previous"] / "manifest.json").exists()  # the previous version stays readable
+
+    proc = run_cli(*args, "--seed", "3", "--force", "--keep", "2", check_code=0)
+    third = read_manifest(out)
+    assert third["fingerprint"] == second["fingerprint"] and third["version"] != second["version"]
+    assert sorted(p.name for p in (out / "versions").iterdir()) == [second["version"], third["version"]]
+    assert f"removed versions/{first['version']} (--keep 2)" in proc.stderr

@@ -4,7 +4,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import run_cli, version_of
 
 from pipeline.sample import export_layout
 from transforms.keys import key_hash
@@ -19,6 +19,7 @@ def test_in21k_variants_build_with_sorted_wnid_labels(release, tmp_path, variant
     assert detect_layout(copy.root) == "in21k"
     out = tmp_path / "out"
     proc = run_cli("build", copy.root, "--out", out, "--no-progress", "--max-reject-rate", "0.5", check_code=0)
+    out = version_of(out)
     m = json.loads((out / "manifest.json").read_text())
     assert m["layout"] == "in21k" and "layout: in21k" in proc.stderr
     assert [c["wnid"] for c in m["classes"]] == copy.classes
@@ -33,6 +34,7 @@ def test_val_per_class_holds_out_the_smallest_hashes(release, tmp_path):
     out = tmp_path / "out"
     run_cli("build", copy.root, "--out", out, "--no-progress", "--max-reject-rate", "0.5", "--val-per-class", "2",
             "--seed", "7", check_code=0)
+    out = version_of(out)
     m = json.loads((out / "manifest.json").read_text())
     val = pq.read_table([str(out / p) for p in m["splits"]["val"]["index"]]).to_pylist()
     train = pq.read_table([str(out / p) for p in m["splits"]["train"]["index"]]).to_pylist()
@@ -55,6 +57,7 @@ def test_label_map_orders_the_labels(release, tmp_path):
     out = tmp_path / "out"
     run_cli("build", copy.root, "--out", out, "--no-progress", "--max-reject-rate", "0.5",
             "--label-map", tmp_path / "map.txt", check_code=0)
+    out = version_of(out)
     m = json.loads((out / "manifest.json").read_text())
     rows = pq.read_table([str(out / p) for p in m["splits"]["train"]["index"]]).to_pylist()
     assert all(r["label"] == order.index(r["wnid"]) for r in rows)

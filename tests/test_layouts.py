@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import Build, run_cli
+from conftest import Build, run_cli, version_of
 
 from pipeline.sample import export_layout
 from transforms.records import SourceError
@@ -61,9 +61,10 @@ def test_imagefolder_with_arbitrary_class_names(tmp_path):
     assert d.layout == "imagefolder"
     assert [(c.label, c.wnid) for c in d.classes] == [(0, "cat"), (1, "dog")]
     run_cli("build", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", check_code=0)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    out = version_of(tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
     assert [c["wnid"] for c in manifest["classes"]] == ["cat", "dog"]
-    rows = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    rows = pq.read_table([str(out / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
     assert sorted((r["key"], r["label"]) for r in rows) == [("cat_001", 0), ("dog_001", 1)]
 
 

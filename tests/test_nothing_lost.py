@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, REPO, run_cli
+from conftest import CLI, REPO, read_manifest, run_cli, version_of
 
 from pipeline.inputs import prepare_output
 from pipeline.lock import LOCK_NAME, OutputLock
@@ -44,13 +44,13 @@ def test_a_cut_off_archive_fails_the_build_in_one_line(cut_release, tmp_path):
     assert "Traceback" not in proc.stderr and "apache_beam" not in proc.stderr  # the terminal: the tool's words
     log = Path(re.search(r"\(details: (.+\.log)\)", failure[0]).group(1))
     assert "Traceback" in log.read_text() and "TarDamaged" in log.read_text()  # the whole story is in the log
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "LATEST").exists() and not list((tmp_path / "out").rglob("manifest.json"))
 
 
 def test_an_accepted_damaged_archive_is_listed_and_its_readable_part_built(cut_release, release, tmp_path):
     proc = run_cli("build", cut_release, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
                    "--accept-damaged-archives", check_code=0)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = read_manifest(tmp_path / "out")
     damaged = manifest["damaged_archives"]
     assert damaged[0]["source"] == "ILSVRC2012_img_train.tar" and damaged[0]["split"] == "train"
     cut_size = (cut_release / "ILSVRC2012_img_train.tar").stat().st_size
@@ -91,9 +91,9 @@ def link_farm(release, tmp_path_factory):
 def test_a_farm_of_links_builds_every_linked_image_and_rejects_what_is_not_a_file(link_farm, tmp_path):
     farm, expected = link_farm
     run_cli("build", farm, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5", check_code=0)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    rows = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
-    rejects = pq.read_table([str(tmp_path / "out" / p) for p in manifest["rejects"]]).to_pylist()
+    manifest, version = read_manifest(tmp_path / "out"), version_of(tmp_path / "out")
+    rows = pq.read_table([str(version / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    rejects = pq.read_table([str(version / p) for p in manifest["rejects"]]).to_pylist()
     found = {tuple(r["source"].split("/")[1:3]) for r in rows + rejects if r.get("reason") != "not_a_file"}
     # every linked image is read (kept, or rejected for its content like the original), none lost
     assert found == {(wnid, name) for wnid, names in expected.items() for name in names}
@@ -113,8 +113,8 @@ def test_names_that_are_not_utf8_build_and_read_back(link_farm, tmp_path):
         f.write(image)
     run_cli("build", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
             check_code=0)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    (row,) = pq.read_table([str(tmp_path / "out" / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
+    manifest, version = read_manifest(tmp_path / "out"), version_of(tmp_path / "out")
+    (row,) = pq.read_table([str(version / p) for p in manifest["splits"]["train"]["index"]]).to_pylist()
     assert row["source"] == f"train/{wnid}/n01440764_\\xff1.JPEG" and row["key"] == "n01440764__1"
 
 
@@ -125,7 +125,7 @@ def test_a_stopped_build_leaves_no_scratch_and_no_workers(release, tmp_path, sig
                              "--direct_num_workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not (out / "_progress").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob("versions/*/_progress")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the progress folder appears just before the pipeline starts
     time.sleep(1.0)  # the runner is starting its workers, or they are indexing
     assert proc.poll() is None, "the build ended before it could be stopped"
@@ -133,8 +133,8 @@ def test_a_stopped_build_leaves_no_scratch_and_no_workers(release, tmp_path, sig
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "nothing was published" in stderr and "Traceback" not in stderr
-    assert not (out / "manifest.json").exists()
-    assert not (out / "_progress").exists() and not (out / "_pieces").exists()
+    assert not (out / "LATEST").exists() and not list(out.rglob("manifest.json"))
+    assert not list(out.rglob("_progress")) and not list(out.rglob("_pieces"))
     for _ in range(100):  # the runner's worker processes (same session) leave with the build
         try:
             os.killpg(proc.pid, 0)
@@ -151,10 +151,10 @@ def test_one_build_at_a_time_per_out(release, tmp_path):
     with OutputLock(str(out)):  # a build is running
         proc = run_cli(*args, check_code=2)
     assert "another build is writing to --out" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
-    assert not (out / "manifest.json").exists()
+    assert list(out.iterdir()) == []  # nothing written (the lock left with its holder)
     (out / LOCK_NAME).write_text("pid 1 on elsewhere\n")  # left by a killed build: nobody holds it now
     run_cli(*args, check_code=0)
-    assert (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
+    assert read_manifest(out)["splits"]["val"]["samples"] > 0 and not (out / LOCK_NAME).exists()
 
 
 def _config(out, *extra):

@@ -25,6 +25,7 @@ GOLDEN_INDEX_COLUMNS = [
     ("reencoded", "bool"), ("sha256", "string"), ("duplicate_of", "string"), ("exif_orientation", "int32"),
     ("boxes", "list<item: list<item: float>>"), ("source", "string"), ("has_boxes", "bool"),
     ("box_names", "list<item: string>"), ("loc_blacklisted", "bool"), ("label_disagrees", "bool"),
+    ("fine_label", "int64"), ("fine_wnid", "string"),
 ]
 
 

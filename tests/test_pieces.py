@@ -3,6 +3,7 @@ byte, whatever the piece size; the pieces are scratch that goes away; a retried 
 what it wrote."""
 import io
 import os
+import pickle
 import tarfile
 
 import apache_beam as beam
@@ -18,7 +19,7 @@ from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_i
 from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
-from transforms.records import BoxesRef, MemberRef, ShardMembers, ShardTask
+from transforms.records import BoxesRef, MemberRef, ShardMembers, ShardTask, from_shuffle
 from transforms.storage import ArchiveReader
 from transforms.write_shards import WriteShards
 
@@ -141,6 +142,35 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     assert [(r.key, r.offset, r.size) for r in again.rows] == [(r.key, r.offset, r.size) for r in first.rows]
 
 
+class _FailingOnce(ArchiveReader):
+    """A reader that fails once, at its n-th read (a worker losing its disk or network)."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.reads, self.fail_at = 0, fail_at
+
+    def read(self, archive, offset, size):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise OSError("injected: the read failed")
+        return super().read(archive, offset, size)
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_shard_writer_that_fails_on_its_first_attempt_gives_the_same_files_when_retried(members, tmp_path, pieces):
+    refs, boxes = members
+    clean = write_shard(ShardTask("train", 0), refs, OPTIONS, OutputLayout(str(tmp_path / "clean")), 0,
+                        ArchiveReader(), boxes=boxes, pieces=pieces)
+    layout = OutputLayout(str(tmp_path / "out"))
+    with pytest.raises(OSError, match="injected"):  # the first attempt dies in the middle of the shard
+        write_shard(ShardTask("train", 0), refs, OPTIONS, layout, 0, _FailingOnce(fail_at=6), boxes=boxes,
+                    pieces=pieces)
+    # the runner retries the work on the same output folder
+    again = write_shard(ShardTask("train", 0), refs, OPTIONS, layout, 0, ArchiveReader(), boxes=boxes, pieces=pieces)
+    assert (again.shard, again.index, again.rejects) == (clean.shard, clean.index, clean.rejects)
+    assert _files(tmp_path / "out") == _files(tmp_path / "clean")  # byte for byte, and no temporary file left
+
+
 def test_assembly_refuses_missing_pieces(members, tmp_path):
     refs, _ = members
     layout = OutputLayout(str(tmp_path / "out"))
@@ -211,7 +241,40 @@ def test_write_shards_in_beam_stages_and_assembles_pieces(members, tmp_path, mon
         assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
                     label="rejects")
     assert os.path.isdir(out / PIECES_DIR) and not os.listdir(out / PIECES_DIR)  # staged, then removed
-    assert _files(out) == _files(tmp_path / "whole")
+    files = _files(out)
+    assert files.pop(OutputLayout.done("train", 0))  # the record a rerun resumes from (scratch: see checkpoints)
+    assert files == _files(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("piece_samples", [3, 128], ids=["pieces", "whole"])
+@pytest.mark.beam
+def test_a_rerun_of_write_shards_reports_completed_shards_without_making_them_again(members, tmp_path, monkeypatch,
+                                                                                    piece_samples):
+    import transforms.pieces as pieces
+    import transforms.write_shards as write_shards
+
+    monkeypatch.setattr(pieces, "PIECE_SAMPLES", piece_samples)
+    refs, boxes = members
+    out = tmp_path / "beam"
+
+    def run() -> dict:
+        with TestPipeline() as p:
+            tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, list(boxes.values()))])
+            written = {"tasks": tasks} | WriteShards(OPTIONS, str(out), 0, codec_versions())
+            hashes = written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch)))
+            facts = (written["shards"], written["index"], written["rejects"], hashes) | beam.Flatten()
+            _ = facts | beam.combiners.ToList() | beam.Map(
+                lambda found: (tmp_path / "facts.pkl").write_bytes(pickle.dumps(sorted(map(repr, found)))))
+        return pickle.loads((tmp_path / "facts.pkl").read_bytes())
+
+    first, files = run(), _files(out)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a completed shard was made again")
+
+    monkeypatch.setattr(write_shards, "write_whole_shard", not_again)
+    monkeypatch.setattr(write_shards, "process_piece", not_again)
+    assert run() == first and _files(out) == files
 
 
 def _rows(root):

@@ -11,13 +11,18 @@ import os
 import posixpath
 import subprocess
 import tarfile
+import time
 
 import fsspec.config
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import CLI, REPO
+from conftest import CLI, REPO, version_of
 from s3server import S3Server
+
+from pipeline.lock import LOCK_NAME, LockLost, OutputLock
+from pipeline.options import UsageError
+from pipeline.versions import MARKER_NAME
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
 
@@ -70,7 +75,9 @@ class RemoteBuild:
     def __init__(self, s3, url, proc, requests):
         self.fs = s3.fs
         self.url = url
-        self.root = url[len("s3://"):]
+        self.dataset = url[len("s3://"):]
+        self.latest = self.fs.cat(f"{self.dataset}/LATEST").decode().strip()
+        self.root = f"{self.dataset}/{self.latest}"  # the version LATEST names
         self.proc = proc
         self.requests = requests  # what the server sent during the build
         self.manifest = json.loads(self.fs.cat(f"{self.root}/manifest.json"))
@@ -110,7 +117,8 @@ def test_s3_to_s3_build_reads_back_with_webdataset_and_pyarrow(s3_build, s3_shar
     assert len(m["splits"]["train"]["shards"]) > 3
     # Everything the manifest lists is in the bucket; no temporary file or progress folder is left there.
     listed = {s["path"] for sp in m["splits"].values() for s in sp["shards"]}
-    listed |= {p for sp in m["splits"].values() for p in sp["index"]} | set(m["rejects"]) | {"manifest.json"}
+    listed |= {p for sp in m["splits"].values() for p in sp["index"]} | set(m["rejects"])
+    listed |= {"manifest.json", MARKER_NAME}
     in_bucket = {p[len(s3_build.root) + 1:] for p in fs.find(s3_build.root)}
     assert listed <= in_bucket
     assert [p for p in in_bucket if any(part.startswith((".", "_")) or "tmp" in part or part.endswith(".part")
@@ -157,7 +165,8 @@ def test_s3_index_offsets_point_at_the_jpeg_payloads_by_ranged_read(s3_build, s3
 def test_s3_source_gives_the_same_shards_as_a_local_build(s3, s3_source, s3_build, s3_shards, built, tmp_path):
     """s3:// -> local and s3:// -> s3:// are byte-identical to local -> local (conftest's `built`, same options)."""
     proc = check(run_cli(s3, "build", s3_source, "--out", tmp_path / "out", *BUILD_OPTIONS))
-    local_manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    local = version_of(tmp_path / "out")
+    local_manifest = json.loads((local / "manifest.json").read_text())
     assert built.manifest["config"] == local_manifest["config"] == s3_build.manifest["config"], \
         "conftest's `built` no longer uses BUILD_OPTIONS: keep them in step"
     assert built.manifest["inputs"] == local_manifest["inputs"] == s3_build.manifest["inputs"]
@@ -167,10 +176,10 @@ def test_s3_source_gives_the_same_shards_as_a_local_build(s3, s3_source, s3_buil
         assert s3_build.manifest["splits"][split]["shards"] == reference, split
         for shard in reference:
             want = sha256(built.path(shard["path"]).read_bytes())
-            assert sha256((tmp_path / "out" / shard["path"]).read_bytes()) == want, shard["path"]
+            assert sha256((local / shard["path"]).read_bytes()) == want, shard["path"]
             assert sha256(s3_shards[shard["path"]].read_bytes()) == want, shard["path"]
         for index in built.manifest["splits"][split]["index"]:
-            assert (tmp_path / "out" / index).read_bytes() == built.path(index).read_bytes(), index
+            assert (local / index).read_bytes() == built.path(index).read_bytes(), index
     assert "manifest:" in proc.stderr
 
 
@@ -216,12 +225,12 @@ def test_archives_are_read_by_ranged_gets_never_whole(s3_build, release):
         assert len(requests) > len(members) / 2, name
 
 
-def test_out_holding_a_previous_s3_build_needs_overwrite(s3, s3_source, s3_build):
-    before = s3_build.fs.cat(s3_build.path("manifest.json"))
-    proc = run_cli(s3, "build", s3_source, "--out", s3_build.url, "--no-progress")
-    assert proc.returncode == 2, proc.stderr
-    assert "holds a previous build" in proc.stderr and "--overwrite" in proc.stderr
-    assert s3_build.fs.cat(s3_build.path("manifest.json")) == before
+def test_a_rebuild_of_unchanged_s3_inputs_is_up_to_date_and_writes_nothing(s3, s3_source, s3_build):
+    before = {p: s3_build.fs.info(p)["ETag"] for p in s3_build.fs.find(s3_build.dataset)}
+    proc = check(run_cli(s3, "build", s3_source, "--out", s3_build.url, *BUILD_OPTIONS))
+    assert "up to date" in proc.stderr and s3_build.latest in proc.stderr
+    s3_build.fs.invalidate_cache()
+    assert {p: s3_build.fs.info(p)["ETag"] for p in s3_build.fs.find(s3_build.dataset)} == before
 
 
 def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
@@ -261,3 +270,37 @@ def test_pieces_staged_on_s3_assemble_into_the_same_shard(s3, tmp_path):
     pieces = {f"pieces-out/{PIECES_DIR}/train-000000-{i:05d}.pkl" for i in range(3)}
     assert {key for method, key in staged if method == "PUT"} == pieces  # the three pieces went to S3 ...
     assert not s3.fs.find(f"{root}/{PIECES_DIR}")  # ... and are gone
+
+
+def test_one_build_at_a_time_per_s3_out_with_a_lease_that_a_killed_build_cannot_hold(s3, s3_source):
+    out = s3.url("locked")
+    with OutputLock(out):  # a build is running
+        proc = run_cli(s3, "build", s3_source, "--out", out, *BUILD_OPTIONS)
+        assert proc.returncode == 2 and "another build is writing to --out" in proc.stderr, proc.stderr
+        with pytest.raises(UsageError, match=f"pid {os.getpid()}"):
+            OutputLock(out).__enter__()
+    s3.fs.invalidate_cache()
+    assert s3.fs.find(f"{s3.bucket}/locked") == []  # released: the lock object is gone
+
+    # a build killed long ago: its lease (the lock object's "expires") has run out
+    s3.fs.pipe(f"{s3.bucket}/locked/{LOCK_NAME}-000000001",
+               json.dumps({"holder": "pid 7 on gone", "token": "t", "expires": time.time() - 1}).encode())
+    with OutputLock(out) as taker:  # taken over
+        taker.check()
+        s3.fs.invalidate_cache()
+        (lock,) = s3.fs.find(f"{s3.bucket}/locked")  # the stale lease is removed
+        assert lock.endswith(f"{LOCK_NAME}-000000002")
+        # a build that stalls past its lease while another takes the lock over publishes nothing
+        s3.fs.pipe(f"{s3.bucket}/locked/{LOCK_NAME}-000000003",
+                   json.dumps({"holder": "pid 8 on next", "token": "u", "expires": time.time() + 300}).encode())
+        with pytest.raises(LockLost):
+            taker.check()
+
+
+def test_a_lease_is_renewed_while_the_build_runs(s3):
+    out = s3.url("renewed")
+    with OutputLock(out, lease_seconds=0.6) as held:
+        time.sleep(1.5)  # more than two leases: renewed every 0.2 s
+        held.check()
+        with pytest.raises(UsageError):
+            OutputLock(out).__enter__()

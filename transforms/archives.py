@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Optional, Union
 import apache_beam as beam
 from apache_beam import pvalue
 
+from transforms.classes import ClassFilter, DropSmallClasses
 from transforms.counting import reject_output
 from transforms.folders import class_folder_entries, list_files
 from transforms.keys import folder_member_key, key_hash, readable_name, sample_key
@@ -99,7 +100,7 @@ def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, o
     if isinstance(found, NoLabel):
         return Reject(key, split, source, "unlabeled", found.why, "index")
     return MemberRef(key=key, split=split, archive=archive, offset=offset, size=size, label=found.label,
-                     wnid=found.name, source=source)
+                     wnid=found.name, source=source, fine_label=found.fine_label, fine_wnid=found.fine_name)
 
 
 def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None,
@@ -256,11 +257,12 @@ def _splits_of_batch(batch) -> list:
 
 class IndexArchives(beam.PTransform):
     """PBegin -> {"members": (MemberRef, ...) batches, "rejects": Reject, "left_out": SplitCount,
-    "read": SplitCount, "damaged": DamagedArchive}: every member, headers only. "read" counts
-    every member per split, kept or rejected (directories are not members); "left_out" the
-    members of classes --classes leaves out, which are neither. A damaged tar (cut off, or with
-    a header that makes no sense) fails the build, unless `accept_damaged`: then it is indexed
-    as far as it goes and reported in "damaged".
+    "read": SplitCount, "damaged": DamagedArchive, "dropped_classes": ClassCount}: every member,
+    headers only. "read" counts every member per split, kept or rejected (directories are not
+    members); "left_out" the members of classes that --classes leaves out, and of the classes
+    that `class_filter` (--min-per-class) drops, which are neither ("dropped_classes" names
+    those classes). A damaged tar (cut off, or with a header that makes no sense) fails the
+    build, unless `accept_damaged`: then it is indexed as far as it goes and reported in "damaged".
 
     Members come in batches, one per unit (a class tar, a class folder, a whole flat tar): the
     local runner keeps every element that crosses a stage in memory, and a batch pickles its
@@ -272,13 +274,14 @@ class IndexArchives(beam.PTransform):
     """
 
     def __init__(self, archives, labeler: Labeler, holdout_per_class: int = 0, seed: int = 0,
-                 accept_damaged: bool = False):
+                 accept_damaged: bool = False, class_filter: Optional[ClassFilter] = None):
         super().__init__()
         self._archives = list(archives)
         self._labeler = labeler
         self._holdout = holdout_per_class
         self._seed = seed
         self._accept_damaged = accept_damaged
+        self._class_filter = class_filter
 
     def expand(self, pbegin):
         sizes = {a.url: a.size for a in self._archives}
@@ -297,10 +300,18 @@ class IndexArchives(beam.PTransform):
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()
         rejects = (units.rejects, indexed.rejects) | "MergeIndexRejects" >> beam.Flatten()
+        left_out_pairs = [(units.left_out, indexed.left_out)
+                          | "MergeLeftOut" >> beam.Flatten()
+                          | "SplitOfLeftOut" >> beam.Map(lambda item: (item.split, 1))]
+        if self._class_filter is not None:  # before "read" is counted: the members dropped are not read
+            small = members | "DropSmallClasses" >> DropSmallClasses(self._class_filter)
+            members, dropped_classes = small["members"], small["dropped"]
+            left_out_pairs.append(small["left_out"])
+        else:
+            dropped_classes = pbegin | "NoClassDropped" >> beam.Create([])
         left_out = (
-            (units.left_out, indexed.left_out)
-            | "MergeLeftOut" >> beam.Flatten()
-            | "SplitOfLeftOut" >> beam.Map(lambda item: (item.split, 1))
+            left_out_pairs
+            | "AllLeftOut" >> beam.Flatten()
             | "CountLeftOut" >> beam.CombinePerKey(sum)
             | "LeftOutCounts" >> beam.MapTuple(SplitCount)
         )
@@ -312,4 +323,5 @@ class IndexArchives(beam.PTransform):
             | "ReadCounts" >> beam.MapTuple(SplitCount)
         )
         damaged = (units.damaged, indexed.damaged) | "MergeDamaged" >> beam.Flatten()
-        return {"members": members, "rejects": rejects, "left_out": left_out, "read": read, "damaged": damaged}
+        return {"members": members, "rejects": rejects, "left_out": left_out, "read": read, "damaged": damaged,
+                "dropped_classes": dropped_classes}

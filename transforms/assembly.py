@@ -80,7 +80,7 @@ def process_piece(piece: Piece, options: ImageOptions, layout: OutputLayout, rea
                 staged = StagedSample(row, None, (ref.archive, ref.offset, ref.size))
             pickle.dump(tuple(staged), f, protocol=pickle.HIGHEST_PROTOCOL)
             samples += 1
-    return PieceResult(task, relative, samples, rejects)
+    return PieceResult(task, relative, samples, rejects, piece.shard_digest)
 
 
 def _staged_samples(layout: OutputLayout, relative: str, reader: ArchiveReader) -> Iterator[tuple[IndexRow, bytes]]:

@@ -132,7 +132,7 @@ def box_fields(ref: MemberRef, boxes: Optional[BoxesRef], blacklist: frozenset,
         "has_boxes": bool(boxes.boxes),
         "box_names": boxes.names,
         "loc_blacklisted": ref.key in blacklist,
-        "label_disagrees": bool(wnids) and ref.wnid is not None and ref.wnid not in wnids,
+        "label_disagrees": bool(wnids) and ref.fine[1] is not None and ref.fine[1] not in wnids,
     }
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "IN21K",
     "TABLE",
     "ON_SEVERAL",
+    "SUBTREE_MARK",
     "BadClassEntry",
     "ClassEntry",
     "CoarseLabelError",

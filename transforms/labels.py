@@ -170,10 +170,16 @@ def _as_range(mapping: collections.abc.Mapping):
 
 @dataclasses.dataclass(frozen=True)
 class Labelled:
-    """A member with a class of the build: its label and class name (a WNID for ImageNet)."""
+    """A member with a class of the build: its label and class name (a WNID for ImageNet).
+
+    Under coarse labels (--label-level), `label` and `name` are the coarse class, and `fine_label`
+    and `fine_name` are the member's own class; otherwise the latter two are None.
+    """
 
     label: int
     name: Optional[str]  # None in unlabelled splits (test), whose label is -1
+    fine_label: Optional[int] = None
+    fine_name: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +206,15 @@ class Labeler:
     class_index: {class name (a WNID for ImageNet): label}. key_classes: {split: {key: class}}
     for splits labelled by a table (the devkit's val ground truth, Kaggle's CSV).
     labelled_splits: splits whose samples must have a class (not "test").
+    coarse: {class name: (coarse label, coarse WNID)} when the samples take the label of a coarse
+    class (--label-level); their own class is then their fine one.
     """
 
     class_index: dict
     key_classes: dict
     labelled_splits: frozenset
     left_out: frozenset = frozenset()  # classes of the dataset this build leaves out (--classes)
+    coarse: dict = dataclasses.field(default_factory=dict)
 
     def classify(self, split: str, key: str, class_hint: Optional[str]) -> Classification:
         """What the member's class means for this build (class_hint: the class of its per-class
@@ -220,4 +229,7 @@ class Labeler:
         label = self.class_index.get(name)
         if label is None:
             return NoLabel(f"{name} is not one of the build's classes")
+        if self.coarse:
+            coarse_label, coarse_name = self.coarse[name]
+            return Labelled(coarse_label, coarse_name, label, name)
         return Labelled(label, name)

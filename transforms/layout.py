@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import posixpath
 
-__all__ = ["OutputLayout", "MANIFEST_NAME", "FAILED_REPORT_NAME", "PIECES_DIR"]
+__all__ = ["OutputLayout", "MANIFEST_NAME", "FAILED_REPORT_NAME", "PIECES_DIR", "DONE_DIR"]
 
 MANIFEST_NAME = "manifest.json"
 # Scratch folder of processed pieces of shards; empty (and removed) when a build ends.
 PIECES_DIR = "_pieces"
+# Scratch folder of the shards a build has completed (transforms/checkpoints.py): what a rerun of
+# a killed build reuses. Removed when the build finishes.
+DONE_DIR = "_done"
 # Written instead of the manifest when a build fails its checks (e.g. too many rejects):
 # a failed build must never leave a file that looks like a finished one.
 FAILED_REPORT_NAME = "build-failed.json"
@@ -45,6 +48,11 @@ class OutputLayout:
     def piece(split: str, shard_id: int, piece: int) -> str:
         """A piece of a shard, processed and waiting to be assembled (removed once it is)."""
         return f"{PIECES_DIR}/{split}-{shard_id:06d}-{piece:05d}.pkl"
+
+    @staticmethod
+    def done(split: str, shard_id: int) -> str:
+        """The record of a completed shard (removed when the build finishes)."""
+        return f"{DONE_DIR}/{split}-{shard_id:06d}.json"
 
     # Paths below are relative to the manifest, as the manifest and the index record them.
     @staticmethod

@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 
 import apache_beam as beam
 
+from transforms.classes import without_dropped_classes
 from transforms.layout import OutputLayout
 from transforms.records import Fact
 from transforms.storage import atomic_write, changed_since
@@ -25,7 +26,8 @@ FORMAT = "imagenet-shards/1"
 # What each kind of Fact holds.
 FACT_KINDS = {
     "read": "SplitCount: members read (kept or rejected)",
-    "left_out": "SplitCount: members of classes --classes leaves out (not read)",
+    "left_out": "SplitCount: members of classes --classes leaves out or --min-per-class drops (not read)",
+    "dropped_classes": "ClassCount: a class --min-per-class drops, and its members",
     "orphans": "SplitCount: annotations whose image is in no shard",
     "shard": "ShardInfo",
     "index": "IndexFile",
@@ -46,6 +48,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     annotation_rejects = {}
     damaged = []
+    dropped_classes = []
     for kind, fact in facts:
         if kind == "read":
             read[fact.split] += fact.n
@@ -63,6 +66,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             rejects[fact.split] = fact
         elif kind == "duplicates":
             duplicates[fact.split] += fact.flagged
+        elif kind == "dropped_classes":
+            dropped_classes.append(fact)
         elif kind == "damaged":
             damaged.append(fact)
         else:
@@ -75,7 +80,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         split_rejects = rejects.get(split)
         splits[split] = {
             "read": read[split],
-            "left_out": left_out[split],  # members of classes --classes left out (not read)
+            "left_out": left_out[split],  # members of classes --classes or --min-per-class left out (not read)
             "samples": sum(s.samples for s in split_shards),
             "rejected": split_rejects.rows if split_rejects else 0,
             "duplicates": sum(i.duplicates for i in split_index) + duplicates[split],
@@ -93,7 +98,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         by_reason.update(s["rejects_by_reason"])
     return {
         "format": FORMAT,
-        **header,
+        **without_dropped_classes(header, dropped_classes),  # and "dropped_classes"
         "splits": splits,
         "rejects": [rejects[s].path for s in sorted(rejects)],
         "rejects_by_reason": dict(sorted(by_reason.items())),

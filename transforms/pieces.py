@@ -34,6 +34,7 @@ class Piece:
     task: PieceTask
     members: tuple  # MemberRef, in shard order
     boxes: dict  # {key: BoxesRef}
+    shard_digest: str = ""  # the digest of the whole shard's members (transforms/checkpoints.py)
 
 
 @dataclasses.dataclass

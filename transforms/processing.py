@@ -68,7 +68,7 @@ def process_members(members: Sequence[MemberRef], options: ImageOptions, reader:
             orig_width=image.orig_width, orig_height=image.orig_height,
             orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
             sha256=hashlib.sha256(data).hexdigest(), duplicate_of=None,
-            exif_orientation=image.exif_orientation, source=ref.source,
+            exif_orientation=image.exif_orientation, source=ref.source, fine_label=ref.fine[0], fine_wnid=ref.fine[1],
             **box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
                          image.exif_orientation if options.exif_transpose else None),
         ), image.jpeg, ref)

@@ -11,6 +11,7 @@ Stream shapes, in the order a build makes them (pipeline/build.py wires them):
   BoxesRef        one image's boxes, on their way to its shard (ReadAnnotations)
   Reject          a sample or an annotation file set aside, with its stage and reason
   SplitCount      a count of something in one split (members read, left out, orphan annotations)
+  ClassCount      a class and a count of its members (a class that --min-per-class drops)
   SplitPlan       a split's sample count and shard count, decided before any image is decoded
   ShardTask       one shard to write: its split and number
   ShardMembers    a shard's task, its members and the annotations that hash to it (GroupIntoShards)
@@ -32,8 +33,8 @@ from typing import Any, NamedTuple, Optional
 __all__ = [
     "SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
     "DamagedArchive", "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected",
-    "SplitCount", "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo", "IndexFile",
-    "HashEntry", "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"
+    "SplitCount", "ClassCount", "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo",
+    "IndexFile", "HashEntry", "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"
 ]
 
 
@@ -163,12 +164,22 @@ class MemberRef:
     label: int  # class index, -1 when the split is unlabeled
     wnid: Optional[str]  # WordNet ID of the class, None when unlabeled
     source: str  # readable origin, e.g. "ILSVRC2012_img_train.tar/n01440764.tar/n01440764_10026.JPEG"
+    # The sample's own class when `label` and `wnid` are its coarse class (--label-level); None otherwise.
+    fine_label: Optional[int] = None
+    fine_wnid: Optional[str] = None
+
+    @property
+    def fine(self) -> tuple[int, Optional[str]]:
+        """The sample's own class (label, WNID): the fine class under coarse labels, else label and wnid."""
+        if self.fine_wnid is None or self.fine_label is None:
+            return self.label, self.wnid
+        return self.fine_label, self.fine_wnid
 
     def __reduce__(self):
         # Pickled positionally, without its field names: every member crosses two shuffles, and
         # the local runner holds what crosses one in memory (234 bytes instead of 319 alone).
         return MemberRef, (self.key, self.split, self.archive, self.offset, self.size, self.label, self.wnid,
-                           self.source)
+                           self.source, self.fine_label, self.fine_wnid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +232,13 @@ class SplitCount(NamedTuple):
     n: int
 
 
+class ClassCount(NamedTuple):
+    """A class and a count of its members (a class --min-per-class drops, with the members it had)."""
+
+    wnid: str
+    n: int
+
+
 class SplitPlan(NamedTuple):
     """How many samples a split has (rejects not yet known) and how many shards it gets."""
 
@@ -262,7 +280,8 @@ class PieceResult:
     task: PieceTask
     path: str  # the piece's scratch file, relative to the manifest
     samples: int
-    rejects: list
+    rejects: list  # Reject: the kernel's, reported with the shard once it is assembled
+    shard_digest: str = ""  # the digest of the whole shard's members (transforms/checkpoints.py)
 
 
 @dataclasses.dataclass(frozen=True)

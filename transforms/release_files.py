@@ -13,13 +13,13 @@ import posixpath
 import tarfile
 from typing import Callable, Optional
 
-from transforms.keys import val_key
+from transforms.keys import WNID, val_key
 from transforms.labels import parse_validation_ground_truth
 from transforms.records import SourceError
-from transforms.storage import open_input
+from transforms.storage import locate, open_input
 
 __all__ = ["OFFICIAL_MD5", "GROUND_TRUTH", "BLACKLIST", "read_devkit", "read_devkit_labels", "read_kaggle_val_labels",
-           "read_class_list", "verify_md5"]
+           "read_class_list", "read_class_entries", "verify_md5"]
 
 # Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
 OFFICIAL_MD5 = {
@@ -85,6 +85,23 @@ def read_class_list(url: str) -> list:
     if not names:
         raise SourceError(f"{url}: no class names in it")
     return names
+
+
+def read_class_entries(value: str) -> list:
+    """The entries of --classes: a file that read_class_list reads, or, when no such file exists,
+    entries separated by commas (`n02084071+,n01440764`), each a WNID or a WNID and a plus sign."""
+    try:
+        fs, path, _ = locate(value)
+        is_file = fs.isfile(path)
+    except (OSError, ValueError):
+        is_file = False
+    if is_file:
+        return read_class_list(value)
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if not entries or not all(WNID.fullmatch(e.removesuffix("+")) for e in entries):
+        raise SourceError(f"--classes {value!r}: there is no such file, and it is not a list of WNIDs separated "
+                          "by commas (n02084071+,n01440764)")
+    return entries
 
 
 def verify_md5(url: str, expected: str, progress: Optional[Callable[[int], None]] = None) -> Optional[str]:

@@ -39,6 +39,9 @@ INDEX_SCHEMA = pa.schema([
     pa.field("box_names", pa.list_(pa.string()), nullable=False),  # object name of each box, as written
     pa.field("loc_blacklisted", pa.bool_(), nullable=False),  # in the devkit's localisation blacklist (val)
     pa.field("label_disagrees", pa.bool_(), nullable=False),  # annotation WNIDs exist and miss the label
+    # the sample's own class: label and wnid unless --label-level gives them the coarse class's
+    pa.field("fine_label", pa.int64(), nullable=False),
+    pa.field("fine_wnid", pa.string()),
 ])
 
 REJECTS_SCHEMA = pa.schema([
@@ -73,6 +76,8 @@ class IndexRow:
     box_names: tuple = ()
     loc_blacklisted: bool = False
     label_disagrees: bool = False
+    fine_label: int = -1
+    fine_wnid: Optional[str] = None
 
 
 def as_dict(record) -> dict:

@@ -20,6 +20,7 @@ import tarfile
 from typing import Callable, Optional
 
 from transforms.archives import TarSlice, list_inner_tars
+from transforms.classes import ClassFilter, coarse_classes, manifest_classes, select_classes
 from transforms.keys import WNID, readable_name
 from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes
 from transforms.records import AnnotationSource, SourceError
@@ -78,10 +79,16 @@ class Discovery:
     left_out: frozenset = frozenset()  # classes of the dataset left out by --classes
     needs_staging: Optional[ArchiveSpec] = None  # a gzipped tar of class tars: stage it, then discover again
     holdout_per_class: int = 0  # --val-per-class: train images per class moved to val (by seeded key hash)
+    class_matches: tuple = ()  # ((--classes entry, classes it matched), ...)
+    coarse: tuple = ()  # ClassInfo of the coarse classes whose labels the samples take (--label-level)
+    coarse_of: dict = dataclasses.field(default_factory=dict)  # {class: its coarse class} (--label-level)
+    min_per_class: int = 0  # --min-per-class: classes with fewer members are left out
+    relabel: bool = False  # --relabel: labels 0..K-1 in sorted order of the classes kept
 
     def select(self, splits=None, classes=None, relabel: bool = False) -> Discovery:
-        """Only these splits and/or classes (e.g. ImageNet-100). Labels keep their index in the
-        full class list unless `relabel` compacts them to 0..K-1 (in sorted class order)."""
+        """Only these splits and/or classes (e.g. ImageNet-100); a class entry `n02084071+` selects
+        every class under that synset. Labels keep their index in the full class list unless
+        `relabel` compacts them to 0..K-1 (in sorted class order)."""
         d = self
         if splits:
             unknown = set(splits) - {a.split for a in d.archives}
@@ -91,16 +98,35 @@ class Discovery:
             d = dataclasses.replace(d, archives=tuple(a for a in d.archives if a.split in splits))
         if classes:
             known = {c.wnid: c for c in d.classes}
-            missing = [c for c in classes if c not in known]
-            if missing:
-                raise SourceError(f"--classes names {len(missing)} classes this dataset does not have, "
-                                  f"e.g. {', '.join(missing[:5])}")
-            chosen = sorted(set(classes))
+            chosen, matches = select_classes(classes, list(known))
             subset = tuple(ClassInfo(i if relabel else known[w].label, w, known[w].name) for i, w in enumerate(chosen))
-            d = dataclasses.replace(d, classes=subset, left_out=frozenset(known) - set(chosen))
+            d = dataclasses.replace(d, classes=subset, left_out=frozenset(known) - set(chosen), class_matches=matches)
+        elif relabel and d.min_per_class:
+            d = dataclasses.replace(d, classes=tuple(ClassInfo(i, c.wnid, c.name) for i, c in enumerate(
+                sorted(d.classes, key=lambda c: c.wnid))))
         elif relabel:
-            raise SourceError("--relabel goes with --classes")
-        return d
+            raise SourceError("--relabel goes with --classes or --min-per-class")
+        return dataclasses.replace(d, relabel=relabel)
+
+    def with_min_per_class(self, n: int) -> Discovery:
+        """Leave out the classes with fewer than n members, counted over the splits built (call it before select)."""
+        return dataclasses.replace(self, min_per_class=n)
+
+    def with_label_level(self, coarse_wnids, on_several: str = "error") -> Discovery:
+        """The samples take the label of their coarse class: the one class of `coarse_wnids` (a list,
+        whose order gives the labels) that they are or lie under (call it after select)."""
+        coarse, coarse_of = coarse_classes(self.classes, list(coarse_wnids), on_several)
+        return dataclasses.replace(self, coarse=coarse, coarse_of=coarse_of)
+
+    def class_filter(self) -> Optional[ClassFilter]:
+        """What --min-per-class keeps (None without it)."""
+        if not self.min_per_class:
+            return None
+        return ClassFilter(self.min_per_class, tuple(c.wnid for c in self.classes), self.relabel)
+
+    def manifest_classes(self) -> dict:
+        """The manifest's `classes` (and, under coarse labels, `fine_classes`), with their WordNet facts."""
+        return manifest_classes(self.classes, self.coarse, self.coarse_of)
 
     def with_label_map(self, wnids) -> Discovery:
         """Labels from a list (one WNID per line, e.g. a 21k model's order) instead of sorted order;
@@ -120,7 +146,9 @@ class Discovery:
     def labeler(self) -> Labeler:
         labelled = {a.split for a in self.archives if a.labelled} | ({"val"} if self.holdout_per_class else set())
         tables = {split: KeyTable(keys) for split, keys in self.key_classes.items()}  # compact in pickles
-        return Labeler({c.wnid: c.label for c in self.classes}, tables, frozenset(labelled), self.left_out)
+        coarse_label = {c.wnid: c.label for c in self.coarse}
+        coarse = {fine: (coarse_label[c], c) for fine, c in self.coarse_of.items()}
+        return Labeler({c.wnid: c.label for c in self.classes}, tables, frozenset(labelled), self.left_out, coarse)
 
 
 def _fs(source: str):

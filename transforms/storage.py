@@ -9,14 +9,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import tempfile
 import uuid
 from typing import IO, Callable, Iterator
 
 import fsspec
 
-__all__ = ["open_input", "is_local", "locate", "atomic_write", "RangeFile", "ArchiveReader", "file_size", "fingerprint",
-           "changed_since"]
+__all__ = ["open_input", "is_local", "locate", "atomic_write", "remove_temporaries", "RangeFile", "ArchiveReader",
+           "file_size", "fingerprint", "changed_since"]
 
 # Remote reads: no read-ahead cache. Each member is one ranged GET of exactly its bytes;
 # a large block cache would fetch megabytes to read a 512-byte tar header.
@@ -97,7 +98,7 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
     if is_local(url):
         folder, name = os.path.split(path)
         os.makedirs(folder or ".", exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp = os.path.join(folder, f".{name}{_TEMPORARY}{uuid.uuid4().hex[:12]}")
         try:
             with open(tmp, "wb") as f:
                 yield f
@@ -110,6 +111,24 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
         yield f
         f.flush()
         fs.put_file(f.name, path)
+
+
+_TEMPORARY = ".tmp-"  # atomic_write's temporary names: ".<name>.tmp-<12 hex digits>"
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
+def remove_temporaries(url: str) -> int:
+    """Remove what atomic_write left under a folder when its process was killed (local folders:
+    remotely, the temporary file is local to the writer). Returns how many were removed."""
+    if not is_local(url):
+        return 0
+    removed = 0
+    for folder, _, names in os.walk(fsspec.core.url_to_fs(url)[1]):
+        for name in names:
+            if _TEMPORARY_NAME.match(name):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 class RangeFile:

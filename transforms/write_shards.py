@@ -23,9 +23,14 @@ memory) stay in the stage or in the scratch files.
 
 Determinism: the same inputs and options give a byte-identical shard on any runner, with any
 worker count or piece size, on any retry.
+
+Resume: each shard, once written, is recorded with its kernel rejects (transforms/checkpoints.py).
+CutIntoPieces reports a shard that an earlier run of the same build completed from that record,
+its tar and its index, and sends none of its pieces on.
 """
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Optional
 
@@ -34,6 +39,7 @@ from apache_beam import pvalue
 
 from transforms.assembly import assemble_shard, process_piece, write_whole_shard
 from transforms.boxes import merge_boxes
+from transforms.checkpoints import completed_shard, members_digest, record_completed
 from transforms.counting import reject_output
 from transforms.image import ImageOptions, check_codecs
 from transforms.index import hash_buckets
@@ -61,6 +67,9 @@ def _boxes_by_key(boxes) -> dict:
 
 
 def _shard_outputs(result: ShardResult):
+    """A shard's rejects, index, hash buckets and ShardInfo, on their outputs."""
+    for reject in result.rejects:
+        yield reject_output(reject)
     beam.metrics.Metrics.counter("samples", result.shard.split).inc(len(result.rows))
     yield pvalue.TaggedOutput("index", result.index)
     for bucket in hash_buckets(result.rows, result.shard.shard_id):
@@ -80,10 +89,14 @@ class _CutShardFn(beam.DoFn):
     (transforms/segments.py), shards cut only where segments end. With one worker: the shard's,
     never cut."""
 
-    def __init__(self, seed: int, local_workers: Optional[int]):
+    def __init__(self, seed: int, local_workers: Optional[int], out_root: str):
         self._seed = seed
         self._local_workers = local_workers
+        self._out_root = out_root
         self._segments: Optional[tuple] = None  # (sizes, Segments) of the last side input seen
+
+    def setup(self):
+        self._layout = OutputLayout(self._out_root)
 
     def _segments_of(self, sizes) -> Segments:
         if self._segments is None or self._segments[0] is not sizes:
@@ -113,8 +126,14 @@ class _CutShardFn(beam.DoFn):
             yield pvalue.TaggedOutput("orphans", SplitCount(task.split, cut.orphan_annotations))
         for reject in cut.rejects:
             yield reject_output(reject)
+        digest = members_digest(element.members, element.boxes)
+        completed = completed_shard(self._layout, task, digest)
+        if completed is not None:  # an earlier run of this build made it: reported, not made again
+            beam.metrics.Metrics.counter("resumed_shards", task.split).inc()
+            yield from _shard_outputs(completed)
+            return
         for key, piece in zip(keys, cut.pieces):
-            yield key, to_shuffle(piece)
+            yield key, to_shuffle(dataclasses.replace(piece, shard_digest=digest))
 
 
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
@@ -145,16 +164,11 @@ class _ProcessPieceFn(beam.DoFn):
             if task.pieces == 1:
                 result = write_whole_shard(piece, self._options, self._layout, self._reader, on_progress,
                                            self._blacklist)
-                for reject in result.rejects:
-                    yield reject_output(reject)
+                record_completed(self._layout, result, piece.shard_digest)
                 yield from _shard_outputs(result)
-            else:
-                staged = process_piece(piece, self._options, self._layout, self._reader, on_progress,
-                                       self._blacklist)
-                for reject in staged.rejects:
-                    yield reject_output(reject)
-                staged.rejects = []
-                yield (task.split, task.shard_id), staged
+            else:  # its kernel rejects travel with it (a few), reported with the shard
+                yield (task.split, task.shard_id), process_piece(piece, self._options, self._layout, self._reader,
+                                                                 on_progress, self._blacklist)
 
     def teardown(self):
         self._reader.close()
@@ -172,7 +186,11 @@ class _AssembleShardFn(beam.DoFn):
 
     def process(self, element):
         (split, shard_id), pieces = element
-        yield from _shard_outputs(assemble_shard(ShardTask(split, shard_id), pieces, self._layout, self._reader))
+        pieces = list(pieces)
+        result = assemble_shard(ShardTask(split, shard_id), pieces, self._layout, self._reader)
+        result.rejects = sorted((r for p in pieces for r in p.rejects), key=lambda r: r.key)
+        record_completed(self._layout, result, pieces[0].shard_digest)
+        yield from _shard_outputs(result)
 
     def teardown(self):
         self._reader.close()
@@ -187,7 +205,7 @@ class WriteShards(beam.PTransform):
                  local_workers: Optional[int] = None):
         super().__init__()
         self._segmented = _segmented(local_workers)
-        self._cut = _CutShardFn(seed, local_workers)
+        self._cut = _CutShardFn(seed, local_workers, out_root)
         self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
         self._assemble = _AssembleShardFn(out_root)
 
@@ -198,7 +216,7 @@ class WriteShards(beam.PTransform):
                 raise ValueError("several local workers need the shards' sizes: where each lies on the line of members")
             side = {"sizes": beam.pvalue.AsList(inputs["sizes"])}
         cut = inputs["tasks"] | "CutIntoPieces" >> beam.ParDo(self._cut, **side).with_outputs(
-            "rejects", "orphans", main="pieces")
+            "rejects", "orphans", "shards", "index", "hashes", main="pieces")
         processed = (
             cut.pieces
             | "SpreadPieces" >> beam.GroupByKey()
@@ -208,10 +226,10 @@ class WriteShards(beam.PTransform):
         assembled = (
             processed.pieces
             | "GatherPieces" >> beam.GroupByKey()
-            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("index", "hashes", "shards")
+            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("rejects", "index", "hashes", "shards")
         )
-        out = {name: (processed[name], assembled[name]) | f"All{name.title()}" >> beam.Flatten()
-               for name in ("shards", "index", "hashes")}
-        out["rejects"] = (cut.rejects, processed.rejects) | "AllShardRejects" >> beam.Flatten()
+        # cut: the shards an earlier run of this build completed (transforms/checkpoints.py)
+        out = {name: (cut[name], processed[name], assembled[name]) | f"All{name.title()}" >> beam.Flatten()
+               for name in ("shards", "index", "hashes", "rejects")}
         out["orphans"] = cut.orphans
         return out
