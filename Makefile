@@ -11,15 +11,19 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench rebuild clean
+.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild rebuild clean
 
 install: $(STAMP)
 
+# The main venv also has the readers extra (Hugging Face datasets), which the lowest Beam cannot have.
+MAIN_EXTRAS := test,readers
+
 $(STAMP): setup.py packaging/pillow-simd-shim/setup.py Makefile
-	$(call make_venv,$(VENV),)
+	$(call make_venv,$(VENV),,$(MAIN_EXTRAS))
 	touch $(STAMP)
 
-# $(call make_venv,FOLDER,EXTRA_REQUIREMENT): a venv with the project, its test tools and pillow-simd.
+# $(call make_venv,FOLDER,EXTRA_REQUIREMENT[,EXTRAS]): a venv with the project, its test tools (EXTRAS:
+# the project's extras, "test" when not given) and pillow-simd.
 define make_venv
 	@# pillow-simd compiles against these codec headers (JPEG, zlib/PNG, WebP, TIFF, LittleCMS).
 	@dpkg -s libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev >/dev/null 2>&1 || \
@@ -29,7 +33,7 @@ define make_venv
 	$(1)/bin/python -m pip install -q --upgrade pip
 	@# One pip call: the shim named 'pillow' satisfies apache-beam's Pillow requirement with pillow-simd.
 	@# --no-cache-dir so pip never reuses a pillow-simd wheel built with other compiler flags.
-	CC="$(SIMD_CC)" $(1)/bin/python -m pip install -q --no-cache-dir ./packaging/pillow-simd-shim -e '.[test]' $(2)
+	CC="$(SIMD_CC)" $(1)/bin/python -m pip install -q --no-cache-dir ./packaging/pillow-simd-shim -e '.[$(or $(3),test)]' $(2)
 	$(1)/bin/python -m pip check
 	$(1)/bin/python -c "import PIL, PIL.features as f; assert PIL.__version__.endswith('.post0') and f.check_feature('libjpeg_turbo'), PIL.__version__"
 endef
@@ -60,6 +64,10 @@ $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
 
 bench: install
 	$(PY) -m benchmarks.bench
+
+# Scheduled rebuilds: up to date, incremental (1% removed, 1% added) and resumed against a full build.
+bench-rebuild: install
+	$(PY) -m benchmarks.rebuild
 
 # A scheduled rebuild (cron, systemd, Airflow): "up to date" and exit 0 when nothing changed, a new
 # version published when something did, a stopped build resumed. ARGS: more build options.

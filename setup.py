@@ -30,7 +30,12 @@ setup(
         "psutil>=5.9",  # stopping the local runner's workers on SIGINT / SIGTERM
     ],
     extras_require={
-        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6", "ruff>=0.6", "mypy>=1.10"],
+        # duckdb, polars and wids: tests/test_readers.py reads a build through each of them
+        "test": ["pytest>=8", "moto[server]>=5", "s3fs>=2024.6", "ruff>=0.6", "mypy>=1.10",
+                 "duckdb>=1.1", "polars>=1.0", "wids>=0.1.11"],
+        # Hugging Face datasets, which tests/test_readers.py reads a build with too. Not in "test": the
+        # lowest Apache Beam (make test-beam-lowest) caps pyarrow below 19, and datasets 4.1+ needs 21.
+        "readers": ["datasets>=3.0"],
     },
     entry_points={"console_scripts": ["imagenet-shards=pipeline.cli:main"]},
 )

@@ -7,8 +7,10 @@
 The builds cover the demo, a bigger official-layout release with one and two local workers, a
 `shorter:256` build with --exif-transpose and another seed, a --classes/--relabel/--splits subset,
 and the Kaggle, ImageFolder and ImageNet-21k layouts (with --boxes and --val-per-class). The
-generated sources are hashed too. In every manifest, the wall-clock `created` field is left out and
-WORK is written as "WORK", so that two runs in different folders compare equal.
+generated sources are hashed too. A build's files are those of the version its OUT's LATEST names
+(paths relative to that folder; the tool's marker is left out). In every manifest, the fields that
+name the build (`created`, `version`, `previous`) are left out and WORK is written as "WORK", so
+that two runs in different folders compare equal.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import subprocess
 import sys
 
 from pipeline.sample import BBOX_TRAIN, BBOX_VAL, export_layout, make_sample_release
+from pipeline.versions import MARKER_NAME, current_version
 
 __all__ = ["digests", "build_all", "compare"]
 
@@ -28,17 +31,20 @@ MANIFESTS = ("manifest.json", "build-failed.json")
 
 
 def digests(root: str, work: str) -> dict:
-    """{path relative to root: sha256} of every file below root."""
+    """{path relative to root: sha256} of every file below root, but the tool's version marker."""
     out = {}
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
+            if name == MARKER_NAME:
+                continue
             path = os.path.join(folder, name)
             with open(path, "rb") as f:
                 data = f.read()
             if name in MANIFESTS:
                 manifest = json.loads(data)
-                manifest.pop("created", None)
+                for field in ("created", "version", "previous"):
+                    manifest.pop(field, None)
                 data = json.dumps(manifest, sort_keys=True).replace(work, "WORK").encode()
             out[os.path.relpath(path, root)] = hashlib.sha256(data).hexdigest()
     return out
@@ -50,7 +56,7 @@ def _build(work: str, source: str, name: str, *args: str) -> dict:
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"build {name} failed:\n{proc.stderr}")
-    return digests(out, work)
+    return digests(current_version(out), work)
 
 
 def build_all(work: str) -> dict:
@@ -61,7 +67,8 @@ def build_all(work: str) -> dict:
                           text=True)
     if demo.returncode:
         raise RuntimeError(f"the demo failed:\n{demo.stderr}")
-    result["demo"] = digests(os.path.join(work, "demo"), work)
+    demo_version = current_version(os.path.join(work, "demo", "shards"))
+    result["demo"] = {**digests(os.path.join(work, "demo", "ILSVRC2012"), work), **digests(demo_version, work)}
     big = make_sample_release(os.path.join(work, "big-src"), classes=24, train_per_class=30, val_images=120,
                               test_images=8, seed=3)
     result["big-src"] = digests(big.root, work)

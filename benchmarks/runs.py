@@ -3,13 +3,13 @@ process tree's memory is sampled."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
 from typing import Callable, Optional
 
 from benchmarks.procmem import MemoryPeak, run_sampled
+from pipeline.versions import read_manifest
 
 __all__ = ["REPO_ROOT", "BuildRun", "warm_page_cache", "pipeline_build", "naive_script_build"]
 
@@ -66,14 +66,13 @@ def _cli() -> list[str]:
 
 
 def _images_read(out: str) -> int:
-    with open(os.path.join(out, "manifest.json")) as f:
-        return sum(split["read"] for split in json.load(f)["splits"].values())
+    return sum(split["read"] for split in read_manifest(out)["splits"].values())
 
 
 def pipeline_build(corpus: str, out: str, resize: str, shard_size: str, logdir: str, name: str) -> BuildRun:
     """`imagenet-shards build` in a subprocess, its process tree's memory sampled."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [*_cli(), "build", corpus, "--out", out, "--overwrite", "--no-progress", "--shard-size", shard_size,
+    cmd = [*_cli(), "build", corpus, "--out", out, "--no-progress", "--shard-size", shard_size,
            "--resize", resize]
     return _run_build(name, cmd, logdir, lambda code: _images_read(out) if code == 0 else 0, corpus)
 

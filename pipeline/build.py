@@ -13,10 +13,12 @@ from typing import Optional
 import apache_beam as beam
 
 import pipeline
+from pipeline.incremental import Previous
 from pipeline.inputs import Inputs
 from pipeline.options import BuildConfig
 from transforms.archives import IndexArchives
 from transforms.boxes import ReadAnnotations
+from transforms.header_cache import HeaderCache, header_cache_root
 from transforms.index import FlagDuplicates, WriteRejects
 from transforms.manifest import WriteManifest
 from transforms.progress import write_plan
@@ -44,11 +46,12 @@ def manifest_header(config: BuildConfig, inputs: Inputs, codecs: dict, version: 
 
 def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: dict, out: str,
                 version: Optional[dict] = None, progress_dir: Optional[str] = None,
-                local_workers: Optional[int] = None) -> None:
+                local_workers: Optional[int] = None, previous: Optional[Previous] = None) -> None:
     """out: the folder the build writes (its version folder, see pipeline/versions.py); version:
     the manifest's fields of the version (see manifest_header). local_workers: the local runner's
     worker count, which the shards are shared out over (see transforms/segments.py); None for
-    runners that scale out (shards cut in small pieces)."""
+    runners that scale out (shards cut in small pieces). previous: the version LATEST names, in a
+    rebuild (pipeline/incremental.py)."""
     discovery = inputs.discovery
 
     # -> members: (MemberRef, ...) batches, one per class tar, class folder or flat tar;
@@ -56,7 +59,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     #    dropped_classes: ClassCount (--min-per-class)
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
                                                      discovery.holdout_per_class, config.seed,
-                                                     config.accept_damaged_archives, discovery.class_filter())
+                                                     config.accept_damaged_archives, discovery.class_filter(),
+                                                     HeaderCache(header_cache_root(config.out), inputs.fingerprints))
 
     # -> boxes: BoxesRef; rejects: Reject (stage "annotation": hostile or broken XML)
     annotations = p | "ReadAnnotations" >> ReadAnnotations(discovery.annotations)
@@ -72,7 +76,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashEntry batch); rejects: Reject
     #    (stages "shard" and "image"); orphans: SplitCount
     written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
-        config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers)
+        config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,
+        previous.for_shards if previous else None)
 
     # -> ShardDuplicates, for each index file that holds duplicates, after it is rewritten
     duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)
@@ -91,4 +96,5 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
              "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"],
              "dropped_classes": indexed["dropped_classes"]}
     _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs, version),
-                                                 config.max_reject_rate, inputs.fingerprints)
+                                                 config.max_reject_rate, inputs.fingerprints,
+                                                 previous.for_manifest if previous else None)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ import pipeline
 from pipeline.build import build_graph
 from pipeline.console import Console, default_log_path, root_cause
 from pipeline.fingerprint import build_fingerprint
+from pipeline.incremental import PREVIOUS_DIR, Previous, prepare_previous, reused_images
 from pipeline.inputs import Inputs, discover_inputs, prepare_output, stage_inputs, verify_inputs
 from pipeline.local_runner import fewer_malloc_arenas, worker_log_level
 from pipeline.lock import OutputLock
@@ -43,8 +43,9 @@ from pipeline.sample import make_sample_release
 from pipeline.stopping import Terminated, stop_cleanly_on_signals
 from pipeline.versions import LATEST_NAME, DatasetRoot, new_build_id
 from transforms.checkpoints import completed_shards, remove_completion_records
+from transforms.header_cache import header_cache_root, remove_stale
 from transforms.image import codec_versions
-from transforms.layout import PIECES_DIR, OutputLayout
+from transforms.layout import PIECES_DIR, PROGRESS_DIR, OutputLayout
 from transforms.progress import read_progress
 from transforms.records import SourceError
 from transforms.sources import Discovery
@@ -119,6 +120,11 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
     if manifest["rejects_by_reason"]:
         _say("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items()))
     _say(f"duplicates (same bytes under several keys): {manifest['duplicates']}")
+    if manifest.get("diff"):
+        diff = manifest["diff"]
+        _say(f"changes since {diff['from']}: " + "; ".join(
+            f"{name} {d['added']:,} added, {d['removed']:,} removed, {d['changed']:,} changed"
+            for name, d in sorted(diff["splits"].items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9))))
     boxes = sum(s.get("boxes", 0) for s in splits.values())
     if boxes or manifest.get("annotation_rejects") or manifest.get("orphan_annotations"):
         _say(f"boxes: {boxes} on {sum(s.get('with_boxes', 0) for s in splits.values())} images; "
@@ -144,12 +150,11 @@ def _describe(discovery: Discovery) -> None:
         _say("classes: " + ", ".join(f"{entry} matched {n}" for entry, n in discovery.class_matches))
 
 
-def _remove_scratch(layout: OutputLayout, progress_dir: Optional[str]) -> None:
-    """The build's scratch folders: heartbeats, staged class tars, pieces (none are left by a
-    build that finished; a failed one may leave some)."""
-    if progress_dir:
-        shutil.rmtree(progress_dir, ignore_errors=True)
-    for scratch in ("_staging", PIECES_DIR):
+def _remove_scratch(layout: OutputLayout) -> None:
+    """The version's scratch folders: heartbeats, staged class tars, pieces, the previous
+    version's lookup. None outlives the build, finished, failed or stopped (the records of
+    completed shards do: a rerun resumes from them)."""
+    for scratch in (PROGRESS_DIR, "_staging", PIECES_DIR, PREVIOUS_DIR):
         fs, path = fsspec.core.url_to_fs(layout.url(scratch))
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -185,6 +190,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
         fingerprint = build_fingerprint(config, discovery.layout, codecs)
         latest = dataset.latest_manifest() if dataset.is_versioned() else None
         if latest and latest.get("fingerprint", {}).get("digest") == fingerprint["digest"] and not config.force:
+            dataset.match_root_info()
             _say(f"up to date: {dataset.join(dataset.latest() or '')} was built from these inputs with these "
                  "options (--force builds again)")
             return 0
@@ -203,9 +209,13 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
             _say(f"resuming {resumed.relative}, which a stopped build of these inputs and options began "
                  f"({completed_shards(version)} shards completed)")
         if resumed is None or not resumed.finished:
-            inputs = stage_inputs(config, discovery, version, _console.terminal)
-            header = {"version": build_id, "previous": dataset.latest(), "fingerprint": fingerprint}
-            code = _build(config, options, version, inputs, codecs, header, started)
+            try:
+                inputs = stage_inputs(config, discovery, version, _console.terminal)
+                previous = prepare_previous(config.out, dataset.latest(), latest, fingerprint, version)
+                header = {"version": build_id, "previous": dataset.latest(), "fingerprint": fingerprint}
+                code = _build(config, options, version, inputs, codecs, header, started, previous)
+            finally:
+                _remove_scratch(version)
         else:  # its manifest is written: only publishing was left to do
             code = _report(version, time.monotonic() - started)
         if code == 0:
@@ -215,28 +225,32 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
             _say(f"published: {dataset.join(LATEST_NAME)} -> versions/{build_id}")
             for removed in dataset.prune(config.keep):
                 _say(f"removed {removed} (--keep {config.keep})")
+            if resumed is None or not resumed.finished:  # the tar headers of archives that changed or went
+                remove_stale(header_cache_root(config.out), inputs.fingerprints)
         return code
 
 
 def _build(config: BuildConfig, options, version: OutputLayout, inputs: Inputs, codecs: dict, header: dict,
-           started: float) -> int:
-    """Run the pipeline into the version folder; report. Returns the exit status."""
+           started: float, previous: Optional[Previous] = None) -> int:
+    """Run the pipeline into the version folder; report. Returns the exit status. (The caller
+    removes the scratch folders.)"""
     progress_dir = None
     if is_local_runner(options) and is_local(version.root) and config.progress:
-        progress_dir = os.path.abspath(fsspec.core.url_to_fs(version.progress_dir)[1])
+        progress_dir = os.path.abspath(fsspec.core.url_to_fs(version.url(PROGRESS_DIR))[1])
         os.makedirs(progress_dir, exist_ok=True)
 
     p = beam.Pipeline(options=options)
-    build_graph(p, config, inputs, codecs, version.root, header, progress_dir, local_workers(options))
-    try:
-        with contextlib.ExitStack() as running:
-            if is_local_runner(options):
-                running.enter_context(worker_log_level(options))
-            if progress_dir:
-                running.enter_context(ProgressMonitor(progress_dir))
-            p.run().wait_until_finish()
-    finally:
-        _remove_scratch(version, progress_dir)
+    build_graph(p, config, inputs, codecs, version.root, header, progress_dir, local_workers(options), previous)
+    with contextlib.ExitStack() as running:
+        if is_local_runner(options):
+            running.enter_context(worker_log_level(options))
+        if progress_dir:
+            running.enter_context(ProgressMonitor(progress_dir))
+        result = p.run()
+        result.wait_until_finish()
+    if previous is not None and previous.lookup:
+        _say(f"images taken from {previous.relative} (source bytes unchanged, not decoded again): "
+             f"{reused_images(result):,} of its {previous.samples:,}")
     return _report(version, time.monotonic() - started)
 
 

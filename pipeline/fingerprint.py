@@ -7,10 +7,13 @@ fingerprint equals that of the version LATEST names has nothing to do ("up to da
     which files a layout reads, and a needless rebuild is safe where a missed one is not;
   - the content of the files that options name (--classes, --label-map);
   - the options that decide the output (BuildConfig.for_manifest, the layout and the boxes);
-  - the versions that decide the bytes: the tool's, the codecs' (libjpeg-turbo, PIL) and pyarrow's.
+  - the versions that decide the bytes: the tool's, the codecs' (libjpeg-turbo, PIL) and pyarrow's,
+    and a digest of the tool's own files (code and bundled tables), so that a changed tool never
+    takes its previous output for its own.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,10 +23,11 @@ import fsspec
 import pyarrow
 
 import pipeline
+import transforms
 from pipeline.options import BuildConfig
 from transforms.storage import is_local
 
-__all__ = ["build_fingerprint", "list_source"]
+__all__ = ["build_fingerprint", "list_source", "code_digest"]
 
 # Options whose value is a file whose content decides the output (--classes may instead be a list of
 # class entries, "n02084071+,n01440764", which the options cover).
@@ -75,6 +79,23 @@ def _list_local(root: str) -> Iterator[tuple[str, int, str]]:
     yield from sorted(found)
 
 
+@functools.cache
+def code_digest() -> str:
+    """The sha256 of the tool's files (the packages `pipeline` and `transforms`: code and bundled
+    data such as the class tables), in order."""
+    digest = hashlib.sha256()
+    for package in (pipeline, transforms):
+        root = os.path.dirname(os.path.abspath(package.__file__ or ""))
+        for folder, folders, names in os.walk(root):
+            folders[:] = sorted(f for f in folders if f != "__pycache__")
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
 def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with fsspec.open(path, "rb") as f:
@@ -105,7 +126,7 @@ def build_fingerprint(config: BuildConfig, layout: str, codecs: dict) -> dict:
         "option_files": {name: _file_sha256(getattr(config, name)) for name in _OPTION_FILES
                          if getattr(config, name, None) and _is_file(getattr(config, name))},
         "options": options,
-        "versions": {"tool": pipeline.__version__, **codecs, "pyarrow": pyarrow.__version__},
+        "versions": {"tool": pipeline.__version__, **codecs, "pyarrow": pyarrow.__version__, "code": code_digest()},
     }
     # SOURCE's own path is not covered: the same files moved elsewhere build the same bytes.
     digest = hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()

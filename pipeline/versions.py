@@ -2,6 +2,7 @@
 
   OUT/
     LATEST                         the relative path of the current version, e.g. versions/20261202T160000.123Z-3fa2c1d4
+    _info.json                     timm's description of the current version (written by publish, before LATEST)
     .imagenet-shards.lock          held while a build runs (pipeline/lock.py)
     versions/<build id>/           one build: its manifest and everything the manifest lists
       imagenet-shards-version.json the tool's marker, written first (the build id and its fingerprint)
@@ -28,7 +29,8 @@ from typing import Optional
 import fsspec
 
 import pipeline
-from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME
+from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, TIMM_INFO_NAME
+from transforms.reader_files import timm_info
 from transforms.storage import atomic_write
 
 __all__ = ["LATEST_NAME", "VERSIONS_DIR", "MARKER_NAME", "Version", "DatasetRoot", "current_version",
@@ -171,12 +173,33 @@ class DatasetRoot:
         return removed
 
     def publish(self, build_id: str) -> None:
-        """Point LATEST at a finished version: one small file, replaced whole."""
+        """Point LATEST at a finished version: one small file, replaced whole. Then timm's
+        _info.json at the root is replaced by the version's, its shards' paths prefixed with the
+        version's folder, so that timm reads the version that LATEST names from OUT itself. In
+        that order: a build stopped between the two leaves _info.json on the previous version,
+        which is complete and is not pruned before the next publish rewrites _info.json."""
         relative = f"{VERSIONS_DIR}/{build_id}"
         if not self.exists(posixpath.join(relative, MANIFEST_NAME)):
             raise RuntimeError(f"{relative} has no manifest: an unfinished version is never published")
         with atomic_write(self.join(LATEST_NAME)) as f:
             f.write(f"{relative}\n".encode())
+        self.match_root_info()
+
+    def match_root_info(self) -> None:
+        """Make the root _info.json that of the version LATEST names, if it is not (a build
+        stopped between writing LATEST and it); writes nothing when it is."""
+        relative = self.latest()
+        if relative is None:
+            return
+        with self.fs.open(posixpath.join(self.path, relative, MANIFEST_NAME), "rb") as f:
+            info = json.dumps(timm_info(json.load(f), prefix=f"{relative}/"), indent=1).encode() + b"\n"
+        try:
+            if self.fs.cat_file(posixpath.join(self.path, TIMM_INFO_NAME)) == info:
+                return
+        except FileNotFoundError:
+            pass
+        with atomic_write(self.join(TIMM_INFO_NAME)) as f:
+            f.write(info)
 
     def prune(self, keep: int) -> list[str]:
         """Remove the tool's finished versions but the `keep` newest (LATEST's is always kept).

@@ -154,8 +154,10 @@ def test_shards_mix_classes(built):
 
 
 def test_no_temporary_files_left(built):
-    leftovers = [p for p in built.root.rglob("*") if p.name.startswith(".") or "tmp" in p.name
-                 or p.name in ("_progress", "_pieces") or p.suffix == ".pkl"]
+    cache = built.root / "cache"  # the tar headers kept for the next build: not scratch
+    leftovers = [p for p in built.root.rglob("*") if (p.name.startswith(".") or "tmp" in p.name
+                 or p.name in ("_progress", "_pieces", "_done", "_previous") or p.suffix == ".pkl")
+                 and cache not in p.parents]
     assert leftovers == []
 
 
@@ -211,16 +213,21 @@ def test_an_unversioned_build_stays_readable_and_overwrite_replaces_it(release, 
     run_cli(*args, check_code=0)
     version = version_of(out)
     for entry in version.iterdir():  # the layout of earlier releases: the build at OUT's root
-        if entry.name != MARKER_NAME:
-            entry.rename(out / entry.name)
+        if entry.name in (MARKER_NAME, "_info.json", "README.md") or entry.name.endswith(".wids.json"):
+            continue  # files of this release: an earlier one did not write them
+        entry.rename(out / entry.name)
+    for idx in out.glob("*/*.idx"):
+        idx.unlink()
     shutil.rmtree(out / "versions")
     (out / "LATEST").unlink()
+    (out / "_info.json").unlink()
+    shutil.rmtree(out / "cache")  # the tar headers cache, new in this release too
     old = read_manifest(out)  # readers still find it
     assert version_of(out) == out and old["splits"]["val"]["samples"] > 0
     proc = run_cli(*args)
     assert proc.returncode == 2 and "unversioned build of an earlier release: pass --overwrite" in proc.stderr
     run_cli(*args, "--overwrite", check_code=0)
-    assert sorted(p.name for p in out.iterdir()) == ["LATEST", "versions"]
+    assert sorted(p.name for p in out.iterdir()) == ["LATEST", "_info.json", "cache", "versions"]
     assert read_manifest(out)["splits"]["val"]["samples"] == old["splits"]["val"]["samples"]
 
 

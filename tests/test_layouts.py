@@ -8,6 +8,7 @@ from conftest import Build, run_cli, version_of
 
 from pipeline.sample import export_layout
 from transforms.records import SourceError
+from transforms.release_files import bundled_val_blacklist
 from transforms.sources import detect_layout, discover
 
 
@@ -49,6 +50,23 @@ def test_every_sample_lands_with_its_label_and_source(layout_build):
     rejects = pq.read_table([str(b.path(p)) for p in b.manifest["rejects"]]).to_pylist()
     assert {(r["split"], r["key"]): r["reason"] for r in rejects} == {
         (split, k): e.outcome for split, es in copy.expected.items() for k, e in es.items() if e.outcome != "kept"}
+
+
+@pytest.mark.e2e
+def test_kaggle_val_takes_the_localisation_blacklist_the_project_bundles(layout_build):
+    """Kaggle has no devkit, but its val images are ILSVRC2012's under their own names: the bundled
+    blacklist marks them as the devkit would. An ImageFolder's images are not known to be those."""
+    layout, copy, b = layout_build
+    rows = pq.read_table([str(b.path(p)) for p in b.manifest["splits"]["val"]["index"]]).to_pylist()
+    got = {r["key"]: r["loc_blacklisted"] for r in rows}
+    blacklist = discover(copy.root).loc_blacklist
+    if layout == "kaggle":
+        assert blacklist == bundled_val_blacklist() and len(blacklist) == 1762
+        assert "ILSVRC2012_val_00000036" in blacklist and "ILSVRC2012_val_00000001" not in blacklist
+        assert got == {k: k in blacklist for k in got} == {
+            k: e.loc_blacklisted for k, e in copy.expected["val"].items() if e.outcome == "kept"}
+    else:
+        assert blacklist == frozenset() and not any(got.values())
 
 
 @pytest.mark.e2e

@@ -105,7 +105,8 @@ def test_any_number_of_pieces_makes_the_same_shard_byte_for_byte(members, tmp_pa
                                      ArchiveReader(), boxes=boxes, pieces=count)
         assert not (out / PIECES_DIR).exists() or not os.listdir(out / PIECES_DIR)  # staged pieces removed
     whole, cut = _files(tmp_path / "out-1"), _files(tmp_path / f"out-{pieces}")
-    assert whole.keys() == cut.keys() == {"train/train-000000.tar", "train/train-000000.parquet"}
+    assert whole.keys() == cut.keys() == {"train/train-000000.tar", "train/train-000000.idx",
+                                          "train/train-000000.parquet"}
     assert whole == cut
     a, b = results[1], results[pieces]
     assert a.shard == b.shard and a.index == b.index and a.rows == b.rows

@@ -1,6 +1,8 @@
 """Rebuilding on a schedule: a build killed at any point (SIGKILL, no clean-up of its own) leaves
 the published version untouched, and the rerun resumes what it had done, finishes, gives the
-bytes of a clean build and removes the debris."""
+bytes of a clean build and removes the debris; a full disk and a read-only OUT; a rebuild of
+changed inputs takes the unchanged images from the previous version and equals a clean build;
+nothing that is not the tool's is removed."""
 import hashlib
 import json
 import os
@@ -9,9 +11,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, read_manifest, run_cli, version_of
+from PIL import Image
 
+from pipeline.sample import export_layout
 from pipeline.versions import MARKER_NAME
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
@@ -29,8 +35,8 @@ def _digests(folder: Path) -> dict:
             continue
         if path.name == "manifest.json":
             manifest = json.loads(data)
-            for field in ("created", "version", "previous"):
-                manifest.pop(field)
+            for field in ("created", "version", "previous", "diff"):
+                manifest.pop(field, None)
             manifest["fingerprint"]["source"].pop("url")
             data = json.dumps(manifest, sort_keys=True).encode()
         found[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
@@ -47,7 +53,8 @@ def clean(release, tmp_path_factory):
 
 def _kill_when(out: Path, ready, release, *extra) -> None:
     """Start a build, SIGKILL it and its workers as soon as `ready(out)` holds."""
-    proc = subprocess.Popen([*CLI, "build", str(release.root), "--out", str(out), *OPTIONS, *extra], cwd=REPO,
+    with_progress = [o for o in OPTIONS if o != "--no-progress"]  # its heartbeats show where the build is
+    proc = subprocess.Popen([*CLI, "build", str(release.root), "--out", str(out), *with_progress, *extra], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not ready(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -57,15 +64,15 @@ def _kill_when(out: Path, ready, release, *extra) -> None:
     proc.wait()
 
 
-def _indexing(out: Path) -> bool:  # a new version is begun (beside the published one), no shard is written yet
-    return len(list(out.glob(f"versions/*/{MARKER_NAME}"))) == 2 and not any(out.glob("versions/*/_done/*"))
+def _indexing(out: Path) -> bool:  # the pipeline of a new version runs, no shard is written yet
+    return any(out.glob("versions/*/_progress")) and not any(out.glob("versions/*/_done/*"))
 
 
 def _writing_shards(out: Path) -> bool:  # a few shards are done, most are not
     return len(list(out.glob("versions/*/_done/*"))) >= 3
 
 
-@pytest.mark.parametrize("ready", [_indexing, _writing_shards], ids=["before-any-shard", "while-writing-shards"])
+@pytest.mark.parametrize("ready", [_indexing, _writing_shards], ids=["while-indexing", "while-writing-shards"])
 def test_a_killed_build_leaves_latest_alone_and_its_rerun_resumes_to_a_clean_builds_bytes(release, clean, tmp_path,
                                                                                           ready):
     out = tmp_path / "out"
@@ -80,7 +87,8 @@ def test_a_killed_build_leaves_latest_alone_and_its_rerun_resumes_to_a_clean_bui
     assert "resuming versions/" in proc.stderr
     assert read_manifest(out)["previous"] == f"versions/{published}"
     assert _digests(version_of(out)) == clean  # byte for byte what a clean build writes
-    debris = [p for p in out.rglob("*") if p.name.startswith((".", "_")) or ".tmp-" in p.name]
+    debris = [p for p in out.rglob("*") if p.name.startswith((".", "_")) and p.name != "_info.json"
+              or ".tmp-" in p.name]
     assert debris == []
     assert sorted(p.name for p in (out / "versions").iterdir()) == sorted([published, version_of(out).name])
 
@@ -152,3 +160,56 @@ def test_a_read_only_out_is_unusable_output_and_its_published_version_stays(rele
     proc = run_cli("build", release.root, "--out", out, *OPTIONS, check_code=2)
     assert f"--out {str(out)!r} cannot be written: Read-only file system" in proc.stderr, proc.stderr
     assert _digests(version_of(out)) == before
+
+
+def _photo(path: Path, seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG", quality=90)
+
+
+def test_a_rebuild_takes_unchanged_images_from_the_previous_version_and_equals_a_clean_build(release, tmp_path):
+    src = tmp_path / "src"
+    export_layout(release, src, "imagefolder")
+    out = tmp_path / "out"
+    run_cli("build", src, "--out", out, *OPTIONS, check_code=0)
+    first = read_manifest(out)
+
+    classes = sorted(p for p in (src / "train").iterdir())
+    images = {c: sorted(p for p in c.iterdir() if p.suffix == ".JPEG") for c in classes}
+    rows = _index(out, "train")
+    kept = {r["key"] for r in rows}
+    assert any(r["reencoded"] for r in rows) and not all(r["reencoded"] for r in rows)  # both kinds are taken
+    gone = [p for p in images[classes[0]] if p.stem in kept][:2]
+    for path in gone:  # removed
+        path.unlink()
+    changed = next(p for p in images[classes[1]] if p.stem in kept)
+    _photo(changed, seed=1)  # the same name, other bytes
+    for n in range(3):  # added
+        _photo(classes[2] / f"{classes[2].name}_new{n}.JPEG", seed=10 + n)
+
+    proc = run_cli("build", src, "--out", out, *OPTIONS, check_code=0)
+    second = read_manifest(out)
+    diff = second["diff"]
+    assert diff["from"] == f"versions/{first['version']}"
+    assert {k: diff["splits"]["train"][k] for k in ("added", "removed", "changed")} == {
+        "added": 3, "removed": 2, "changed": 1}
+    assert diff["classes"]["train"] == {classes[0].name: {"removed": 2}, classes[1].name: {"changed": 1},
+                                        classes[2].name: {"added": 3}}
+    assert diff["splits"]["val"] == {"added": 0, "removed": 0, "changed": 0,
+                                     "unchanged": first["splits"]["val"]["samples"]}
+    samples = sum(s["samples"] for s in second["splits"].values())
+    assert f"not decoded again): {samples - 3 - 1:,} of its" in proc.stderr  # all but the new and the changed
+    assert "changes since" in proc.stderr and "train 3 added, 2 removed, 1 changed" in proc.stderr
+
+    clean = tmp_path / "clean"
+    run_cli("build", src, "--out", clean, *OPTIONS, check_code=0)
+    assert _digests(version_of(out)) == _digests(version_of(clean))  # byte for byte a clean build's
+
+    proc = run_cli("build", src, "--out", out, *OPTIONS, "--quality", "80", check_code=0)
+    assert "not decoded again" not in proc.stderr  # other image options: every image is made again
+    assert read_manifest(out)["diff"]["splits"]["train"]["changed"] == 0
+
+
+def _index(out: Path, split: str) -> list:
+    manifest, version = read_manifest(out), version_of(out)
+    return pq.read_table([str(version / p) for p in manifest["splits"][split]["index"]]).to_pylist()

@@ -1,4 +1,5 @@
 """One TestPipeline test per composite transform, asserting each of its outputs exactly."""
+import dataclasses
 import hashlib
 import io
 import json
@@ -133,8 +134,12 @@ def test_write_shards(tmp_path):
         written = {"tasks": tasks} | WriteShards(options, str(out), 0, codec_versions())
         assert_that(written["shards"] | beam.Map(lambda s: (s.path, s.samples)),
                     equal_to([("train/train-000000.tar", 1)]), label="shards")
-        assert_that(written["index"], equal_to([IndexFile("train", 0, "train/train-000000.parquet", 1, 0,
-                                                          with_boxes=1, boxes=1)]), label="index")
+        index_file = out / "train" / "train-000000.parquet"  # its size and sha256 are in its IndexFile
+        assert_that(written["index"] | beam.Map(lambda i: (
+            dataclasses.replace(i, bytes=0, sha256=""), i.bytes == index_file.stat().st_size,
+            i.sha256 == hashlib.sha256(index_file.read_bytes()).hexdigest())),
+                    equal_to([(IndexFile("train", 0, "train/train-000000.parquet", 1, 0, with_boxes=1, boxes=1),
+                               True, True)]), label="index")
         sha = hashlib.sha256(good).hexdigest()
         assert_that(written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch))),
                     equal_to([(int(sha[0], 16), ((sha, "n01440764_1", "train", 0),))]), label="hashes")
@@ -166,7 +171,11 @@ def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):
     hashes = [bucket for shard_id, rows in shards.items() for bucket in hash_buckets(rows, shard_id)]
     with TestPipeline() as p:
         flagged = p | beam.Create(hashes) | FlagDuplicates(str(tmp_path))
-        assert_that(flagged, equal_to([("train", 0, 1)]))  # b has a's bytes; a sorts first and stays unflagged
+        # b has a's bytes; a sorts first and stays unflagged. The size and sha256 are the rewritten file's.
+        rewritten = tmp_path / "train" / "train-000000.parquet"
+        assert_that(flagged | beam.Map(lambda d: (*d[:3], d.bytes == rewritten.stat().st_size,
+                                                  d.sha256 == hashlib.sha256(rewritten.read_bytes()).hexdigest())),
+                    equal_to([("train", 0, 1, True, True)]))
     table = pq.read_table(tmp_path / "train" / "train-000000.parquet")
     assert table.schema == INDEX_SCHEMA
     assert {r["key"]: r["duplicate_of"] for r in table.to_pylist()} == {"b": "a", "c": None}
@@ -179,8 +188,8 @@ def test_write_rejects(tmp_path):
     with TestPipeline() as p:
         files = p | beam.Create(rejects) | WriteRejects(str(tmp_path))
         assert_that(files, equal_to([
-            RejectsFile("val", "rejects/val-rejects.parquet", 2, {"empty": 2}),
-            RejectsFile("train", "rejects/train-rejects.parquet", 1, {"corrupt": 1}),
+            RejectsFile("val", "rejects/val/val-rejects.parquet", 2, {"empty": 2}),
+            RejectsFile("train", "rejects/train/train-rejects.parquet", 1, {"corrupt": 1}),
         ]))
     layout = OutputLayout(str(tmp_path))
     assert pq.read_table(layout.url(layout.rejects("val"))).num_rows == 2
@@ -229,10 +238,11 @@ def _manifest_facts(p, read_train: int) -> dict:
         "shard": create("Shards", [ShardInfo("train", 1, "train/train-000001.tar", 1, 2048, "b" * 64),
                                    ShardInfo("train", 0, "train/train-000000.tar", 2, 4096, "a" * 64),
                                    ShardInfo("val", 0, "val/val-000000.tar", 1, 2048, "c" * 64)]),
-        "index": create("Index", [IndexFile("train", 0, "train/train-000000.parquet", 2, 0, 1, 3, 0),
-                                  IndexFile("train", 1, "train/train-000001.parquet", 1, 0),
-                                  IndexFile("val", 0, "val/val-000000.parquet", 1, 0)]),
-        "duplicates": create("Duplicates", [ShardDuplicates("train", 1, 1)]),
+        "index": create("Index", [IndexFile("train", 0, "train/train-000000.parquet", 2, 0, 1, 3, 0, 900, "d" * 64),
+                                  IndexFile("train", 1, "train/train-000001.parquet", 1, 0, bytes=800, sha256="e" * 64),
+                                  IndexFile("val", 0, "val/val-000000.parquet", 1, 0, bytes=700, sha256="f" * 64)]),
+        # FlagDuplicates rewrote train-000001.parquet: its size and sha256 are the final ones
+        "duplicates": create("Duplicates", [ShardDuplicates("train", 1, 1, 810, "9" * 64)]),
         "rejects": create("Rejects", [RejectsFile("train", "rejects/train-rejects.parquet", read_train - 3,
                                                   {"corrupt": read_train - 3})]),
         "annotation_rejects": create("AnnotationRejects", [
@@ -253,6 +263,19 @@ def test_write_manifest(tmp_path):
     assert manifest["rejects"] == ["rejects/train-rejects.parquet"] and manifest["rejects_by_reason"] == {"corrupt": 1}
     assert manifest["annotation_rejects_by_reason"] == {"forbidden_xml": 1} and manifest["orphan_annotations"] == 3
     assert manifest["tool"] == {"name": "t"} and not (tmp_path / "build-failed.json").exists()
+    assert train["index"] == ["train/train-000000.parquet", "train/train-000001.parquet"]
+    assert train["index_files"] == [
+        {"path": "train/train-000000.parquet", "rows": 2, "bytes": 900, "sha256": "d" * 64},
+        {"path": "train/train-000001.parquet", "rows": 1, "bytes": 810, "sha256": "9" * 64}]
+    # the files other readers expect, written before the manifest and listed in it
+    assert manifest["reader_files"] == {"timm": "_info.json", "huggingface": "README.md",
+                                        "wids": {"train": "train.wids.json", "val": "val.wids.json"}}
+    info = json.loads((tmp_path / "_info.json").read_text())
+    assert info["splits"]["train"] == {"name": "train", "num_samples": 3, "shard_lengths": [2, 1],
+                                       "filenames": ["train/train-000000.tar", "train/train-000001.tar"]}
+    assert info["splits"]["validation"]["filenames"] == ["val/val-000000.tar"]
+    wids = json.loads((tmp_path / "val.wids.json").read_text())
+    assert wids["shardlist"] == [{"url": "val/val-000000.tar", "nsamples": 1, "filesize": 2048}]
 
 
 def test_write_manifest_fails_a_build_with_too_many_rejects(tmp_path):

@@ -29,11 +29,12 @@ from apache_beam import pvalue
 from transforms.classes import ClassFilter, DropSmallClasses
 from transforms.counting import reject_output
 from transforms.folders import class_folder_entries, list_files
+from transforms.header_cache import HeaderCache
 from transforms.keys import folder_member_key, key_hash, readable_name, sample_key
 from transforms.labels import Labeler, LeftOutClass, NoLabel
 from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount
 from transforms.storage import RangeFile, file_size, open_input
-from transforms.tar_headers import TarDamaged, iter_tar_entries
+from transforms.tar_headers import TarDamaged, TarEntry, iter_tar_entries
 
 __all__ = ["TarSlice", "FolderSlice", "index_folder", "expand_archive", "hold_out", "list_inner_tars",
            "index_tar_slice", "IndexArchives"]
@@ -104,23 +105,30 @@ def _member(labeler: Labeler, key: str, split: str, source: str, archive: str, o
 
 
 def index_tar_slice(piece: TarSlice, labeler: Labeler, archive_size: Optional[int] = None,
-                    accept_damaged: bool = False) -> Iterator[Union[MemberRef, Reject, LeftOut, DamagedArchive]]:
+                    accept_damaged: bool = False, cache: Optional[HeaderCache] = None
+                    ) -> Iterator[Union[MemberRef, Reject, LeftOut, DamagedArchive]]:
     """MemberRefs (and Rejects) for every member of one tar. A damaged tar raises TarDamaged, or
-    with `accept_damaged` ends with a DamagedArchive record."""
+    with `accept_damaged` ends with a DamagedArchive record. `cache`: the headers read by earlier
+    builds (transforms/header_cache.py)."""
     if archive_size is None:
         archive_size = file_size(piece.archive)
     end = min(piece.offset + piece.size, archive_size)
     with open_input(piece.archive) as f:
+        view = RangeFile(f, piece.offset, end - piece.offset)
+
+        def scan() -> Iterator[TarEntry]:
+            return iter_tar_entries(view, base_offset=piece.offset, length=end - piece.offset, where=piece.source)
+
+        entries = cache.entries(piece.archive, piece.offset, end - piece.offset, scan) if cache else scan()
         try:
-            yield from _tar_members(piece, labeler, RangeFile(f, piece.offset, end - piece.offset), end)
+            yield from _tar_members(piece, labeler, entries, end)
         except TarDamaged as e:
             yield _damaged(piece.split, e, accept_damaged)
 
 
-def _tar_members(piece: TarSlice, labeler: Labeler, view: RangeFile, end: int
+def _tar_members(piece: TarSlice, labeler: Labeler, entries: Iterator[TarEntry], end: int
                  ) -> Iterator[Union[MemberRef, Reject, LeftOut]]:
-    for entry in iter_tar_entries(view, base_offset=piece.offset, length=end - piece.offset,
-                                  where=piece.source):
+    for entry in entries:
         if entry.kind == "dir":
             continue
         key = sample_key(entry.name)
@@ -222,7 +230,9 @@ class _ExpandArchivesFn(beam.DoFn):
 class _IndexUnitFn(beam.DoFn):
     """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
 
-    def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int, accept_damaged: bool):
+    def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int, accept_damaged: bool,
+                 cache: Optional[HeaderCache] = None):
+        self._cache = cache
         self._labeler = labeler
         self._sizes = sizes
         self._holdout = holdout
@@ -234,7 +244,8 @@ class _IndexUnitFn(beam.DoFn):
         if isinstance(piece, FolderSlice):
             items = index_folder(piece, self._labeler)
         else:
-            items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive), self._accept_damaged)
+            items = index_tar_slice(piece, self._labeler, self._sizes.get(piece.archive), self._accept_damaged,
+                                    self._cache)
         if self._holdout and piece.wnid is not None:  # one unit = one whole class
             items = hold_out(list(items), self._holdout, self._seed)
         batch = []
@@ -263,6 +274,7 @@ class IndexArchives(beam.PTransform):
     that `class_filter` (--min-per-class) drops, which are neither ("dropped_classes" names
     those classes). A damaged tar (cut off, or with a header that makes no sense) fails the
     build, unless `accept_damaged`: then it is indexed as far as it goes and reported in "damaged".
+    `header_cache`: the tar headers earlier builds read (transforms/header_cache.py).
 
     Members come in batches, one per unit (a class tar, a class folder, a whole flat tar): the
     local runner keeps every element that crosses a stage in memory, and a batch pickles its
@@ -274,8 +286,10 @@ class IndexArchives(beam.PTransform):
     """
 
     def __init__(self, archives, labeler: Labeler, holdout_per_class: int = 0, seed: int = 0,
-                 accept_damaged: bool = False, class_filter: Optional[ClassFilter] = None):
+                 accept_damaged: bool = False, class_filter: Optional[ClassFilter] = None,
+                 header_cache: Optional[HeaderCache] = None):
         super().__init__()
+        self._header_cache = header_cache
         self._archives = list(archives)
         self._labeler = labeler
         self._holdout = holdout_per_class
@@ -295,7 +309,7 @@ class IndexArchives(beam.PTransform):
             units.units
             | "SpreadUnits" >> beam.Reshuffle()
             | "ReadHeaders" >> beam.ParDo(_IndexUnitFn(self._labeler, sizes, self._holdout, self._seed,
-                                                       self._accept_damaged)).with_outputs(
+                                                       self._accept_damaged, self._header_cache)).with_outputs(
                 "rejects", "left_out", "damaged", main="members")
         )
         members = (units.members, indexed.members) | "MergeMembers" >> beam.Flatten()

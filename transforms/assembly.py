@@ -24,6 +24,7 @@ import fsspec
 from transforms.image import ImageOptions
 from transforms.layout import OutputLayout
 from transforms.pieces import Piece, cut_shard, even_cut
+from transforms.previous import PreviousImages
 from transforms.processing import process_members
 from transforms.records import MemberRef, PieceResult, ShardTask
 from transforms.schema import IndexRow
@@ -45,14 +46,16 @@ class StagedSample(NamedTuple):
 
 
 def write_whole_shard(piece: Piece, options: ImageOptions, layout: OutputLayout, reader: ArchiveReader,
-                      on_progress: Progress = None, blacklist: frozenset = frozenset()) -> ShardResult:
-    """A shard that is one piece: processed straight into its tar, nothing staged."""
+                      on_progress: Progress = None, blacklist: frozenset = frozenset(),
+                      previous: Optional[PreviousImages] = None) -> ShardResult:
+    """A shard that is one piece: processed straight into its tar, nothing staged. previous: the
+    previous version's images, in a rebuild (see transforms/previous.py)."""
     task = piece.task
     assert task.pieces == 1, task
     rejects: list = []
     with ShardWriter(layout, task.shard) as shard:
         for sample in process_members(piece.members, options, reader, layout.shard(task.split, task.shard_id),
-                                      piece.boxes, blacklist, rejects, on_progress):
+                                      piece.boxes, blacklist, rejects, on_progress, previous):
             shard.add(sample.row, sample.jpeg)
     assert shard.result is not None
     shard.result.rejects = rejects
@@ -60,12 +63,14 @@ def write_whole_shard(piece: Piece, options: ImageOptions, layout: OutputLayout,
 
 
 def process_piece(piece: Piece, options: ImageOptions, layout: OutputLayout, reader: ArchiveReader,
-                  on_progress: Progress = None, blacklist: frozenset = frozenset()) -> PieceResult:
+                  on_progress: Progress = None, blacklist: frozenset = frozenset(),
+                  previous: Optional[PreviousImages] = None) -> PieceResult:
     """Run the kernel loop on a piece's members (already in shard order); stage the index rows
     and the stored JPEGs in the piece's scratch file, for assemble_shard (archives do not change
     during a build, which every stage after IndexArchives already relies on).
 
-    blacklist: keys in the devkit's localisation blacklist.
+    blacklist: keys in the devkit's localisation blacklist; previous: the previous version's
+    images, in a rebuild (see transforms/previous.py).
     """
     task = piece.task
     relative = layout.piece(task.split, task.shard_id, task.piece)
@@ -73,7 +78,7 @@ def process_piece(piece: Piece, options: ImageOptions, layout: OutputLayout, rea
     samples = 0
     with atomic_write(layout.url(relative)) as f:
         for row, jpeg, ref in process_members(piece.members, options, reader, layout.shard(task.split, task.shard_id),
-                                              piece.boxes, blacklist, rejects, on_progress):
+                                              piece.boxes, blacklist, rejects, on_progress, previous):
             if row.reencoded:
                 staged = StagedSample(row, jpeg, None)
             else:

@@ -4,18 +4,23 @@ Contracts:
   duplicate_links([HashEntry(sha256, key, split, shard_id)]) -> DuplicateLink(split, shard_id, key,
       duplicate_of) for every sample whose source bytes another key also has; duplicate_of is the
       key that sorts first, which itself stays unflagged.
-  write_index_file(rows of one shard, {key: duplicate_of}) -> IndexFile
-      (the shard writer calls it with no duplicates: they are known only once every shard is done)
-  flag_duplicates(one shard's index file, {key: duplicate_of}) -> the number flagged, the
-      file rewritten in place (atomically) with duplicate_of set
+  write_index_file(rows of one shard, {key: duplicate_of}) -> IndexFile (with the file's size and
+      sha256; the shard writer calls it with no duplicates: they are known only once every shard
+      is done)
+  flag_duplicates(one shard's index file, {key: duplicate_of}) -> ShardDuplicates: the number
+      flagged, and the size and sha256 of the file rewritten in place (atomically) with
+      duplicate_of set, which the manifest records instead of the IndexFile's
   write_rejects_file(rejects of one split) -> RejectsFile
 Index files sit next to their shard (train/train-000003.parquet for train-000003.tar),
-rows in the shard's order; one rejects file per split.
+rows in the shard's order; one rejects file per split, one folder deeper (rejects/train/), so
+that the glob `*/*.parquet` in a version reads only index files.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import io
 from typing import Iterable
 
 import apache_beam as beam
@@ -72,9 +77,14 @@ def links_in_bucket(batches: Iterable[bytes]) -> list[DuplicateLink]:
     return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
 
 
-def _write_parquet(layout: OutputLayout, relative: str, table) -> None:
+def _write_parquet(layout: OutputLayout, relative: str, table) -> tuple[int, str]:
+    """Write a table; return the file's size and sha256 (a shard's index is a few hundred kB)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    data = buffer.getvalue()
     with atomic_write(layout.url(relative)) as f:
-        pq.write_table(table, f, compression="zstd")
+        f.write(data)
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def write_index_file(layout: OutputLayout, split: str, shard_id: int, rows: list, duplicate_of: dict) -> IndexFile:
@@ -82,19 +92,20 @@ def write_index_file(layout: OutputLayout, split: str, shard_id: int, rows: list
     if duplicate_of:
         rows = [dataclasses.replace(r, duplicate_of=duplicate_of.get(r.key)) for r in rows]
     relative = layout.index(split, shard_id)
-    _write_parquet(layout, relative, rows_to_table(rows))
-    return index_file_of(split, shard_id, relative, rows)
+    size, digest = _write_parquet(layout, relative, rows_to_table(rows))
+    return index_file_of(split, shard_id, relative, rows, size, digest)
 
 
-def index_file_of(split: str, shard_id: int, relative: str, rows: list) -> IndexFile:
-    """The facts of an index file holding `rows`."""
+def index_file_of(split: str, shard_id: int, relative: str, rows: list, size: int, digest: str) -> IndexFile:
+    """The facts of an index file holding `rows`, of `size` bytes with that sha256."""
     return IndexFile(split, shard_id, relative, len(rows), sum(1 for r in rows if r.duplicate_of),
                      with_boxes=sum(1 for r in rows if r.has_boxes), boxes=sum(len(r.boxes) for r in rows),
-                     label_disagreements=sum(1 for r in rows if r.label_disagrees))
+                     label_disagreements=sum(1 for r in rows if r.label_disagrees), bytes=size, sha256=digest)
 
 
-def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_of: dict) -> int:
-    """Set duplicate_of in one shard's index file for the keys in `duplicate_of`; return how many.
+def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_of: dict) -> ShardDuplicates:
+    """Set duplicate_of in one shard's index file for the keys in `duplicate_of`; return how many,
+    and the rewritten file's size and sha256.
 
     A read-modify-write of a file of a few thousand rows, done only for shards that hold a
     duplicate; a retry rewrites the same values."""
@@ -104,8 +115,8 @@ def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_o
     keys = table.column("key").to_pylist()
     flags = pa.array([duplicate_of.get(k) for k in keys], pa.string())
     column = INDEX_SCHEMA.get_field_index("duplicate_of")
-    _write_parquet(layout, relative, table.set_column(column, INDEX_SCHEMA.field(column), flags))
-    return sum(1 for f in flags if f.is_valid)
+    size, digest = _write_parquet(layout, relative, table.set_column(column, INDEX_SCHEMA.field(column), flags))
+    return ShardDuplicates(split, shard_id, sum(1 for f in flags if f.is_valid), size, digest)
 
 
 def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: str = "images") -> RejectsFile:
@@ -121,12 +132,12 @@ def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: st
 
 def _rewrite_index(root: str, shard: tuple, links) -> ShardDuplicates:
     split, shard_id = shard
-    return ShardDuplicates(split, shard_id, flag_duplicates(OutputLayout(root), split, shard_id, dict(links)))
+    return flag_duplicates(OutputLayout(root), split, shard_id, dict(links))
 
 
 class FlagDuplicates(beam.PTransform):
     """(bucket, to_shuffle((HashEntry, ...))) (hash_buckets of each shard) -> ShardDuplicates for
-    each shard that holds a duplicate, after its index file is rewritten.
+    each shard that holds a duplicate, after its index file is rewritten (with the file's new sha256).
 
     Only these small records are shuffled (by bucket, then the few links by shard): the rows
     themselves stay in the files the shard writers made.

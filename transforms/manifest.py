@@ -3,7 +3,9 @@
 Contract: Facts from the other stages (ShardInfo, IndexFile, RejectsFile, SplitCount,
 ShardDuplicates) -> manifest dict. Per split, read = samples + rejected must hold (a bug otherwise: the
 build fails). When rejects exceed --max-reject-rate the same document is written under
-build-failed.json instead, so a build of the wrong files never looks finished.
+build-failed.json instead, so a build of the wrong files never looks finished. Otherwise the files
+other readers expect (timm's _info.json, the wids shard indexes: transforms/reader_files.py) are
+written just before manifest.json, which lists them under `reader_files`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import apache_beam as beam
 
 from transforms.classes import without_dropped_classes
 from transforms.layout import OutputLayout
+from transforms.previous import version_diff
+from transforms.reader_files import write_reader_files
 from transforms.records import Fact
 from transforms.storage import atomic_write, changed_since
 
@@ -46,6 +50,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
     left_out: collections.Counter[str] = collections.Counter()
     duplicates: collections.Counter[str] = collections.Counter()
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
+    rewritten = {}  # (split, shard_id): ShardDuplicates of an index file that FlagDuplicates rewrote
     annotation_rejects = {}
     damaged = []
     dropped_classes = []
@@ -66,6 +71,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             rejects[fact.split] = fact
         elif kind == "duplicates":
             duplicates[fact.split] += fact.flagged
+            if fact.sha256:
+                rewritten[fact.split, fact.shard_id] = fact
         elif kind == "dropped_classes":
             dropped_classes.append(fact)
         elif kind == "damaged":
@@ -92,6 +99,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             "shards": [{"path": s.path, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
                        for s in split_shards],
             "index": [i.path for i in split_index],
+            # the same files, with their size and sha256 as they stand once FlagDuplicates is done
+            "index_files": [_index_entry(i, rewritten.get((split, i.shard_id))) for i in split_index],
         }
     by_reason: collections.Counter[str] = collections.Counter()
     for s in splits.values():
@@ -110,6 +119,11 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         "damaged_archives": [{"split": d.split, "source": d.source, "detail": d.detail, "readable_bytes": d.readable,
                               "bytes": d.size} for d in sorted(damaged)],
     }
+
+
+def _index_entry(index, rewritten) -> dict:
+    final = rewritten or index  # FlagDuplicates rewrote the file: its digest is the final one
+    return {"path": index.path, "rows": index.rows, "bytes": final.bytes, "sha256": final.sha256}
 
 
 def reconcile(manifest: dict) -> list[str]:
@@ -151,6 +165,8 @@ def write_manifest(layout: OutputLayout, manifest: dict, max_reject_rate: float,
         manifest = {**manifest, "error": f"{rejected} of {read} samples rejected ({rate:.1%}), "
                                          f"more than --max-reject-rate {max_reject_rate:.1%}"}
         target = layout.failed_report
+    else:  # timm's _info.json and the wids shard indexes, just before the manifest
+        manifest = {**manifest, "reader_files": write_reader_files(layout, manifest)}
     with atomic_write(target) as f:
         f.write(json.dumps(manifest, indent=1).encode() + b"\n")
     return status
@@ -166,14 +182,18 @@ class WriteManifest(beam.PTransform):
     after every shard, index and rejects file is in place.
     """
 
-    def __init__(self, out_root: str, header: dict, max_reject_rate: float, inputs: Optional[dict] = None):
-        """inputs: {url: storage.fingerprint} of the archives the build reads, checked again first."""
+    def __init__(self, out_root: str, header: dict, max_reject_rate: float, inputs: Optional[dict] = None,
+                 previous: Optional[tuple[str, str]] = None):
+        """inputs: {url: storage.fingerprint} of the archives the build reads, checked again first;
+        previous: (the previous version's folder, its manifest as JSON text), which the manifest's
+        `diff` compares this version with."""
         super().__init__()
         self._out_root = out_root
         # As JSON text: Beam's type inference would walk the 1,000 classes of a dict in a closure.
         self._header = json.dumps(header)
         self._max_reject_rate = max_reject_rate
         self._inputs = dict(inputs or {})
+        self._previous = previous
 
     def expand(self, facts: dict):
         unknown = set(facts) - set(FACT_KINDS)
@@ -184,10 +204,22 @@ class WriteManifest(beam.PTransform):
             for kind, pcoll in sorted(facts.items())
         ]
         root, header, rate, inputs = self._out_root, self._header, self._max_reject_rate, self._inputs
+        previous = self._previous
         return (
             tagged
             | "AllFacts" >> beam.Flatten()
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(lambda fs: write_manifest(
-                OutputLayout(root), assemble_manifest(json.loads(header), fs), rate, inputs))
+                OutputLayout(root), with_diff(assemble_manifest(json.loads(header), fs), root, previous), rate,
+                inputs))
         )
+
+
+def with_diff(manifest: dict, root: str, previous: Optional[tuple[str, str]]) -> dict:
+    """The manifest with its `diff` against the previous version (transforms/previous.py), when
+    there is one: keys added, removed and changed per split and class."""
+    if previous is None:
+        return manifest
+    previous_root, previous_manifest = previous
+    return {**manifest, "diff": {"from": manifest.get("previous"),
+                                 **version_diff(previous_root, json.loads(previous_manifest), root, manifest)}}

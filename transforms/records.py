@@ -304,6 +304,8 @@ class IndexFile:
     with_boxes: int = 0  # samples with at least one box
     boxes: int = 0
     label_disagreements: int = 0
+    bytes: int = 0  # of the file as written (FlagDuplicates may rewrite it: ShardDuplicates then has the final)
+    sha256: str = ""
 
 
 class HashEntry(NamedTuple):
@@ -325,11 +327,14 @@ class DuplicateLink(NamedTuple):
 
 
 class ShardDuplicates(NamedTuple):
-    """How many samples of one shard's index were flagged duplicate_of."""
+    """How many samples of one shard's index were flagged duplicate_of, and the index file's size
+    and sha256 once rewritten with the flags."""
 
     split: str
     shard_id: int
     flagged: int
+    bytes: int = 0
+    sha256: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

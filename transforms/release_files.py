@@ -7,7 +7,9 @@ not what it should be raises SourceError (exit status 2) that says what was expe
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import importlib.resources
 import io
 import posixpath
 import tarfile
@@ -19,7 +21,7 @@ from transforms.records import SourceError
 from transforms.storage import locate, open_input
 
 __all__ = ["OFFICIAL_MD5", "GROUND_TRUTH", "BLACKLIST", "read_devkit", "read_devkit_labels", "read_kaggle_val_labels",
-           "read_class_list", "read_class_entries", "verify_md5"]
+           "bundled_blacklist_bytes", "bundled_val_blacklist", "read_class_list", "read_class_entries", "verify_md5"]
 
 # Published MD5 sums of the official archives (the ones torchvision's ImageNet checks).
 OFFICIAL_MD5 = {
@@ -55,6 +57,19 @@ def read_devkit(devkit_url: str) -> tuple:
     except ValueError as e:
         raise SourceError(f"{devkit_url}: {e}") from None
     return labels, blacklist
+
+
+def bundled_blacklist_bytes() -> bytes:
+    """The devkit's localisation blacklist as the project bundles it (transforms/data/, origin in
+    SOURCES.md there): the 1-based indices of 1,762 validation images, one a line."""
+    return importlib.resources.files("transforms").joinpath("data", BLACKLIST).read_bytes()
+
+
+@functools.cache
+def bundled_val_blacklist() -> frozenset[str]:
+    """The val keys of the bundled blacklist: what a layout without the devkit (Kaggle's) uses, since
+    its val images are the ILSVRC2012 ones under their own names."""
+    return frozenset(val_key(int(x)) for x in bundled_blacklist_bytes().decode("ascii").split())
 
 
 def read_devkit_labels(devkit_url: str) -> dict[str, str]:

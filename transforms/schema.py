@@ -51,7 +51,8 @@ REJECTS_SCHEMA = pa.schema([
 
 @dataclasses.dataclass(frozen=True)
 class IndexRow:
-    """One sample of the index; also, less `duplicate_of`, the sample's `.json` in its shard."""
+    """One sample of the index; also, less `duplicate_of` and with no null (shard_writer.JSON_FOR_NULL),
+    the sample's `.json` in its shard."""
 
     key: str
     split: str

@@ -6,8 +6,9 @@ Contract:
     shard.result                      # ShardResult: ShardInfo, IndexFile, the rows (offsets set)
 
 The tar appears under its final name only when the block ends without an error (written to a
-temporary name, then renamed), and its index after it, the same way: a reader that finds the
-index finds the whole tar. Each row's `offset` is where its .jpg payload starts in the tar.
+temporary name, then renamed), then its DALI index (transforms/reader_files.py; none for a shard
+without samples) and its Parquet index, the same way: a reader that finds the index finds the
+whole tar. Each row's `offset` is where its .jpg payload starts in the tar.
 
 Determinism: tar headers have fixed fields (mtime 0, mode 0644, owner 0/0 with no names, GNU
 format), so the same samples in the same order give the same bytes on any machine.
@@ -24,15 +25,17 @@ from contextlib import ExitStack
 from typing import IO, Optional, Sequence
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.index import index_file_of, write_index_file
 from transforms.layout import OutputLayout
+from transforms.reader_files import dali_index, dali_sample_line
 from transforms.records import IndexFile, Reject, ShardInfo, ShardTask
 from transforms.schema import INDEX_SCHEMA, IndexRow, as_dict
 from transforms.storage import atomic_write
 
-__all__ = ["TAR_MTIME", "TAR_MODE", "ShardResult", "ShardTarWriter", "ShardWriter", "sample_json",
+__all__ = ["TAR_MTIME", "TAR_MODE", "JSON_FOR_NULL", "ShardResult", "ShardTarWriter", "ShardWriter", "sample_json",
            "read_written_shard"]
 
 # Fixed tar header fields: any wall-clock or user-dependent value would make shards differ.
@@ -133,12 +136,22 @@ def _tar_header(name: str, size: int) -> bytes:
     return b"".join((raw.ljust(100, b"\0"), _BEFORE_SIZE, size_field, _AFTER_SIZE, b"%06o\0 " % checksum, _TAIL))
 
 
+# What a sample's .json holds where its index row holds null: the empty value of the field's type.
+# Each field then has one JSON type in every sample, which readers that infer a field's type from
+# the first samples (Hugging Face datasets) need. EXIF's own orientations are 1 to 8: 0 is "none".
+JSON_FOR_NULL = {"wnid": "", "fine_wnid": "", "exif_orientation": 0}
+
+
 def sample_json(row: IndexRow) -> bytes:
-    """A sample's .json: its index row, less duplicate_of, plus its boxes in pixels."""
+    """A sample's .json: its index row, less duplicate_of, with no null (JSON_FOR_NULL), plus its
+    boxes in pixels."""
     fields = as_dict(row)
     # duplicate_of is a property of the whole dataset, known only once every shard is
     # written: it lives in the Parquet index, not in the per-sample JSON.
     del fields["duplicate_of"]
+    for name, empty in JSON_FOR_NULL.items():
+        if fields[name] is None:
+            fields[name] = empty
     # Boxes also in pixels of the stored image, for readers that draw or crop directly.
     fields["boxes_px"] = [[round(b[0] * row.width, 2), round(b[1] * row.height, 2),
                            round(b[2] * row.width, 2), round(b[3] * row.height, 2)] for b in row.boxes]
@@ -154,6 +167,7 @@ class ShardWriter:
         self._task = task
         self._relative = layout.shard(task.split, task.shard_id)
         self._rows: list[IndexRow] = []
+        self._dali_lines: list[str] = []  # one line of the shard's DALI index a sample
         self._stack = ExitStack()
         self._tar: Optional[ShardTarWriter] = None
         self.result: Optional[ShardResult] = None
@@ -166,9 +180,11 @@ class ShardWriter:
         """Append one sample; return its row with the .jpg payload's offset in the tar."""
         assert self._tar is not None, "add() outside the with block"
         row = dataclasses.replace(row, offset=self._tar.payload_offset(f"{row.key}.jpg"))  # the .json carries it
-        written = self._tar.add_sample([(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
-                                        (f"{row.key}.json", sample_json(row))])
+        members = [(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
+                   (f"{row.key}.json", sample_json(row))]
+        written = self._tar.add_sample(members)
         assert written[0] == row.offset, (written[0], row.offset)
+        self._dali_lines.append(dali_sample_line(members, written))
         self._rows.append(row)
         return row
 
@@ -180,6 +196,9 @@ class ShardWriter:
         size, digest = self._tar.close()
         self._stack.close()  # the tar takes its final name
         task = self._task
+        if self._dali_lines:  # DALI refuses an index of no samples
+            with atomic_write(self._layout.url(self._layout.dali_index(task.split, task.shard_id))) as f:
+                f.write(dali_index(self._dali_lines))
         index = write_index_file(self._layout, task.split, task.shard_id, self._rows, {})  # after the tar
         info = ShardInfo(task.split, task.shard_id, self._relative, len(self._rows), size, digest)
         self.result = ShardResult(info, index, self._rows)
@@ -190,7 +209,8 @@ def read_written_shard(task: ShardTask, layout: OutputLayout, rejects: Optional[
     relative, index_path = layout.shard(task.split, task.shard_id), layout.index(task.split, task.shard_id)
     try:
         with fsspec.open(layout.url(index_path), "rb") as f:
-            table = pq.read_table(f, schema=INDEX_SCHEMA)
+            index_bytes = f.read()
+        table = pq.read_table(pa.BufferReader(index_bytes), schema=INDEX_SCHEMA)
         digest, size = hashlib.sha256(), 0
         with fsspec.open(layout.url(relative), "rb") as f:
             while block := f.read(1 << 20):
@@ -201,4 +221,6 @@ def read_written_shard(task: ShardTask, layout: OutputLayout, rejects: Optional[
     rows = [IndexRow(**{**r, "boxes": tuple(r["boxes"]), "box_names": tuple(r["box_names"])})
             for r in table.to_pylist()]
     info = ShardInfo(task.split, task.shard_id, relative, len(rows), size, digest.hexdigest())
-    return ShardResult(info, index_file_of(task.split, task.shard_id, index_path, rows), rows, rejects or [])
+    index = index_file_of(task.split, task.shard_id, index_path, rows, len(index_bytes),
+                          hashlib.sha256(index_bytes).hexdigest())
+    return ShardResult(info, index, rows, rejects or [])

@@ -24,7 +24,7 @@ from transforms.classes import ClassFilter, coarse_classes, manifest_classes, se
 from transforms.keys import WNID, readable_name
 from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes
 from transforms.records import AnnotationSource, SourceError
-from transforms.release_files import read_devkit, read_kaggle_val_labels
+from transforms.release_files import bundled_val_blacklist, read_devkit, read_kaggle_val_labels
 from transforms.storage import atomic_write, locate, open_input
 
 __all__ = ["ArchiveSpec", "Discovery", "discover", "detect_layout", "LAYOUTS", "stage_gzipped_tar"]
@@ -254,6 +254,9 @@ def _discover_kaggle(source: str) -> Discovery:
     data = f"{root}/{KAGGLE_DATA}"
     present = _entries(fs, data) if fs.isdir(data) else {}
     archives, warnings, key_classes = [], [], {}
+    # Kaggle has no devkit, but its val images are ILSVRC2012's under their own names: the bundled
+    # blacklist says which of them the devkit excludes from localisation.
+    blacklist: frozenset[str] = frozenset()
     if "train" in present:
         archives.append(ArchiveSpec("train", url(f"{data}/train"), f"{KAGGLE_DATA}/train", 0, "class_folders", True))
     else:
@@ -263,6 +266,7 @@ def _discover_kaggle(source: str) -> Discovery:
         if not fs.exists(csv_path):
             raise SourceError(f"{KAGGLE_DATA}/val is in SOURCE but {KAGGLE_VAL_CSV} is not: it holds the val labels")
         key_classes["val"] = read_kaggle_val_labels(url(csv_path))
+        blacklist = bundled_val_blacklist()
         archives.append(ArchiveSpec("val", url(f"{data}/val"), f"{KAGGLE_DATA}/val", 0, "folder", True))
     else:
         warnings.append(f"no {KAGGLE_DATA}/val: building without the val split")
@@ -278,7 +282,7 @@ def _discover_kaggle(source: str) -> Discovery:
         if fs.exists(f"{root}/{name}"):
             annotations.append(AnnotationSource(url(f"{root}/{name}"), name, "kaggle_csv"))
     return Discovery("kaggle", tuple(archives), _standard_classes(), key_classes, inputs, tuple(warnings),
-                     tuple(annotations))
+                     tuple(annotations), blacklist)
 
 
 # --- ImageFolder --------------------------------------------------------------------

@@ -45,11 +45,12 @@ from transforms.image import ImageOptions, check_codecs
 from transforms.index import hash_buckets
 from transforms.layout import OutputLayout
 from transforms.pieces import ShardCut, cut_shard, even_cut, small_pieces
+from transforms.previous import PreviousImages
 from transforms.progress import heartbeat
 from transforms.records import ShardTask, SplitCount, from_shuffle, to_shuffle
 from transforms.segments import Segments
 from transforms.shard_writer import ShardResult
-from transforms.storage import ArchiveReader
+from transforms.storage import ArchiveReader, local_copy
 
 __all__ = ["WriteShards"]
 
@@ -139,21 +140,28 @@ class _CutShardFn(beam.DoFn):
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
 class _ProcessPieceFn(beam.DoFn):
     """(key, [to_shuffle(Piece), ...]: a piece's own, or a segment's) -> for a shard that is one
-    piece: written, its ShardInfo / IndexFile / hash buckets out; for a piece of several: staged,
-    ((split, shard_id), PieceResult less its rejects) out. Kernel rejects -> rejects."""
+    piece: written, its ShardInfo / IndexFile / hash buckets / kernel rejects out; for a piece of
+    several: staged, ((split, shard_id), PieceResult) out. `previous`: (the lookup's path or URL,
+    the previous version's folder) in a rebuild that takes unchanged images from it."""
 
     def __init__(self, options: ImageOptions, out_root: str, codecs: dict, progress_dir: Optional[str],
-                 blacklist: frozenset):
+                 blacklist: frozenset, previous: Optional[tuple[str, str]] = None):
         self._blacklist = blacklist
         self._options = options
         self._out_root = out_root
         self._codecs = codecs
         self._progress_dir = progress_dir
+        self._previous_paths = previous
+        self._reused = beam.metrics.Metrics.counter("images", "reused_from_previous_version")
 
     def setup(self):
         check_codecs(self._codecs)
         self._layout = OutputLayout(self._out_root)
         self._reader = ArchiveReader()
+        self._previous: Optional[PreviousImages] = None
+        if self._previous_paths is not None:
+            lookup, previous_root = self._previous_paths
+            self._previous = PreviousImages(local_copy(lookup), previous_root)
 
     def process(self, element):
         _, values = element
@@ -161,17 +169,22 @@ class _ProcessPieceFn(beam.DoFn):
             piece = from_shuffle(value)
             task = piece.task
             on_progress = heartbeat(self._progress_dir, task.split, task.shard_id, task.piece)
+            reused = self._previous.reused if self._previous is not None else 0
             if task.pieces == 1:
                 result = write_whole_shard(piece, self._options, self._layout, self._reader, on_progress,
-                                           self._blacklist)
+                                           self._blacklist, self._previous)
                 record_completed(self._layout, result, piece.shard_digest)
                 yield from _shard_outputs(result)
             else:  # its kernel rejects travel with it (a few), reported with the shard
                 yield (task.split, task.shard_id), process_piece(piece, self._options, self._layout, self._reader,
-                                                                 on_progress, self._blacklist)
+                                                                 on_progress, self._blacklist, self._previous)
+            if self._previous is not None:
+                self._reused.inc(self._previous.reused - reused)
 
     def teardown(self):
         self._reader.close()
+        if self._previous is not None:
+            self._previous.close()
 
 
 class _AssembleShardFn(beam.DoFn):
@@ -198,15 +211,17 @@ class _AssembleShardFn(beam.DoFn):
 
 class WriteShards(beam.PTransform):
     """See the module docstring. local_workers: the local runner's worker count; None for runners
-    that scale out. Several local workers need the "sizes" input to lay out the segments."""
+    that scale out. Several local workers need the "sizes" input to lay out the segments.
+    previous: (the lookup's path or URL, the previous version's folder) in a rebuild that takes
+    unchanged images from the previous version (transforms/previous.py)."""
 
     def __init__(self, options: ImageOptions, out_root: str, seed: int, codecs: dict,
                  progress_dir: Optional[str] = None, blacklist: frozenset = frozenset(),
-                 local_workers: Optional[int] = None):
+                 local_workers: Optional[int] = None, previous: Optional[tuple[str, str]] = None):
         super().__init__()
         self._segmented = _segmented(local_workers)
         self._cut = _CutShardFn(seed, local_workers, out_root)
-        self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist)
+        self._process = _ProcessPieceFn(options, out_root, codecs, progress_dir, blacklist, previous)
         self._assemble = _AssembleShardFn(out_root)
 
     def expand(self, inputs):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import IO, Optional
 
 from pipeline.sample.bundle import BLACKLIST_FILE, GROUND_TRUTH_FILE, data_bytes
+from transforms.release_files import bundled_blacklist_bytes
 
 __all__ = ["TRAIN_TAR", "VAL_TAR", "DEVKIT_TAR", "TEST_TAR", "DEVKIT_DIR", "DEVKIT_GT_MEMBER",
            "DEVKIT_BLACKLIST_MEMBER", "DEVKIT_README_MEMBER", "MTIME", "Member", "tar_info", "write_tar", "tar_bytes",
@@ -128,6 +129,6 @@ def devkit_bytes(classes: list[str]) -> bytes:
         Member(f"{DEVKIT_DIR}/data", "", "", kind="dir"),
         Member(DEVKIT_README_MEMBER, "", "", readme),
         Member(DEVKIT_GT_MEMBER, "", "", data_bytes(GROUND_TRUTH_FILE)),
-        Member(DEVKIT_BLACKLIST_MEMBER, "", "", data_bytes(BLACKLIST_FILE)),
+        Member(DEVKIT_BLACKLIST_MEMBER, "", "", bundled_blacklist_bytes()),
     ]
     return gzip_bytes(tar_bytes(members), "ILSVRC2012_devkit_t12.tar")

@@ -1,8 +1,9 @@
 """The files bundled in pipeline/data that every sample release is made from.
 
-They are the real validation ground truth and blacklist of the ILSVRC2012 devkit, the CC0 and
-public-domain photos in pipeline/data/photos (see ATTRIBUTION.md there) and a few small odd files
-from Pillow's test suite, which are planted verbatim.
+They are the real validation ground truth of the ILSVRC2012 devkit (its blacklist is bundled in
+transforms/data, where Kaggle's layout reads it), the CC0 and public-domain photos in
+pipeline/data/photos (see ATTRIBUTION.md there) and a few small odd files from Pillow's test
+suite, which are planted verbatim.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import importlib.resources
 import io
 
 from PIL import Image
+
+from transforms.release_files import bundled_blacklist_bytes
 
 __all__ = ["PHOTOS", "EDGE_CMYK_YCCK", "EDGE_EXIF_6", "EDGE_TRUNCATED", "EDGE_GRAY", "EDGE_PNG",
            "GROUND_TRUTH_FILE", "BLACKLIST_FILE", "data_bytes", "ground_truth_ids", "blacklisted_val_indices",
@@ -55,8 +58,9 @@ def ground_truth_ids() -> tuple[int, ...]:
 
 
 def blacklisted_val_indices() -> set[int]:
-    """The indices of the validation images in the devkit's localisation blacklist."""
-    return {int(x) for x in data_bytes(BLACKLIST_FILE).split()}
+    """The indices of the validation images in the devkit's localisation blacklist (bundled with
+    transforms, which uses it for Kaggle's layout)."""
+    return {int(x) for x in bundled_blacklist_bytes().split()}
 
 
 @functools.cache
