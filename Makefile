@@ -11,7 +11,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild rebuild clean
+.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean
 
 install: $(STAMP)
 
@@ -54,8 +54,10 @@ test-fast: install
 	TMPDIR=$$(mktemp -d) $(VENV)/bin/pytest -q -m "not beam and not e2e" tests
 
 # The whole suite against the lowest Apache Beam release the project supports.
+# The tests of the command line's own work around the graph (marked "driver") do not change with
+# Beam's release: they run once, in `make test`.
 test-beam-lowest: $(LOW_VENV)/.installed
-	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q tests
+	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q -m "not driver" tests
 
 $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
 	$(call make_venv,$(LOW_VENV),'apache-beam==$(BEAM_LOWEST)')
@@ -68,6 +70,11 @@ bench: install
 # Scheduled rebuilds: up to date, incremental (1% removed, 1% added) and resumed against a full build.
 bench-rebuild: install
 	$(PY) -m benchmarks.rebuild
+
+# The same build from local disk and from a loopback HTTP server with byte ranges, 0 and 20 ms before
+# each request: times and requests per member (README "Object storage").
+bench-remote: install
+	$(PY) -m benchmarks.remote
 
 # A scheduled rebuild (cron, systemd, Airflow): "up to date" and exit 0 when nothing changed, a new
 # version published when something did, a stopped build resumed. ARGS: more build options.

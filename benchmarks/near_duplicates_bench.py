@@ -14,10 +14,17 @@
    records a sample, each a (key, split, phash) entry, pickled by records.to_shuffle in one
    batch per shard and bucket (shards of 1,000 samples, ImageNet-like keys); and one worker's
    time and memory (tracemalloc) for the largest bucket of band 1, through pairs_in_bucket.
+   The wiring the build uses (transforms/near_duplicate_search.py) is measured too: one batch a
+   shard (phash_batch: its keys and raw hashes), all of them gathered by one worker, which runs
+   search_batches (the keys sorted, the search, each sample's nearest other): the bytes shuffled
+   a sample, and the worker's time and memory in a fresh process (_GATHERED_CHILD), from the
+   batches as it receives them to the pairs and the links.
 2. The hash's cost: transforms.image.process_image on ImageNet-like photos (benchmarks.corpus
    make_photo) against phash_of on the pixels that the kernel has at hand: the 1/8 luma decode
    that validates a JPEG kept byte for byte, or the stored pixels of a re-encoded image. Each
-   figure is an image's best of several passes, interleaved so that load hits both alike.
+   figure is an image's best of several passes, interleaved so that load hits both alike. Inside
+   the kernel, right after a decode, the hash costs more than in this loop (its code and data are
+   no longer in the caches): the "in_kernel" figures are process_image with and without the hash.
 """
 from __future__ import annotations
 
@@ -37,8 +44,10 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+import transforms.image as image_kernel
 from benchmarks.corpus import make_photo
 from transforms.image import ImageOptions, process_image
+from transforms.near_duplicate_search import PhashBatch
 from transforms.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     band_keys,
@@ -50,7 +59,7 @@ from transforms.phash import phash_of
 from transforms.records import to_shuffle
 
 __all__ = ["random_hashes", "plant_pairs", "chance_pairs", "shuffle_bytes_per_sample", "time_search", "largest_bucket",
-           "time_phash", "main"]
+           "time_gathered_search", "time_phash", "main"]
 
 _PHASH_WEIGHT = 31  # bits set in a hash of transforms.phash (the coefficients above the median of 63)
 _PHASH_BITS = 63  # bits 62..0; bit 63 is always 0
@@ -181,6 +190,63 @@ print(json.dumps({"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "c
 """
 
 
+def _key(n: int) -> str:
+    return f"n{n % 1000 + 1440764:08d}_{n}"  # as ImageNet's train keys: n01440764_10026
+
+
+def time_gathered_search(samples: int, max_distance: int, kind: str, seed: int) -> dict:
+    """The build's wiring: the batches of phash_batch (one a shard of _SHARD_SAMPLES, train keys),
+    their bytes a sample, and search_batches on all of them in a fresh process."""
+    rng = np.random.default_rng(seed)
+    hashes = random_hashes(samples, kind, rng)
+    plant_pairs(hashes, min(1000, samples // 2), max_distance, kind, rng)
+    batches = []
+    for shard_id, start in enumerate(range(0, samples, _SHARD_SAMPLES)):
+        part = hashes[start:start + _SHARD_SAMPLES]
+        keys = tuple(_key(n) for n in range(start, start + len(part)))
+        batches.append(to_shuffle(PhashBatch("train", shard_id, keys, part.astype("<u8").tobytes())))
+    shuffled = sum(len(b) for b in batches)
+    del hashes
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "batches.pkl"), "wb") as f:
+            f.write(to_shuffle(batches))
+        del batches
+        child = subprocess.run([sys.executable, "-c", _GATHERED_CHILD, folder, str(max_distance)], check=True,
+                               capture_output=True, text=True)
+    run = json.loads(child.stdout.strip().splitlines()[-1])
+    return {"samples": samples, "kind": kind, "max_distance": max_distance,
+            "shuffle_bytes_per_sample": round(shuffled / samples, 1), "seconds": run["seconds"],
+            "cpu_seconds": run["cpu_seconds"], "pairs": run["pairs"], "flagged": run["flagged"],
+            "rss_before_search_mb": run["rss_before_mb"], "peak_rss_mb": run["peak_rss_mb"],
+            "search_peak_mb": round(run["peak_rss_mb"] - run["rss_before_mb"], 1),
+            "search_bytes_per_sample": round((run["peak_rss_mb"] - run["rss_before_mb"]) * 2**20 / samples, 1),
+            "batches_mb": round(shuffled / 2**20, 1)}
+
+
+# The build's search alone in a fresh process (argv: the folder, the threshold): the batches as the
+# worker receives them (a list of bytes), then search_batches; the figures as a JSON line.
+_GATHERED_CHILD = """
+import json, os, pickle, sys, time
+from transforms.near_duplicate_search import search_batches
+
+def high_water():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+folder, max_distance = sys.argv[1], int(sys.argv[2])
+with open(os.path.join(folder, "batches.pkl"), "rb") as f:
+    batches = pickle.load(f)
+before = high_water()
+started, cpu = time.perf_counter(), time.process_time()
+found = search_batches(batches, max_distance)
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+peak = high_water()
+print(json.dumps({"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "pairs": len(found.columns["key_a"]),
+                  "flagged": sum(len(links) for links in found.links.values()),
+                  "rss_before_mb": round(before / 2**20, 1), "peak_rss_mb": round(peak / 2**20, 1)}))
+"""
+
+
 def largest_bucket(hashes: np.ndarray, max_distance: int) -> dict:
     """What a Beam worker holds and spends on the largest bucket of band 1: pairs_in_bucket on its
     (key, split, phash) entries, timed, and its peak memory (tracemalloc) per entry."""
@@ -240,6 +306,42 @@ def time_phash(images: int, passes: int = 5) -> dict:
     return out
 
 
+def _no_hash(pixels, reduced_by: int = 1) -> int:
+    return 0
+
+
+def time_phash_in_kernel(images: int, passes: int = 7) -> dict:
+    """The hash's cost inside the kernel: process_image as the build runs it, and with phash_of
+    replaced by a function that returns 0, each image through both in turn (which goes first
+    alternates from pass to pass: the first runs slower); each figure an image's best of `passes`."""
+    options = ImageOptions()
+    datas = [make_photo(f"near-duplicates-{n}") for n in range(images)]
+    kept = [not process_image(d, options).reencoded for d in datas]
+    best = {(name, n): math.inf for name in ("with", "without") for n in range(images)}
+    real = image_kernel.phash_of
+    try:
+        for done in range(passes):
+            turns = (("with", real), ("without", _no_hash))
+            for n, data in enumerate(datas):
+                for name, fn in turns[::-1] if done % 2 else turns:
+                    image_kernel.phash_of = fn
+                    started = time.perf_counter()
+                    process_image(data, options)
+                    best[name, n] = min(best[name, n], time.perf_counter() - started)
+    finally:
+        image_kernel.phash_of = real
+    out = {}
+    for path, chosen in (("kept", [n for n in range(images) if kept[n]]),
+                         ("reencoded", [n for n in range(images) if not kept[n]]), ("all", list(range(images)))):
+        if chosen:
+            with_us = 1e6 * sum(best["with", n] for n in chosen) / len(chosen)
+            without_us = 1e6 * sum(best["without", n] for n in chosen) / len(chosen)
+            out[path] = {"images": len(chosen), "kernel_us": round(with_us, 1),
+                         "phash_us": round(with_us - without_us, 1),
+                         "phash_share_percent": round(100 * (with_us - without_us) / with_us, 2)}
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.near_duplicates_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=1_000_000, help="hashes searched (default 1,000,000)")
@@ -261,6 +363,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path, f in figures["phash_cost"].items():
             print(f"phash cost, {path}: {f['images']} images, kernel {f['kernel_us']} us, phash {f['phash_us']} us "
                   f"({f['phash_share_percent']}% of the kernel)")
+        figures["phash_cost_in_kernel"] = time_phash_in_kernel(a.phash_images)
+        for path, f in figures["phash_cost_in_kernel"].items():
+            print(f"phash cost inside the kernel, {path}: {f['images']} images, kernel {f['kernel_us']} us, of which "
+                  f"the hash {f['phash_us']} us ({f['phash_share_percent']}%)")
     if a.samples:
         figures["search"] = s = time_search(a.samples, a.max_distance, a.planted, a.kind, a.seed)
         print(f"search: {s['samples']:,} {s['kind']} hashes, distance <= {s['max_distance']} ({s['bands']} bands): "
@@ -273,6 +379,12 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"sample); a Beam wiring: shuffle {s['shuffle_bytes_per_sample']} "
               f"bytes a sample, a bucket of {s['bucket_entries']:,} entries searched in {s['bucket_seconds']} s "
               f"with a peak of {s['bucket_peak_bytes_per_entry']} bytes an entry (the entries not counted)")
+        figures["gathered"] = g = time_gathered_search(a.samples, a.max_distance, a.kind, a.seed)
+        print(f"the build's wiring (one batch a shard, one worker): shuffle {g['shuffle_bytes_per_sample']} bytes a "
+              f"sample ({g['batches_mb']} MB); search_batches {g['seconds']} s ({g['cpu_seconds']} s of CPU), "
+              f"{g['pairs']:,} pairs, {g['flagged']:,} samples flagged; its memory {g['search_peak_mb']} MB over the "
+              f"{g['rss_before_search_mb']} MB its process held with the batches ({g['search_bytes_per_sample']} bytes "
+              f"a sample)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -1,7 +1,8 @@
 """A profile of the project's per-image work, phase by phase, so that the next optimisation is obvious.
 
-The phases are the read, the decode, the resize, the encode, the kernel's own checks, sha256, the
-index row's JSON, the tar writing and the Parquet writing, each taken as write_shard takes it.
+The phases are the read, the decode, the resize, the perceptual hash, the encode, the kernel's own
+checks, sha256, the index row's JSON, the tar writing and the Parquet writing, each taken as
+write_shard takes it.
 """
 from __future__ import annotations
 
@@ -20,19 +21,21 @@ from benchmarks.settings import QUALITY
 from transforms.image import ImageOptions, ProcessedImage, ResizeSpec, process_image
 from transforms.index import write_index_file
 from transforms.layout import OutputLayout
+from transforms.phash import phash_of, to_int64
 from transforms.schema import IndexRow
 from transforms.shard_writer import ShardTarWriter, sample_json
 from transforms.storage import ArchiveReader
 
 __all__ = ["PHASES", "profile_phases"]
 
-PHASES = ("read", "decode", "resize", "encode", "kernel_other", "sha256", "json", "tar", "parquet")
+PHASES = ("read", "decode", "resize", "phash", "encode", "kernel_other", "sha256", "json", "tar", "parquet")
 _PHASE_NOTES = {
     "read": "ranged read of the member from its archive (ArchiveReader, page cache)",
     "decode": "header + DCT-scaled decode (re-encoded images) or the 1/8 luma validation decode (kept ones)",
     "resize": "Lanczos from the drafted image to the target",
+    "phash": "the perceptual hash: of the 1/8 luma (kept images) or of the stored pixels (re-encoded ones)",
     "encode": "JPEG q90",
-    "kernel_other": "process_image minus decode/resize/encode: probing, EXIF, checks",
+    "kernel_other": "process_image minus decode/resize/phash/encode: probing, EXIF, checks",
     "sha256": "sha256 of the source bytes",
     "json": "the sample's index row and its .json (IndexRow -> JSON)",
     "tar": "three tar members (.jpg, .cls, .json) to the shard file, with the shard's running sha256",
@@ -63,6 +66,8 @@ def _decode_resize_encode(clock: _Clock, data: bytes, target: tuple[int, int], r
         im.draft("L", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
         im.load()
         clock.lap("decode")
+        phash_of(im, reduced_by=8)
+        clock.lap("phash")
         return
     drafted = im.draft(None, target) if target != im.size else None
     im.load()
@@ -72,6 +77,8 @@ def _decode_resize_encode(clock: _Clock, data: bytes, target: tuple[int, int], r
     if im.size != target:
         im = im.resize(target, Image.Resampling.LANCZOS, box=drafted[1] if drafted else None)
     clock.lap("resize")
+    phash_of(im)
+    clock.lap("phash")
     encode_jpeg(im)
     clock.lap("encode")
 
@@ -82,7 +89,8 @@ def _index_row(image: SourceImage, processed: ProcessedImage, sha256: str, shard
         wnid="n01440764", width=processed.width, height=processed.height, orig_width=processed.orig_width,
         orig_height=processed.orig_height, orig_format=processed.orig_format, orig_mode=processed.orig_mode,
         reencoded=processed.reencoded, sha256=sha256, duplicate_of=None,
-        exif_orientation=processed.exif_orientation, boxes=(), source=f"{image.archive}/{image.key}.JPEG")
+        exif_orientation=processed.exif_orientation, boxes=(), source=f"{image.archive}/{image.key}.JPEG",
+        phash=to_int64(processed.phash))
 
 
 def _profile_pass(images: list[SourceImage], resize: str, workdir: str) -> tuple[list[dict], float]:
@@ -119,8 +127,8 @@ def _profile_pass(images: list[SourceImage], resize: str, workdir: str) -> tuple
 
 def profile_phases(images: list[SourceImage], resize: str, repeats: int, workdir: str) -> dict:
     """The ms per image of each phase of the project's per-image work: each image's best of `repeats`
-    passes, per phase. kernel_other = process_image's time less the decode, resize and encode it
-    contains (timed apart right after it, the same steps taken the same way)."""
+    passes, per phase. kernel_other = process_image's time less the decode, resize, hash and encode
+    it contains (timed apart right after it, the same steps taken the same way)."""
     os.makedirs(workdir, exist_ok=True)
     passes, parquet = [], []
     for _ in range(repeats):
@@ -133,8 +141,8 @@ def profile_phases(images: list[SourceImage], resize: str, repeats: int, workdir
     kernel = sum(per_image_best([[img["kernel"] for img in run] for run in passes]))
     # The kernel's own overhead per image, from the same pass (a difference of best times would
     # carry the noise of four measurements): the median over the passes.
-    other = [statistics.median(run[i]["kernel"] - run[i]["decode"] - run[i]["resize"] - run[i]["encode"]
-                               for run in passes) for i in range(len(images))]
+    other = [statistics.median(run[i]["kernel"] - run[i]["decode"] - run[i]["resize"] - run[i]["phash"]
+                               - run[i]["encode"] for run in passes) for i in range(len(images))]
     best["kernel_other"] = max(0.0, sum(other))
     ms = {p: round(1000 * best[p] / n, 3) for p in PHASES}
     total = sum(ms.values())

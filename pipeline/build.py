@@ -2,7 +2,8 @@
 
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
 small: MemberRefs in batches (~100 B per member), pieces of member references, PieceResults (a path
-and counts), HashEntry records in batches, rejects, facts. That keeps the local runner's memory
+and counts), HashEntry records in batches, each shard's keys and perceptual hashes in one batch
+(~30 B per sample), rejects, facts. That keeps the local runner's memory
 low however large the dataset (see README "Design" and ARCHITECTURE.md).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transforms.boxes import ReadAnnotations
 from transforms.header_cache import HeaderCache, header_cache_root
 from transforms.index import FlagDuplicates, WriteRejects
 from transforms.manifest import WriteManifest
+from transforms.near_duplicate_search import FindNearDuplicates
 from transforms.progress import write_plan
 from transforms.sharding import GroupIntoShards
 from transforms.write_shards import WriteShards
@@ -73,14 +75,21 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
         _ = grouped["plan"] | "ReportPlan" >> beam.MapTuple(
             lambda split, plan: write_plan(progress_dir, split, plan.samples, plan.shards))
 
-    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashEntry batch); rejects: Reject
-    #    (stages "shard" and "image"); orphans: SplitCount
+    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashEntry batch); phashes: PhashBatch, one
+    #    a shard; rejects: Reject (stages "shard" and "image"); orphans: SplitCount
     written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
         config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,
         previous.for_shards if previous else None)
 
-    # -> ShardDuplicates, for each index file that holds duplicates, after it is rewritten
-    duplicates = written["hashes"] | "FlagDuplicates" >> FlagDuplicates(out)
+    # -> file: NearDuplicatesFile (near-duplicates.parquet); links: ((split, shard_id), near_duplicate_of links)
+    links = {"hashes": written["hashes"]}
+    near = None
+    if config.near_duplicate_distance is not None:
+        near = written["phashes"] | "FindNearDuplicates" >> FindNearDuplicates(out, config.near_duplicate_distance)
+        links["near_links"] = near["links"]
+
+    # -> ShardDuplicates, for each index file that holds duplicates or near-duplicates, after it is rewritten
+    duplicates = links | "FlagDuplicates" >> FlagDuplicates(out)
 
     # -> RejectsFile: one Parquet per split, of samples and of annotation files
     rejects_files = (indexed["rejects"], written["rejects"]) | "AllRejects" >> beam.Flatten() | (
@@ -95,6 +104,8 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
              "index": written["index"], "duplicates": duplicates, "rejects": rejects_files,
              "annotation_rejects": annotation_rejects_files, "orphans": orphans, "damaged": indexed["damaged"],
              "dropped_classes": indexed["dropped_classes"]}
+    if near is not None:
+        facts["near_duplicates"] = near["file"]
     _ = facts | "WriteManifest" >> WriteManifest(out, manifest_header(config, inputs, codecs, version),
                                                  config.max_reject_rate, inputs.fingerprints,
                                                  previous.for_manifest if previous else None)

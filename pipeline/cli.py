@@ -120,6 +120,15 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
     if manifest["rejects_by_reason"]:
         _say("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in manifest["rejects_by_reason"].items()))
     _say(f"duplicates (same bytes under several keys): {manifest['duplicates']}")
+    near = manifest.get("near_duplicates")
+    if near:  # None: --near-duplicate-distance off
+        pairs = ", ".join(f"{name} {n:,}" for name, n in near["by_split_pair"].items() if n)
+        _say(f"near-duplicates (perceptual hashes within {near['max_distance']} bits): {near['pairs']:,} pairs"
+             + (f" ({pairs})" if pairs else "") + (f", {near['unlisted']:,} more among identical hashes"
+                                                   if near["unlisted"] else ""))
+        if "train-val" in near["by_split_pair"]:
+            _say(f"possible train/val leakage: {near['by_split_pair']['train-val']:,} train-val pairs "
+                 f"(a val image with a near-copy in train; see {near['path']})")
     if manifest.get("diff"):
         diff = manifest["diff"]
         _say(f"changes since {diff['from']}: " + "; ".join(
@@ -131,6 +140,11 @@ def _summary(manifest: dict, wall: float, status: str) -> None:
              f"annotation rejects: {manifest.get('annotation_rejects_by_reason') or 0}; "
              f"orphan annotations: {manifest.get('orphan_annotations', 0)}; "
              f"val label disagreements: {splits.get('val', {}).get('label_disagreements', 0)}")
+    dropped = manifest.get("dropped_classes") or []
+    if dropped:
+        shown = ", ".join(f"{c['wnid']} ({c['images']})" for c in dropped[:5])
+        _say(f"classes left out by --min-per-class: {len(dropped):,} with {sum(c['images'] for c in dropped):,} "
+             f"images: {shown}{', ...' if len(dropped) > 5 else ''} (all in the manifest's dropped_classes)")
     for damaged in manifest.get("damaged_archives", ()):
         _say(f"damaged archive, read as far as it goes: {damaged['source']}: {damaged['detail']} "
              f"(members located in the first {damaged['readable_bytes']:,} of {damaged['bytes']:,} bytes)")

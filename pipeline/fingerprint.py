@@ -25,7 +25,7 @@ import pyarrow
 import pipeline
 import transforms
 from pipeline.options import BuildConfig
-from transforms.storage import is_local
+from transforms.storage import is_local, listed
 
 __all__ = ["build_fingerprint", "list_source", "code_digest"]
 
@@ -43,16 +43,18 @@ def list_source(source: str) -> Iterator[tuple[str, int, str]]:
         return
     fs, root = fsspec.core.url_to_fs(source)
     root = root.rstrip("/")
-    if fs.isfile(root):
+    if not fs.isdir(root) and fs.isfile(root):  # an http(s) folder's index page is a file too
         info = fs.info(root)
         yield os.path.basename(root), int(info.get("size") or 0), _remote_version(info)
         return
-    for path, info in sorted(fs.find(root, detail=True).items()):
+    found = fs.find(root, detail=True)  # an http(s) listing: size and ETag (or Last-Modified) from a HEAD each
+    for path, info in sorted(zip(found, listed(fs, list(found.values()))), key=lambda entry: entry[0]):
         yield path[len(root) + 1:], int(info.get("size") or 0), _remote_version(info)
 
 
 def _remote_version(info: dict) -> str:
-    return str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or "")
+    return str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("Last-Modified")
+               or info.get("mtime") or "")
 
 
 def _list_local(root: str) -> Iterator[tuple[str, int, str]]:

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from transforms.image import ImageOptions, ResizeSpec
+from transforms.near_duplicates import DEFAULT_MAX_DISTANCE
 from transforms.sizes import parse_byte_size
 
 __all__ = ["BuildConfig", "UsageError", "add_build_arguments", "config_from_args", "beam_options", "cpu_count",
@@ -24,6 +25,9 @@ __all__ = ["BuildConfig", "UsageError", "add_build_arguments", "config_from_args
 
 DEFAULT_SHARD_SIZE = "512MB"
 PIL_MAX_IMAGE_PIXELS = 89_478_485
+# The largest --near-duplicate-distance: beyond it, pairs of unrelated photographs found by chance
+# grow into the hundreds of thousands for ImageNet (34,000 already at 10; see README "Near-duplicates").
+MAX_NEAR_DUPLICATE_DISTANCE = 12
 
 
 class UsageError(Exception):
@@ -58,6 +62,8 @@ class BuildConfig:
     min_per_class: int = 0
     force: bool = False  # build even when the version LATEST names has the same fingerprint
     keep: int = 3  # finished versions kept in OUT after a publish (LATEST's among them)
+    # pairs of samples whose perceptual hashes differ in at most this many bits; None: no search
+    near_duplicate_distance: Optional[int] = DEFAULT_MAX_DISTANCE
 
     def image_options(self) -> ImageOptions:
         return ImageOptions(resize=self.resize, quality=self.quality, reencode=self.reencode,
@@ -83,6 +89,7 @@ class BuildConfig:
             "label_level": self.label_level,
             "label_level_on_several": self.label_level_on_several,
             "min_per_class": self.min_per_class,
+            "near_duplicate_distance": self.near_duplicate_distance,
         }
 
 
@@ -112,6 +119,18 @@ def _rate(text: str) -> float:
     if not 0 <= r <= 1:
         raise argparse.ArgumentTypeError(f"a rate is between 0 and 1 (0.05 = 5%), got {text}")
     return r
+
+
+def _near_duplicate_distance(text: str) -> Optional[int]:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'off'") from None
+    if not 0 <= value <= MAX_NEAR_DUPLICATE_DISTANCE:
+        raise argparse.ArgumentTypeError(f"must be 0..{MAX_NEAR_DUPLICATE_DISTANCE} (or 'off'), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -188,6 +207,10 @@ def add_build_arguments(parser: argparse.ArgumentParser, with_source: bool = Tru
     option("--accept-damaged-archives", action="store_true",
            help="build from what can be read of a tar that is cut off or has a broken header, and list it "
                 "in the manifest (default: such an archive fails the build)")
+    option("--near-duplicate-distance", type=_near_duplicate_distance, default=DEFAULT_MAX_DISTANCE, metavar="D",
+           help=f"report pairs of samples whose perceptual hashes differ in at most D of 64 bits (0.."
+                f"{MAX_NEAR_DUPLICATE_DISTANCE}, default {DEFAULT_MAX_DISTANCE}; 0: the same hash): "
+                "near-duplicates.parquet and the index's near_duplicate_of; 'off': no search")
     option("--no-progress", dest="progress", action="store_false", help="no progress bar")
     option("--verbose", action="store_true",
            help="show Beam's and its workers' messages on the terminal (default: they go to the log file)")
@@ -211,6 +234,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         label_level_on_several=getattr(args, "label_level_on_several", "error"),
         min_per_class=getattr(args, "min_per_class", 0),
         force=args.force, keep=args.keep,
+        near_duplicate_distance=getattr(args, "near_duplicate_distance", DEFAULT_MAX_DISTANCE),
     )
 
 

@@ -34,6 +34,7 @@ class Request:
     range: Optional[str]  # the Range header, as sent
     status: int
     sent: int  # body bytes the server sent
+    query: str = ""  # the query string ("uploads", "partNumber=2&uploadId=..." in a multipart upload)
 
 
 class _LoggingApp:
@@ -58,7 +59,8 @@ class _LoggingApp:
         path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
         bucket, _, key = path.lstrip("/").partition("/")
         return _CountingBody(body, lambda sent: self._record(Request(
-            environ["REQUEST_METHOD"], bucket, key, environ.get("HTTP_RANGE"), status[0] if status else 0, sent)))
+            environ["REQUEST_METHOD"], bucket, key, environ.get("HTTP_RANGE"), status[0] if status else 0, sent,
+            environ.get("QUERY_STRING", ""))))
 
     def _record(self, request: Request) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ PACKAGES = ("transforms", "pipeline", "benchmarks")
 # each other.
 FLOOR = {"transforms.records", "transforms.keys", "transforms.labels", "transforms.sizes", "transforms.storage",
          "transforms.layout", "transforms.schema", "transforms.progress", "transforms.tar_headers",
-         "transforms.segments", "transforms.hierarchy"}
+         "transforms.segments", "transforms.hierarchy", "transforms.readahead"}
 
 # Which package may import which: transforms is the lower layer, pipeline assembles it, the
 # benchmarks measure both.

@@ -8,12 +8,16 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 from PIL import Image
 
 import benchmarks as bench
 from benchmarks import process_tree, rss_bytes, run_sampled, runs
+from benchmarks.range_server import RangeServer
 from pipeline.options import cpu_count
 from pipeline.sample import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
 from transforms.image import ResizeSpec
@@ -290,3 +294,34 @@ def test_best_run_keeps_the_fastest_run_and_the_highest_memory():
             for wall, tree in ((3.0, 100), (2.0, 300), (4.0, 200))]
     best = bench.best_run(runs)
     assert best["wall_s"] == 2.0 and best["walls_s"] == [3.0, 2.0, 4.0] and best["memory"]["tree_rss"] == 300
+
+
+# --- the remote benchmark's server ----------------------------------------------------------------
+
+def test_the_range_server_serves_byte_ranges_listings_and_waits_its_delay(tmp_path):
+    data = bytes(range(256)) * 40
+    (tmp_path / "a.tar").write_bytes(data)
+    (tmp_path / "sub").mkdir()
+    with RangeServer(str(tmp_path), delay=0.05) as server:
+        def get(path, **headers):
+            request = urllib.request.Request(server.url(path), headers=headers)
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as r:
+                return r.status, dict(r.headers), r.read()
+
+        started = time.perf_counter()
+        status, headers, body = get("a.tar", Range="bytes=100-199")
+        assert time.perf_counter() - started >= 0.05  # the delay, before the answer
+        assert (status, body, headers["Content-Range"]) == (206, data[100:200], f"bytes 100-199/{len(data)}")
+        assert get("a.tar", Range="bytes=10000-")[2] == data[10000:]
+        assert get("a.tar", Range="bytes=-5")[2] == data[-5:]
+        status, headers, body = get("a.tar")
+        assert (status, body) == (200, data) and headers["ETag"] and headers["Accept-Ranges"] == "bytes"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get("a.tar", Range=f"bytes={len(data)}-")
+        assert refused.value.code == 416
+        listing = get("")[2].decode()
+        assert 'href="a.tar"' in listing and 'href="sub/"' in listing
+        log = server.requests()
+    assert [(r.method, r.path, r.range, r.status, r.sent) for r in log[:2]] == [
+        ("GET", "/a.tar", "bytes=100-199", 206, 100), ("GET", "/a.tar", "bytes=10000-", 206, len(data) - 10000)]
+    assert log[-1].path == "/" and log[-1].status == 200 and log[-1].sent == len(listing)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.sample import make_sample_release
 from pipeline.versions import MARKER_NAME
+from transforms.layout import NEAR_DUPLICATES_NAME
 from transforms.schema import INDEX_SCHEMA
 
 pytestmark = pytest.mark.e2e  # real builds through the command line
@@ -207,13 +208,15 @@ def test_folder_without_archives_lists_what_was_expected(tmp_path):
     assert "ILSVRC2012_img_train.tar" in proc.stderr and "notes.txt" in proc.stderr
 
 
+@pytest.mark.driver
 def test_an_unversioned_build_stays_readable_and_overwrite_replaces_it(release, tmp_path):
     out = tmp_path / "o"
     args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")
     run_cli(*args, check_code=0)
     version = version_of(out)
     for entry in version.iterdir():  # the layout of earlier releases: the build at OUT's root
-        if entry.name in (MARKER_NAME, "_info.json", "README.md") or entry.name.endswith(".wids.json"):
+        if entry.name in (MARKER_NAME, "_info.json", "README.md", NEAR_DUPLICATES_NAME) or entry.name.endswith(
+                ".wids.json"):
             continue  # files of this release: an earlier one did not write them
         entry.rename(out / entry.name)
     for idx in out.glob("*/*.idx"):
@@ -328,6 +331,7 @@ def test_hostile_and_broken_xml_are_set_aside_and_orphans_counted(built, release
         assert [r for r in index_rows(built, split) if r["key"] == key][0]["has_boxes"] is False
 
 
+@pytest.mark.driver
 def test_rebuilds_publish_versions_and_the_same_build_is_up_to_date(release, tmp_path):
     out = tmp_path / "o"
     args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")

@@ -272,3 +272,5 @@ def test_min_per_class_drops_the_small_in21k_classes(release, tmp_path, relabel)
     assert m["splits"]["val"]["left_out"] == 2 * len(small)
     assert _reconciles(m)
     assert "too_few" not in json.dumps(m["rejects_by_reason"])
+    assert f"classes left out by --min-per-class: {len(small)} with {sum(counts[w] for w in small)} images" \
+        in b.proc.stderr

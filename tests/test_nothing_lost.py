@@ -145,6 +145,7 @@ def test_a_stopped_build_leaves_no_scratch_and_no_workers(release, tmp_path, sig
         pytest.fail("worker processes outlived the stopped build")
 
 
+@pytest.mark.driver
 def test_one_build_at_a_time_per_out(release, tmp_path):
     out = tmp_path / "out"
     args = ("build", release.root, "--out", out, "--no-progress", "--splits", "val", "--max-reject-rate", "0.5")

@@ -14,7 +14,7 @@ from transforms.layout import OutputLayout
 from transforms.manifest import assemble_manifest, reconcile, write_manifest
 from transforms.pieces import order_members
 from transforms.records import Fact, HashEntry, MemberRef, Reject, RejectsFile, ShardInfo, SplitCount
-from transforms.schema import INDEX_SCHEMA, REJECTS_SCHEMA, IndexRow
+from transforms.schema import INDEX_SCHEMA, NEAR_DUPLICATES_SCHEMA, REJECTS_SCHEMA, IndexRow
 from transforms.shard_writer import ShardTarWriter
 
 # The output contract other tools rely on (README "Output contract"): change it knowingly.
@@ -25,7 +25,7 @@ GOLDEN_INDEX_COLUMNS = [
     ("reencoded", "bool"), ("sha256", "string"), ("duplicate_of", "string"), ("exif_orientation", "int32"),
     ("boxes", "list<item: list<item: float>>"), ("source", "string"), ("has_boxes", "bool"),
     ("box_names", "list<item: string>"), ("loc_blacklisted", "bool"), ("label_disagrees", "bool"),
-    ("fine_label", "int64"), ("fine_wnid", "string"),
+    ("fine_label", "int64"), ("fine_wnid", "string"), ("phash", "int64"), ("near_duplicate_of", "string"),
 ]
 
 
@@ -34,6 +34,9 @@ def test_index_schema_is_the_contract():
     assert [f.name for f in dataclasses.fields(IndexRow)] == INDEX_SCHEMA.names
     assert REJECTS_SCHEMA.names == ["key", "split", "source", "reason", "detail"]
     assert all(f.type == pa.string() for f in REJECTS_SCHEMA)
+    assert [(f.name, str(f.type)) for f in NEAR_DUPLICATES_SCHEMA] == [
+        ("key_a", "string"), ("split_a", "string"), ("key_b", "string"), ("split_b", "string"), ("distance", "int32")]
+    assert not INDEX_SCHEMA.field("phash").nullable and INDEX_SCHEMA.field("near_duplicate_of").nullable
 
 
 def test_tar_writer_offsets_and_fixed_headers(tmp_path):
@@ -84,7 +87,7 @@ def test_duplicate_links_point_to_the_key_that_sorts_first():
 
 def _row(key, offset, sha="0" * 64):
     return IndexRow(key, "train", "train/train-000000.tar", offset, 5, 1, "n01443537", 4, 3, 4, 3, "JPEG", "RGB",
-                    False, sha, None, None, (), f"x/{key}.JPEG")
+                    False, sha, None, None, (), f"x/{key}.JPEG", phash=offset)
 
 
 def test_index_and_rejects_files_read_back(tmp_path):
@@ -95,6 +98,7 @@ def test_index_and_rejects_files_read_back(tmp_path):
     assert table.schema.equals(INDEX_SCHEMA)
     assert table.column("key").to_pylist() == ["a", "b"]  # in shard order
     assert table.column("duplicate_of").to_pylist() == [None, "a"]
+    assert table.column("phash").to_pylist() == [512, 2048] and table.column("near_duplicate_of").null_count == 2
     rejects = [Reject("z", "val", "v.tar/z", "empty", "", "image"),
                Reject("a", "val", "v.tar/a", "truncated", "cut", "index")]
     rinfo = write_rejects_file(layout, "val", rejects)
@@ -183,7 +187,7 @@ def test_hash_buckets_and_links_find_every_duplicate_across_shards():
 
     def row(key, content):
         return IndexRow(key, "train", "t.tar", 512, 1, 0, "n01440764", 1, 1, 1, 1, "JPEG", "RGB", False,
-                        hashlib.sha256(content).hexdigest(), None, None, (), key)
+                        hashlib.sha256(content).hexdigest(), None, None, (), key, phash=0)
 
     shards = {i: [row(f"k{i}_{j}", bytes([j % 7])) for j in range(40)] for i in range(3)}  # 7 contents, 120 keys
     buckets = collections.defaultdict(list)

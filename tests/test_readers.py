@@ -26,7 +26,7 @@ import webdataset as wds
 
 from pipeline.versions import DatasetRoot
 from transforms.reader_files import timm_info
-from transforms.schema import INDEX_SCHEMA, IndexRow
+from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow
 from transforms.shard_writer import JSON_FOR_NULL
 
 SPLITS = ("train", "val", "test")
@@ -46,8 +46,8 @@ def _total_samples(built) -> int:
 def test_every_field_that_can_be_null_in_the_index_has_its_value_in_the_json():
     hints = typing.get_type_hints(IndexRow)
     optional = {name for name, hint in hints.items() if type(None) in typing.get_args(hint)}
-    assert optional - {"duplicate_of"} == set(JSON_FOR_NULL)
-    assert {f.name for f in INDEX_SCHEMA if f.nullable} - {"duplicate_of"} == set(JSON_FOR_NULL)
+    assert optional - set(DATASET_COLUMNS) == set(JSON_FOR_NULL)
+    assert {f.name for f in INDEX_SCHEMA if f.nullable} - set(DATASET_COLUMNS) == set(JSON_FOR_NULL)
 
 
 @pytest.mark.e2e
@@ -63,7 +63,8 @@ def test_each_json_field_has_one_type_in_every_sample_and_none_is_null(built):
                             types[name].add(type(value).__name__)
                             if name in JSON_FOR_NULL:
                                 seen[name].add(value)
-    assert set(types) == {f.name for f in dataclasses.fields(IndexRow)} - {"duplicate_of"} | {"boxes_px"}
+    assert set(types) == {f.name for f in dataclasses.fields(IndexRow)} - set(DATASET_COLUMNS) | {"boxes_px"}
+    assert types["phash"] == {"int"}
     assert {name: t for name, t in types.items() if len(t) != 1 or "NoneType" in t} == {}
     # the build has samples with and without each of these: the test is not vacuous
     assert "" in seen["wnid"] and len(seen["wnid"]) > 1 and {0, 6} <= seen["exif_orientation"]
@@ -82,7 +83,7 @@ def test_webdataset_reads_each_sample_with_its_index_row(built):
             assert len(boxes) == len(row["boxes"]) and len(meta.pop("boxes_px")) == len(boxes)
             assert all(got == pytest.approx(want) for got, want in zip(boxes, row["boxes"]))
             expected = {name: JSON_FOR_NULL[name] if value is None and name in JSON_FOR_NULL else value
-                        for name, value in row.items() if name not in ("duplicate_of", "boxes")}
+                        for name, value in row.items() if name not in (*DATASET_COLUMNS, "boxes")}
             assert meta == expected
 
 
@@ -101,6 +102,7 @@ def test_hugging_face_datasets_loads_the_version_folder_without_streaming(built,
     for row in loaded["val"].select(range(3)):
         assert row["cls"] == row["json"]["label"] and row["json"]["key"] == row["__key__"]
         assert row["jpg"].size == (row["json"]["width"], row["json"]["height"])
+        assert isinstance(row["json"]["phash"], int) and "near_duplicate_of" not in row["json"]
     assert {r["json"]["wnid"] for r in loaded["test"]} == {""}
     # the packaged webdataset builder on chosen shards, with the types the card declares
     features = datasets.load_dataset_builder(str(built.out)).info.features

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.sample import export_layout
 from pipeline.versions import MARKER_NAME
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+pytestmark = [pytest.mark.e2e, pytest.mark.driver]  # real builds through the command line
 
 OPTIONS = ("--max-reject-rate", "0.5", "--shard-size", "100KB", "--no-progress", "--direct_num_workers", "2")
 

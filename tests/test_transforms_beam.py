@@ -158,7 +158,7 @@ def test_write_shards(tmp_path):
 
 def _row(key, shard_id, sha):
     return IndexRow(key, "train", f"train/train-{shard_id:06d}.tar", 512, 5, 0, "n01440764", 2, 2, 2, 2, "JPEG",
-                    "RGB", False, sha, None, None, (), f"x/{key}")
+                    "RGB", False, sha, None, None, (), f"x/{key}", phash=0)
 
 
 def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):

@@ -55,7 +55,7 @@ from defusedxml.ElementTree import fromstring as _defused_fromstring
 
 from transforms.keys import WNID
 from transforms.records import REJECT_REASONS, AnnotationRejected
-from transforms.storage import is_local, open_input
+from transforms.storage import is_folder, is_local, open_input
 
 __all__ = ["Box", "Annotation", "ANNOTATION_REASONS", "parse_voc_xml",
            "boxes_in_pixels", "iter_annotation_archive"]
@@ -382,7 +382,7 @@ def iter_annotation_archive(url: str) -> Iterator[tuple[str, bytes]]:
     An unreadable, corrupt or cut-off archive raises RuntimeError (never a silent partial read).
     """
     fs, path = fsspec.core.url_to_fs(url)
-    if fs.isdir(path):
+    if is_folder(fs, path):
         if is_local(url):
             yield from _iter_local_folder(path)
         else:

@@ -9,10 +9,11 @@ Contract (no Beam):
     write_shard(task, refs, ...)   all of it in one call (cut, process, assemble): the same files,
                                    byte for byte, however many pieces
 
-A JPEG kept byte for byte is staged as its place in the archive (the assembler reads it again:
-a read of the input instead of a write and a read of a copy); a re-encoded one is staged as
-bytes. assemble_shard is idempotent: run again after it finished (a runner's retry), it finds
-the pieces gone and reports the shard it wrote from the shard's own files.
+A JPEG kept byte for byte is staged as its place in a local archive (the assembler reads it again:
+a read of the input instead of a write and a read of a copy); a re-encoded one, or one from a
+remote archive (where a read is a request), is staged as bytes. assemble_shard is idempotent:
+run again after it finished (a runner's retry), it finds the pieces gone and reports the shard it
+wrote from the shard's own files.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from transforms.processing import process_members
 from transforms.records import MemberRef, PieceResult, ShardTask
 from transforms.schema import IndexRow
 from transforms.shard_writer import ShardResult, ShardWriter, read_written_shard
-from transforms.storage import ArchiveReader, atomic_write
+from transforms.storage import ArchiveReader, atomic_write, is_local
 
 __all__ = ["write_whole_shard", "process_piece", "assemble_shard", "write_shard"]
 
@@ -37,11 +38,11 @@ Progress = Optional[Callable[[int, int], None]]
 
 
 class StagedSample(NamedTuple):
-    """One processed sample in a piece's scratch file: a re-encoded JPEG as bytes, a kept one as
-    its place in the archive."""
+    """One processed sample in a piece's scratch file: a re-encoded JPEG (or one from a remote
+    archive) as bytes, a kept one as its place in the local archive."""
 
     row: IndexRow
-    jpeg: Optional[bytes]  # None when the source is stored as it is
+    jpeg: Optional[bytes]  # None when the source is stored as it is, from a local archive
     source: Optional[tuple[str, int, int]]  # (archive, offset, size) of a kept JPEG, else None
 
 
@@ -79,7 +80,7 @@ def process_piece(piece: Piece, options: ImageOptions, layout: OutputLayout, rea
     with atomic_write(layout.url(relative)) as f:
         for row, jpeg, ref in process_members(piece.members, options, reader, layout.shard(task.split, task.shard_id),
                                               piece.boxes, blacklist, rejects, on_progress, previous):
-            if row.reencoded:
+            if row.reencoded or not is_local(ref.archive):
                 staged = StagedSample(row, jpeg, None)
             else:
                 staged = StagedSample(row, None, (ref.archive, ref.offset, ref.size))

@@ -7,7 +7,7 @@ A rerun of the same build (the same fingerprint, so the same version folder: pip
 asks `completed_shard` before it cuts a shard: when the record is there, its members' digest is the
 same, and the tar on disk still has the recorded sha256, the shard is not processed again. What the
 writer reported is read back from the tar and the index instead, so the rest of the build (the
-duplicate search, the manifest) sees exactly what a clean build sees, and the output is the same
+duplicate searches, the manifest) sees exactly what a clean build sees, and the output is the same
 byte for byte. The records are removed when the build finishes.
 """
 from __future__ import annotations
@@ -66,9 +66,10 @@ def completed_shard(layout: OutputLayout, task: ShardTask, digest: str) -> Optio
     if (result.shard.sha256, result.shard.bytes, result.shard.samples) != (
             record["sha256"], record["bytes"], record["samples"]):
         return None
-    # The duplicate search of the earlier run may have flagged the index already: report it as the
-    # writer did, before any flag (the search of this run sets the same flags again).
-    rows = [dataclasses.replace(r, duplicate_of=None) for r in result.rows]
+    # The duplicate searches of the earlier run may have flagged the index already: report it as the
+    # writer did, before any flag (the searches of this run set the same flags again). Every other
+    # column, `phash` included, is read back as the writer wrote it.
+    rows = [dataclasses.replace(r, duplicate_of=None, near_duplicate_of=None) for r in result.rows]
     index = dataclasses.replace(result.index, duplicates=0)
     return dataclasses.replace(result, rows=rows, index=index)
 

@@ -14,7 +14,7 @@ import os
 import posixpath
 from typing import Iterator, NamedTuple, Optional
 
-from transforms.storage import is_local, locate
+from transforms.storage import is_local, listed, locate
 
 __all__ = ["FolderEntry", "list_files", "class_folder_entries"]
 
@@ -74,7 +74,8 @@ def list_files(url: str) -> list[FolderEntry]:
         return sorted(_walk_local(root))
     root = root.rstrip("/")
     entries = []
-    for path, info in fs.find(root, detail=True).items():
+    found = fs.find(root, detail=True)
+    for path, info in zip(found, listed(fs, list(found.values()))):
         relative = path[len(root) + 1:]
         if any(part.startswith(".") for part in relative.split("/")):
             continue  # hidden files (.DS_Store and the like) are not samples
@@ -93,7 +94,7 @@ def class_folder_entries(url: str) -> list[tuple[str, Optional[FolderEntry]]]:
             path = os.path.join(root, name)
             found.append((name, None if os.path.isdir(path) else _local_entry(path, name)))
         return found
-    for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
+    for info in sorted(listed(fs, fs.ls(root, detail=True)), key=lambda i: i["name"]):
         name = posixpath.basename(info["name"].rstrip("/"))
         if name.startswith("."):
             continue

@@ -2,7 +2,8 @@
 
 Contract (a pure function of bytes and options; no Beam, no file names, no global state):
 
-    process_image(data: bytes, options: ImageOptions) -> ProcessedImage
+    process_image(data: bytes, options: ImageOptions) -> ProcessedImage (the JPEG to store, the facts of
+        the source, and the perceptual hash of the stored pixels: transforms/phash.py)
     raises ImageRejected(reason, detail), reason one of:
       empty               zero bytes
       not_an_image        no decoder recognises the bytes (an HTML error page, random data)
@@ -35,10 +36,12 @@ import io
 import itertools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import PIL
 from PIL import Image, ImageFile, features
 
+from transforms.phash import phash_of
 from transforms.records import ImageRejected
 
 __all__ = [
@@ -161,6 +164,9 @@ class ProcessedImage:
     orig_mode: str  # PIL's mode of the source: "RGB", "L", "CMYK", "P", "I;16", ...
     reencoded: bool  # False: `jpeg` is the source, byte for byte
     exif_orientation: int | None  # the source's EXIF Orientation (1..8), None when absent
+    # The perceptual hash of the stored pixels (transforms/phash.py: unsigned, below 2**63): from the
+    # 1/8 luma decode that validates a JPEG kept byte for byte, from the final pixels of a re-encoded one.
+    phash: int
 
 
 # EXIF orientation -> the transpose that shows the image upright (as PIL's ImageOps.exif_transpose).
@@ -176,8 +182,9 @@ EXIF_TRANSPOSE = {
 
 
 def codec_versions() -> dict:
-    """Versions of the codecs that make the bytes, for provenance records."""
-    return {"pil": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo")}
+    """Versions of the codecs that make the bytes and the hash, for provenance records (the hash
+    takes OpenCV's resize weights, so another OpenCV could give other hashes)."""
+    return {"pil": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"), "opencv": cv2.__version__}
 
 
 def check_codecs(expected: dict) -> None:
@@ -212,10 +219,11 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         # A JPEG's EXIF block is parsed with its header: no "exif" in info, no orientation.
         orientation = _exif_orientation(im) if "exif" in im.info else None
         if options.reencode == "auto" and _is_storable_as_is(im, data, target, orientation):
-            _validate_jpeg(im)
+            reduced_by = _validate_jpeg(im)
             return ProcessedImage(
                 jpeg=data, width=width, height=height, orig_width=width, orig_height=height,
                 orig_format=fmt, orig_mode=orig_mode, reencoded=False, exif_orientation=orientation,
+                phash=phash_of(im, reduced_by=reduced_by),  # im: the luma that validated it
             )
         if target != im.size:
             # Let libjpeg scale by 1/2, 1/4 or 1/8 in the DCT domain while decoding, as far as
@@ -237,7 +245,7 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
     return ProcessedImage(
         jpeg=_encode_jpeg(pixels, options.quality), width=pixels.width, height=pixels.height,
         orig_width=width, orig_height=height, orig_format=fmt, orig_mode=orig_mode,
-        reencoded=True, exif_orientation=orientation,
+        reencoded=True, exif_orientation=orientation, phash=phash_of(pixels),  # the pixels stored
     )
 
 
@@ -255,13 +263,15 @@ def _is_storable_as_is(
     )
 
 
-def _validate_jpeg(im: ImageFile.ImageFile) -> None:
-    # Decode at 1/8 scale, luma only: libjpeg still entropy-decodes every block of every component
-    # in every scan, so data that ends early raises, for about half the cost of a full decode.
-    # These pixels are thrown away: the source bytes are what is stored.
+def _validate_jpeg(im: ImageFile.ImageFile) -> int:
+    """Decode at 1/8 scale, luma only: libjpeg still entropy-decodes every block of every component
+    in every scan, so data that ends early raises, for about half the cost of a full decode.
+    The source bytes are what is stored; these pixels give only the perceptual hash. Returns the
+    scale of the decode: 8, except on an image less than 8 pixels wide or high."""
     width, height = im.size
-    im.draft("L", (max(1, width // 8), max(1, height // 8)))
+    drafted = im.draft("L", (max(1, width // 8), max(1, height // 8)))
     _load(im)
+    return round(width / drafted[1][2]) if drafted else 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Parquet tables: the per-shard index (with duplicates flagged) and the rejects.
+"""The Parquet tables: the per-shard index (with duplicates and near-duplicates flagged) and the rejects.
 
 Contracts:
   duplicate_links([HashEntry(sha256, key, split, shard_id)]) -> DuplicateLink(split, shard_id, key,
@@ -7,9 +7,11 @@ Contracts:
   write_index_file(rows of one shard, {key: duplicate_of}) -> IndexFile (with the file's size and
       sha256; the shard writer calls it with no duplicates: they are known only once every shard
       is done)
-  flag_duplicates(one shard's index file, {key: duplicate_of}) -> ShardDuplicates: the number
-      flagged, and the size and sha256 of the file rewritten in place (atomically) with
-      duplicate_of set, which the manifest records instead of the IndexFile's
+  flag_duplicates(one shard's index file, {key: duplicate_of}, {key: near_duplicate_of}) ->
+      ShardDuplicates: the numbers flagged, and the size and sha256 of the file rewritten in place
+      (atomically) with duplicate_of and near_duplicate_of set, which the manifest records instead
+      of the IndexFile's. The near-duplicates come from transforms/near_duplicate_search.py; a
+      shard's file is rewritten once, with both columns, whichever it holds.
   write_rejects_file(rejects of one split) -> RejectsFile
 Index files sit next to their shard (train/train-000003.parquet for train-000003.tar),
 rows in the shard's order; one rejects file per split, one folder deeper (rejects/train/), so
@@ -21,7 +23,7 @@ import collections
 import dataclasses
 import hashlib
 import io
-from typing import Iterable
+from typing import Iterable, Optional
 
 import apache_beam as beam
 import fsspec
@@ -103,20 +105,26 @@ def index_file_of(split: str, shard_id: int, relative: str, rows: list, size: in
                      label_disagreements=sum(1 for r in rows if r.label_disagrees), bytes=size, sha256=digest)
 
 
-def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_of: dict) -> ShardDuplicates:
-    """Set duplicate_of in one shard's index file for the keys in `duplicate_of`; return how many,
+def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_of: dict,
+                    near_duplicate_of: Optional[dict] = None) -> ShardDuplicates:
+    """Set duplicate_of and near_duplicate_of in one shard's index file for the keys in
+    `duplicate_of` and `near_duplicate_of` (every other row gets null); return how many of each,
     and the rewritten file's size and sha256.
 
     A read-modify-write of a file of a few thousand rows, done only for shards that hold a
-    duplicate; a retry rewrites the same values."""
+    duplicate or a near-duplicate; a retry rewrites the same values."""
     relative = layout.index(split, shard_id)
     with fsspec.open(layout.url(relative), "rb") as f:
         table = pq.read_table(f, schema=INDEX_SCHEMA)
     keys = table.column("key").to_pylist()
-    flags = pa.array([duplicate_of.get(k) for k in keys], pa.string())
-    column = INDEX_SCHEMA.get_field_index("duplicate_of")
-    size, digest = _write_parquet(layout, relative, table.set_column(column, INDEX_SCHEMA.field(column), flags))
-    return ShardDuplicates(split, shard_id, sum(1 for f in flags if f.is_valid), size, digest)
+    flagged = []
+    for name, links in (("duplicate_of", duplicate_of), ("near_duplicate_of", near_duplicate_of or {})):
+        values = pa.array([links.get(k) for k in keys], pa.string())
+        column = INDEX_SCHEMA.get_field_index(name)
+        table = table.set_column(column, INDEX_SCHEMA.field(column), values)
+        flagged.append(len(values) - values.null_count)
+    size, digest = _write_parquet(layout, relative, table)
+    return ShardDuplicates(split, shard_id, flagged[0], size, digest, flagged[1])
 
 
 def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: str = "images") -> RejectsFile:
@@ -131,13 +139,21 @@ def write_rejects_file(layout: OutputLayout, split: str, rejects: list, kind: st
 # --- Beam wiring -------------------------------------------------------------------
 
 def _rewrite_index(root: str, shard: tuple, links) -> ShardDuplicates:
+    """links: (column, ((key, value), ...)) records, column "duplicate_of" or "near_duplicate_of"."""
     split, shard_id = shard
-    return flag_duplicates(OutputLayout(root), split, shard_id, dict(links))
+    values: dict = {"duplicate_of": {}, "near_duplicate_of": {}}
+    for column, pairs in links:
+        values[column].update(pairs)
+    return flag_duplicates(OutputLayout(root), split, shard_id, values["duplicate_of"], values["near_duplicate_of"])
 
 
 class FlagDuplicates(beam.PTransform):
     """(bucket, to_shuffle((HashEntry, ...))) (hash_buckets of each shard) -> ShardDuplicates for
     each shard that holds a duplicate, after its index file is rewritten (with the file's new sha256).
+
+    Applied to {"hashes": those, "near_links": ((split, shard_id), ("near_duplicate_of", ((key,
+    other key), ...)))} (FindNearDuplicates' links), it sets near_duplicate_of in the same rewrite:
+    a shard that holds either is rewritten once, with both columns.
 
     Only these small records are shuffled (by bucket, then the few links by shard): the rows
     themselves stay in the files the shard writers made.
@@ -147,13 +163,23 @@ class FlagDuplicates(beam.PTransform):
         super().__init__()
         self._out_root = out_root
 
-    def expand(self, hashes):
+    def expand(self, inputs):
         root = self._out_root
-        return (
+        if isinstance(inputs, dict):
+            hashes, near_links = inputs["hashes"], inputs.get("near_links")
+        else:
+            hashes, near_links = inputs, None
+        links = (
             hashes
             | "GroupByBucket" >> beam.GroupByKey()
             | "LinkDuplicates" >> beam.FlatMapTuple(lambda bucket, batches: links_in_bucket(batches))
-            | "KeyLinkByShard" >> beam.Map(lambda link: ((link.split, link.shard_id), (link.key, link.duplicate_of)))
+            | "KeyLinkByShard" >> beam.Map(
+                lambda link: ((link.split, link.shard_id), ("duplicate_of", ((link.key, link.duplicate_of),))))
+        )
+        if near_links is not None:
+            links = (links, near_links) | "AllLinks" >> beam.Flatten()
+        return (
+            links
             | "GroupByShard" >> beam.GroupByKey()
             | "RewriteIndex" >> beam.MapTuple(lambda shard, links: _rewrite_index(root, shard, links))
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 
 __all__ = ["OutputLayout", "MANIFEST_NAME", "TIMM_INFO_NAME", "DATASET_CARD_NAME", "FAILED_REPORT_NAME", "PIECES_DIR",
-           "DONE_DIR"]
+           "DONE_DIR", "NEAR_DUPLICATES_NAME"]
 
 MANIFEST_NAME = "manifest.json"
 # timm's webdataset reader looks for this file in the folder it is given (--data-dir): the splits,
@@ -18,6 +18,9 @@ TIMM_INFO_NAME = "_info.json"
 # A Hugging Face dataset card: the splits' shards and the types of a sample's members, which
 # `datasets.load_dataset(<version folder>)` reads.
 DATASET_CARD_NAME = "README.md"
+# The pairs of near-duplicate samples (transforms/near_duplicate_search.py), beside the manifest: at
+# the version's top, so that the glob `*/*.parquet` still reads the index files and nothing else.
+NEAR_DUPLICATES_NAME = "near-duplicates.parquet"
 # Scratch folder of processed pieces of shards; empty (and removed) when a build ends.
 PIECES_DIR = "_pieces"
 # Scratch folder of the shards a build has completed (transforms/checkpoints.py): what a rerun of

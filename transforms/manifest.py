@@ -1,8 +1,8 @@
 """The manifest: what a build produced, written last, once every file is in place.
 
 Contract: Facts from the other stages (ShardInfo, IndexFile, RejectsFile, SplitCount,
-ShardDuplicates) -> manifest dict. Per split, read = samples + rejected must hold (a bug otherwise: the
-build fails). When rejects exceed --max-reject-rate the same document is written under
+ShardDuplicates, NearDuplicatesFile) -> manifest dict. Per split, read = samples + rejected must
+hold (a bug otherwise: the build fails). When rejects exceed --max-reject-rate the same document is written under
 build-failed.json instead, so a build of the wrong files never looks finished. Otherwise the files
 other readers expect (timm's _info.json, the wids shard indexes: transforms/reader_files.py) are
 written just before manifest.json, which lists them under `reader_files`.
@@ -37,7 +37,8 @@ FACT_KINDS = {
     "index": "IndexFile",
     "rejects": "RejectsFile of the samples' rejects",
     "annotation_rejects": "RejectsFile of the annotation files set aside",
-    "duplicates": "ShardDuplicates: samples of that shard's index flagged duplicate_of",
+    "duplicates": "ShardDuplicates: samples of that shard's index flagged duplicate_of and near_duplicate_of",
+    "near_duplicates": "NearDuplicatesFile: near-duplicates.parquet, the pairs the near-duplicate search found",
     "damaged": "DamagedArchive: a tar read only as far as it goes (--accept-damaged-archives)",
 }
 
@@ -49,6 +50,8 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
     orphans: collections.Counter[str] = collections.Counter()
     left_out: collections.Counter[str] = collections.Counter()
     duplicates: collections.Counter[str] = collections.Counter()
+    near_flagged: collections.Counter[str] = collections.Counter()
+    near_file = None  # the NearDuplicatesFile; None when the search is off (--near-duplicate-distance off)
     shards, index, rejects = collections.defaultdict(list), collections.defaultdict(list), {}
     rewritten = {}  # (split, shard_id): ShardDuplicates of an index file that FlagDuplicates rewrote
     annotation_rejects = {}
@@ -71,8 +74,11 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             rejects[fact.split] = fact
         elif kind == "duplicates":
             duplicates[fact.split] += fact.flagged
+            near_flagged[fact.split] += fact.near_flagged
             if fact.sha256:
                 rewritten[fact.split, fact.shard_id] = fact
+        elif kind == "near_duplicates":
+            near_file = fact
         elif kind == "dropped_classes":
             dropped_classes.append(fact)
         elif kind == "damaged":
@@ -91,6 +97,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
             "samples": sum(s.samples for s in split_shards),
             "rejected": split_rejects.rows if split_rejects else 0,
             "duplicates": sum(i.duplicates for i in split_index) + duplicates[split],
+            "near_duplicates": near_flagged[split],  # samples with a near_duplicate_of
             "with_boxes": sum(i.with_boxes for i in split_index),
             "boxes": sum(i.boxes for i in split_index),
             "label_disagreements": sum(i.label_disagreements for i in split_index),
@@ -112,6 +119,7 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         "rejects": [rejects[s].path for s in sorted(rejects)],
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "duplicates": sum(s["duplicates"] for s in splits.values()),
+        "near_duplicates": _near_duplicates_entry(near_file),
         "annotation_rejects": [annotation_rejects[s].path for s in sorted(annotation_rejects)],
         "annotation_rejects_by_reason": dict(sorted(sum(
             (collections.Counter(r.by_reason) for r in annotation_rejects.values()), collections.Counter()).items())),
@@ -119,6 +127,14 @@ def assemble_manifest(header: dict, facts: Iterable[Fact]) -> dict:
         "damaged_archives": [{"split": d.split, "source": d.source, "detail": d.detail, "readable_bytes": d.readable,
                               "bytes": d.size} for d in sorted(damaged)],
     }
+
+
+def _near_duplicates_entry(near) -> Optional[dict]:
+    """The manifest's `near_duplicates`: the pairs file and its counts (None: the search was off)."""
+    if near is None:
+        return None
+    return {"path": near.path, "max_distance": near.max_distance, "samples": near.samples, "pairs": near.pairs,
+            "unlisted": near.unlisted, "by_split_pair": near.by_split_pair, "bytes": near.bytes, "sha256": near.sha256}
 
 
 def _index_entry(index, rewritten) -> dict:

@@ -40,7 +40,8 @@ The search (exact, not approximate):
     sorting first, for every other member (at distance 0) and for every sample outside the group
     that is nearest to the group.
 
-What a Beam wiring costs (benchmarks/near_duplicates_bench.py measures it): bands_for(d)
+What a Beam wiring by buckets would cost (benchmarks/near_duplicates_bench.py measures it; the
+build gathers every hash on one worker instead: transforms/near_duplicate_search.py): bands_for(d)
 records a sample go through the shuffle, each a (key, split, phash) entry under its bucket
 (band_index, band_value); pickled in one batch per shard and bucket, that is about 330 bytes a
 sample for d = 8, so about 440 MB for ImageNet's 1.33M samples, which Beam's local runner

@@ -74,6 +74,9 @@ _DCT_ROWS = np.array([[math.cos(math.pi * (2 * x + 1) * u / (2 * THUMBNAIL_SIZE)
                        * math.sqrt((1 if u == 0 else 2) / THUMBNAIL_SIZE)
                        for x in range(THUMBNAIL_SIZE)] for u in range(_BLOCK)])
 
+# The value of each coefficient's bit, from coefficient 1 (bit 62) to coefficient 63 (bit 0).
+_BIT_WEIGHTS = np.left_shift(np.int64(1), np.arange(_BLOCK * _BLOCK - 2, -1, -1, dtype=np.int64))
+
 _UINT64_MASK = (1 << 64) - 1
 _INT64_LIMIT = 1 << 63
 
@@ -81,12 +84,22 @@ _INT64_LIMIT = 1 << 63
 def phash_of(pixels, reduced_by: int = 1) -> int:
     """The 64-bit DCT hash of the pixels (a PIL Image, or a uint8 numpy array: H x W or H x W x 3);
     `reduced_by` says how much smaller than the image the pixels already are (1, 2, 4 or 8)."""
-    ac = dct_block(luma(pixels, reduced_by)).ravel()[1:]  # the DC term (index 0) left out
-    median = np.partition(ac, _MEDIAN_RANK)[_MEDIAN_RANK]
-    bits = np.empty(_BLOCK * _BLOCK, dtype=bool)
-    bits[0] = False  # the DC term's place: bit 63, always 0
-    np.greater(ac, median + _TIE, out=bits[1:])
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    if reduced_by == REDUCTION and isinstance(pixels, Image.Image) and pixels.mode == "L":
+        # The image kernel's JPEG kept byte for byte: its 1/8 luma decode is already steps 1 and 2.
+        width, height = pixels.size
+        grey = np.frombuffer(pixels.tobytes(), dtype=np.uint8).reshape(height, width)
+    else:
+        grey = luma(pixels, reduced_by)
+        height, width = grey.shape
+    # dct_block written out, with ndarray's methods rather than numpy's functions: right after a
+    # decode every Python-level call costs about a microsecond (np.sort is Python around
+    # ndarray.sort, and dot takes the uint8 pixels as float64 itself).
+    rows, columns_t = _projections(height, width)
+    ac = rows.dot(grey).dot(columns_t).ravel()[1:]  # the DC term (index 0) left out
+    ordered = ac.copy()
+    ordered.sort()
+    # Coefficient i (1..63) becomes bit 63 - i: the weights are 2**62 down to 2**0.
+    return int((ac > ordered[_MEDIAN_RANK] + _TIE).dot(_BIT_WEIGHTS))
 
 
 def luma(pixels, reduced_by: int = 1) -> np.ndarray:
@@ -119,7 +132,8 @@ def dct_block(grey: np.ndarray) -> np.ndarray:
     cv2.dct(thumbnail(grey))[:8, :8] gives it, computed as P_h @ grey @ P_w.T, where P is the
     DCT's 8 rows times OpenCV's resize weights: two small products instead of a resize and a
     whole 32 x 32 transform."""
-    return _projection(grey.shape[0]) @ grey.astype(np.float64) @ _projection(grey.shape[1]).T
+    rows, columns_t = _projections(*grey.shape)
+    return rows.dot(grey).dot(columns_t)  # as phash_of computes it (dot takes uint8 as float64)
 
 
 def _area_rows(length: int) -> np.ndarray:
@@ -134,6 +148,12 @@ def _area_rows(length: int) -> np.ndarray:
 def _projection(length: int) -> np.ndarray:
     """8 x length: the DCT's lowest 8 rows applied to the resize weights."""
     return np.ascontiguousarray(_DCT_ROWS @ _area_rows(length))
+
+
+# One entry an image size (height, width): P_h, and P_w transposed and contiguous, looked up at once.
+@functools.lru_cache(maxsize=4096)
+def _projections(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return _projection(height), np.ascontiguousarray(_projection(width).T)
 
 
 def _as_pil_image(pixels) -> Image.Image:

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms.image import ProcessedImage
+from transforms.phash import from_int64
 from transforms.records import MemberRef
 from transforms.storage import ArchiveReader
 
@@ -37,7 +38,7 @@ __all__ = ["IMAGE_COLUMNS", "PreviousImage", "PreviousImages", "write_lookup", "
 # The index columns that describe the stored image: with the key, the split and the source's
 # sha256, what a rebuild takes from the previous version instead of running the kernel.
 IMAGE_COLUMNS = ("shard", "offset", "size", "width", "height", "orig_width", "orig_height", "orig_format",
-                 "orig_mode", "reencoded", "exif_orientation")
+                 "orig_mode", "reencoded", "exif_orientation", "phash")
 _COLUMNS = ("key", "split", "sha256", *IMAGE_COLUMNS)
 _QUERY_CHUNK = 500  # keys per query (SQLite allows 32,766 parameters)
 
@@ -48,7 +49,9 @@ def _index_paths(root: str, manifest: dict) -> list[str]:
 
 def write_lookup(previous_root: str, manifest: dict, path: str) -> int:
     """Write the lookup of a version's samples (its index files) to the local SQLite file `path`.
-    Returns how many samples it holds."""
+    Returns how many samples it holds. An index file that lacks one of the columns (written by an
+    earlier tool, e.g. before `phash`) adds none: its images are made again by the kernel. (The
+    fingerprint's code digest already keeps a rebuild from reusing another tool's images.)"""
     db = sqlite3.connect(path)
     try:
         columns = ", ".join(f'"{c}"' for c in _COLUMNS)
@@ -56,7 +59,10 @@ def write_lookup(previous_root: str, manifest: dict, path: str) -> int:
         rows = 0
         for index in _index_paths(previous_root, manifest):
             with fsspec.open(index, "rb") as f:
-                table = pq.read_table(f, columns=list(_COLUMNS))
+                parquet = pq.ParquetFile(f)
+                if not set(_COLUMNS) <= set(parquet.schema_arrow.names):
+                    continue
+                table = parquet.read(columns=list(_COLUMNS))
             db.executemany(f"INSERT OR IGNORE INTO previous VALUES ({', '.join('?' * len(_COLUMNS))})",
                            zip(*(table[c].to_pylist() for c in _COLUMNS)))
             rows += table.num_rows
@@ -82,6 +88,7 @@ class PreviousImage:
     orig_mode: str
     reencoded: bool
     exif_orientation: Optional[int]
+    phash: int  # as the index stores it (phash.to_int64)
 
 
 class PreviousImages:
@@ -103,11 +110,11 @@ class PreviousImages:
             chunk = keys[start:start + _QUERY_CHUNK]
             query = f"SELECT {columns} FROM previous WHERE key IN ({', '.join('?' * len(chunk))})"
             for (key, split, sha256, shard, offset, size, width, height, orig_width, orig_height, orig_format,
-                 orig_mode, reencoded, exif_orientation) in self._db.execute(query, chunk):
+                 orig_mode, reencoded, exif_orientation, phash) in self._db.execute(query, chunk):
                 if (key, split) in wanted:
                     found[key, split] = PreviousImage(sha256, shard, offset, size, width, height, orig_width,
                                                       orig_height, orig_format, orig_mode, bool(reencoded),
-                                                      exif_orientation)
+                                                      exif_orientation, phash)
         return found
 
     def image(self, previous: PreviousImage, data: bytes, reader: ArchiveReader) -> ProcessedImage:
@@ -122,7 +129,8 @@ class PreviousImages:
             jpeg = data
         self.reused += 1
         return ProcessedImage(jpeg, previous.width, previous.height, previous.orig_width, previous.orig_height,
-                              previous.orig_format, previous.orig_mode, previous.reencoded, previous.exif_orientation)
+                              previous.orig_format, previous.orig_mode, previous.reencoded, previous.exif_orientation,
+                              phash=from_int64(previous.phash))
 
     def close(self) -> None:
         self._db.close()

@@ -6,11 +6,14 @@ Contract:
          (row.offset is still 0: the shard writer sets it); every other member becomes a Reject
          (stage "image"), appended to `rejects`.
 
-Each member is one ranged read of its archive (ArchiveReader) and one call of the image kernel
-(transforms/image.py); the row takes the member's label, the image's facts, the source's
-sha256, and the boxes of its annotation (transforms/boxes.py). In a rebuild, a member whose
-source bytes the previous version stored already is not given to the kernel: its image is the
-previous version's (transforms/previous.py), which is what the kernel would make again.
+Each member is one ranged read of its archive and one call of the image kernel
+(transforms/image.py). ArchiveReader.read_ranges makes the reads: local archives are read as each
+member comes, remote ones ahead of the kernel, in shard order (many requests in flight, members
+next to each other in an archive in one request, at most 32 MiB held: transforms/readahead.py).
+The row takes the member's label, the image's facts, the source's sha256, and the boxes of its
+annotation (transforms/boxes.py). In a rebuild, a member whose source bytes the previous version
+stored already is not given to the kernel: its image is the previous version's
+(transforms/previous.py), which is what the kernel would make again.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 from transforms.boxes import box_fields, normalise_pixel_boxes
 from transforms.image import ImageOptions, ProcessedImage, process_image
+from transforms.phash import to_int64
 from transforms.previous import PreviousImages
 from transforms.records import BoxesRef, ImageRejected, MemberRef, Reject
 from transforms.schema import IndexRow
@@ -57,8 +61,8 @@ def process_members(members: Sequence[MemberRef], options: ImageOptions, reader:
     version's images, in a rebuild whose options decide images as the previous build's did."""
     last_report = time.monotonic()
     stored = previous.find(members) if previous is not None else {}
-    for done, ref in enumerate(members, start=1):
-        data = reader.read(ref.archive, ref.offset, ref.size)
+    sources = reader.read_ranges([(ref.archive, ref.offset, ref.size) for ref in members])
+    for done, (ref, data) in enumerate(zip(members, sources), start=1):
         digest = hashlib.sha256(data).hexdigest()
         earlier = stored.get((ref.key, ref.split))
         if earlier is not None and earlier.sha256 == digest:
@@ -79,7 +83,7 @@ def process_members(members: Sequence[MemberRef], options: ImageOptions, reader:
             label=ref.label, wnid=ref.wnid, width=image.width, height=image.height,
             orig_width=image.orig_width, orig_height=image.orig_height,
             orig_format=image.orig_format, orig_mode=image.orig_mode, reencoded=image.reencoded,
-            sha256=digest, duplicate_of=None,
+            sha256=digest, duplicate_of=None, phash=to_int64(image.phash),
             exif_orientation=image.exif_orientation, source=ref.source, fine_label=ref.fine[0], fine_wnid=ref.fine[1],
             **box_fields(ref, _normalised(boxes.get(ref.key), image), blacklist,
                          image.exif_orientation if options.exif_transpose else None),

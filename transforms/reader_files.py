@@ -36,7 +36,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from transforms.layout import DATASET_CARD_NAME, TIMM_INFO_NAME, OutputLayout
-from transforms.schema import INDEX_SCHEMA
+from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA
 from transforms.storage import atomic_write
 
 __all__ = ["DALI_INDEX_VERSION", "WIDS_KIND", "dali_sample_line", "dali_index", "timm_info", "wids_index",
@@ -102,7 +102,7 @@ def _hf_feature(name: str, hf_type) -> dict:
 def dataset_card(manifest: dict) -> str:
     """A Hugging Face dataset card for a version: YAML front matter (written as JSON, which YAML
     reads) with each split's shards and the types of a sample's .jpg, .cls and .json."""
-    json_fields = [_hf_feature(f.name, _hf_type(f.type)) for f in INDEX_SCHEMA if f.name != "duplicate_of"]
+    json_fields = [_hf_feature(f.name, _hf_type(f.type)) for f in INDEX_SCHEMA if f.name not in DATASET_COLUMNS]
     json_fields.append(_hf_feature("boxes_px", {"list": {"list": "float64"}}))  # see shard_writer.sample_json
     features = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
                 {"name": "jpg", "dtype": "image"}, {"name": "cls", "dtype": "int64"},

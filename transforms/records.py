@@ -20,7 +20,8 @@ Stream shapes, in the order a build makes them (pipeline/build.py wires them):
   ShardInfo       a finished shard tar: path, samples, bytes, sha256
   IndexFile       a finished shard's Parquet index and what it holds
   HashEntry       (sha256, key, split, shard_id) of a stored sample, for the duplicate search
-  ShardDuplicates how many samples of one shard's index were flagged duplicate_of
+  ShardDuplicates how many samples of one shard's index were flagged duplicate_of and near_duplicate_of
+  NearDuplicatesFile  near-duplicates.parquet, the pairs that the near-duplicate search found
   RejectsFile     a finished rejects table
   Fact            one of the above, tagged with what it is, on its way to the manifest
 """
@@ -34,7 +35,8 @@ __all__ = [
     "SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
     "DamagedArchive", "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected",
     "SplitCount", "ClassCount", "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo",
-    "IndexFile", "HashEntry", "DuplicateLink", "ShardDuplicates", "RejectsFile", "Fact", "to_shuffle", "from_shuffle"
+    "IndexFile", "HashEntry", "DuplicateLink", "ShardDuplicates", "NearDuplicatesFile", "RejectsFile", "Fact",
+    "to_shuffle", "from_shuffle"
 ]
 
 
@@ -327,12 +329,28 @@ class DuplicateLink(NamedTuple):
 
 
 class ShardDuplicates(NamedTuple):
-    """How many samples of one shard's index were flagged duplicate_of, and the index file's size
-    and sha256 once rewritten with the flags."""
+    """How many samples of one shard's index were flagged duplicate_of (and near_duplicate_of), and
+    the index file's size and sha256 once rewritten with the flags."""
 
     split: str
     shard_id: int
     flagged: int
+    bytes: int = 0
+    sha256: str = ""
+    near_flagged: int = 0  # samples given a near_duplicate_of
+
+
+@dataclasses.dataclass(frozen=True)
+class NearDuplicatesFile:
+    """near-duplicates.parquet, beside the manifest: the pairs of samples whose perceptual hashes
+    are within max_distance bits, and how many there are per pair of splits."""
+
+    path: str  # relative to the manifest
+    max_distance: int
+    samples: int  # the samples searched: every stored sample
+    pairs: int  # the file's rows
+    unlisted: int  # pairs within the distance inside big groups of identical hashes, left out of the file
+    by_split_pair: dict  # {"train-val": pairs, ...}, every pair of the splits searched, zeros included
     bytes: int = 0
     sha256: str = ""
 

@@ -10,7 +10,8 @@ from typing import Optional
 
 import pyarrow as pa
 
-__all__ = ["IndexRow", "INDEX_SCHEMA", "REJECTS_SCHEMA", "as_dict", "rows_to_table", "rejects_to_table"]
+__all__ = ["IndexRow", "INDEX_SCHEMA", "DATASET_COLUMNS", "REJECTS_SCHEMA", "NEAR_DUPLICATES_SCHEMA", "as_dict",
+           "rows_to_table", "rejects_to_table"]
 
 # A bounding box: [xmin, ymin, xmax, ymax], normalised to [0, 1] in the stored image's frame.
 BOX_TYPE = pa.list_(pa.float32())
@@ -42,16 +43,36 @@ INDEX_SCHEMA = pa.schema([
     # the sample's own class: label and wnid unless --label-level gives them the coarse class's
     pa.field("fine_label", pa.int64(), nullable=False),
     pa.field("fine_wnid", pa.string()),
+    # the perceptual hash of the stored pixels (transforms/phash.py), a 64-bit value stored as a
+    # signed int64 (phash.to_int64: values of 2**63 and above become negative; the tool's hashes
+    # keep bit 63 clear, so they are stored as they are): phash.from_int64 gives the value back
+    pa.field("phash", pa.int64(), nullable=False),
+    # key (sorting first) of the nearest other sample within --near-duplicate-distance, or null
+    pa.field("near_duplicate_of", pa.string()),
 ])
+
+# The columns known only once every shard is written (a property of the whole dataset): set when the
+# index files are rewritten (transforms/index.py), and never in a sample's .json.
+DATASET_COLUMNS = ("duplicate_of", "near_duplicate_of")
 
 REJECTS_SCHEMA = pa.schema([
     pa.field(name, pa.string(), nullable=False) for name in ("key", "split", "source", "reason", "detail")
 ])
 
+# near-duplicates.parquet: every pair of samples whose hashes are within --near-duplicate-distance,
+# (key_a, split_a) sorting before (key_b, split_b), rows in that order.
+NEAR_DUPLICATES_SCHEMA = pa.schema([
+    pa.field("key_a", pa.string(), nullable=False),
+    pa.field("split_a", pa.string(), nullable=False),
+    pa.field("key_b", pa.string(), nullable=False),
+    pa.field("split_b", pa.string(), nullable=False),
+    pa.field("distance", pa.int32(), nullable=False),  # bits in which the two hashes differ
+])
+
 
 @dataclasses.dataclass(frozen=True)
 class IndexRow:
-    """One sample of the index; also, less `duplicate_of` and with no null (shard_writer.JSON_FOR_NULL),
+    """One sample of the index; also, less the DATASET_COLUMNS and with no null (shard_writer.JSON_FOR_NULL),
     the sample's `.json` in its shard."""
 
     key: str
@@ -79,6 +100,9 @@ class IndexRow:
     label_disagrees: bool = False
     fine_label: int = -1
     fine_wnid: Optional[str] = None
+    # Keyword-only and without a default, so that no row is made without its hash.
+    phash: int = dataclasses.field(kw_only=True)  # phash.to_int64 of the image's hash
+    near_duplicate_of: Optional[str] = None
 
 
 def as_dict(record) -> dict:

@@ -32,7 +32,7 @@ from transforms.index import index_file_of, write_index_file
 from transforms.layout import OutputLayout
 from transforms.reader_files import dali_index, dali_sample_line
 from transforms.records import IndexFile, Reject, ShardInfo, ShardTask
-from transforms.schema import INDEX_SCHEMA, IndexRow, as_dict
+from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow, as_dict
 from transforms.storage import atomic_write
 
 __all__ = ["TAR_MTIME", "TAR_MODE", "JSON_FOR_NULL", "ShardResult", "ShardTarWriter", "ShardWriter", "sample_json",
@@ -46,7 +46,7 @@ TAR_MODE = 0o644
 @dataclasses.dataclass
 class ShardResult:
     shard: ShardInfo
-    index: IndexFile  # the shard's Parquet index, written beside it (duplicate_of not yet set)
+    index: IndexFile  # the shard's Parquet index, written beside it (DATASET_COLUMNS not yet set)
     rows: list
     rejects: list = dataclasses.field(default_factory=list)  # Reject: members that did not make it
     orphan_annotations: int = 0  # annotations whose image is not in this shard's split
@@ -143,12 +143,13 @@ JSON_FOR_NULL = {"wnid": "", "fine_wnid": "", "exif_orientation": 0}
 
 
 def sample_json(row: IndexRow) -> bytes:
-    """A sample's .json: its index row, less duplicate_of, with no null (JSON_FOR_NULL), plus its
-    boxes in pixels."""
+    """A sample's .json: its index row, less duplicate_of and near_duplicate_of, with no null
+    (JSON_FOR_NULL), plus its boxes in pixels. `phash` is the index's int64 (phash.to_int64)."""
     fields = as_dict(row)
-    # duplicate_of is a property of the whole dataset, known only once every shard is
-    # written: it lives in the Parquet index, not in the per-sample JSON.
-    del fields["duplicate_of"]
+    # duplicate_of and near_duplicate_of are properties of the whole dataset, known only once
+    # every shard is written: they live in the Parquet index, not in the per-sample JSON.
+    for name in DATASET_COLUMNS:
+        del fields[name]
     for name, empty in JSON_FOR_NULL.items():
         if fields[name] is None:
             fields[name] = empty

@@ -25,7 +25,7 @@ from transforms.keys import WNID, readable_name
 from transforms.labels import ClassInfo, KeyTable, Labeler, imagenet_classes
 from transforms.records import AnnotationSource, SourceError
 from transforms.release_files import bundled_val_blacklist, read_devkit, read_kaggle_val_labels
-from transforms.storage import atomic_write, locate, open_input
+from transforms.storage import atomic_write, listed, locate, open_input
 
 __all__ = ["ArchiveSpec", "Discovery", "discover", "detect_layout", "LAYOUTS", "stage_gzipped_tar"]
 
@@ -157,8 +157,8 @@ def _fs(source: str):
 
 
 def _entries(fs, path: str) -> dict:
-    """{name: info} of a folder's direct entries."""
-    return {posixpath.basename(i["name"].rstrip("/")): i for i in fs.ls(path, detail=True)}
+    """{name: info} of a folder's direct entries (sizes asked for where an http(s) listing has none)."""
+    return {posixpath.basename(i["name"].rstrip("/")): i for i in listed(fs, fs.ls(path, detail=True))}
 
 
 def discover(source: str, layout: Optional[str] = None) -> Discovery:

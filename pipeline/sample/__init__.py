@@ -19,16 +19,20 @@ public-domain photos bundled in ``pipeline/data/photos`` (see ATTRIBUTION.md the
 
 With ``plant_faults=True`` the release also holds the oddities a converter must survive (CMYK and PNG data
 named .JPEG, as in the real train tar; truncated, empty and non-image files; a decompression bomb; links; byte
-duplicates; ...). Each member's expected fate is in ``SampleRelease.expected``. `export_layout` copies a
-release into the other layouts the tool reads (Kaggle's, ImageFolder, ImageNet-21k's).
+duplicates; ...). Each member's expected fate is in ``SampleRelease.expected``. With ``near_duplicates=True``
+it also holds a photograph and five near-duplicates of it (re-encoded, resized, cropped, brightened, saved as
+PNG; in val and in another class) and other photographs of one subject (``SampleRelease.near_duplicates``,
+``.other_photographs``). `export_layout` copies a release into the other layouts the tool reads (Kaggle's,
+ImageFolder, ImageNet-21k's).
 
 The output is a pure function of the arguments (and of the Pillow/libjpeg build): two calls with the same
 seed write byte-identical archives (fixed tar mtimes, owners and order; a fixed gzip header).
 
 The modules, by job: bundle (the files of pipeline/data), photos (the photo maker and the odd bytes),
 archives (the tar, gzip and devkit writers), expected (the records of what a release holds), planner (the
-choice of classes, the names and the planted faults), release (make_sample_release), annotations (the bbox
-archives) and layouts (export_layout). `python -m pipeline.sample DEST` writes a release from the command line.
+choice of classes, the names and the planted faults), near_copies (the planted near-duplicates), release
+(make_sample_release), annotations (the bbox archives) and layouts (export_layout).
+`python -m pipeline.sample DEST` writes a release from the command line.
 """
 from pipeline.sample.annotations import BBOX_TRAIN, BBOX_VAL
 from pipeline.sample.archives import (
@@ -49,6 +53,7 @@ from pipeline.sample.archives import (
 from pipeline.sample.bundle import PHOTOS
 from pipeline.sample.expected import PLANTED_CASES, ExpectedSample, SampleRelease
 from pipeline.sample.layouts import LAYOUTS, export_layout
+from pipeline.sample.near_copies import NEAR_COPIES, NEAR_DUPLICATE_CASES, NearCopy
 from pipeline.sample.photos import EncodedVariant, PhotoMaker, Variant
 from pipeline.sample.planner import ClassesAndVal, Planner, ValSlot, choose_classes_and_val
 from pipeline.sample.release import make_sample_release
@@ -69,6 +74,9 @@ __all__ = [
     "BBOX_VAL",
     "PHOTOS",
     "PLANTED_CASES",
+    "NEAR_COPIES",
+    "NEAR_DUPLICATE_CASES",
+    "NearCopy",
     # The parts the benchmark builds its own corpus from.
     "PhotoMaker",
     "Variant",

@@ -23,11 +23,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-faults", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-size", default=None, help="least bytes of train image data, e.g. 200MB")
+    p.add_argument("--near-duplicates", action="store_true",
+                   help="plant a photograph, five near-duplicates of it and other photographs of one subject")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     rel = make_sample_release(a.dest, classes=a.classes, train_per_class=a.train_per_class,
                               val_images=a.val_images, test_images=a.test_images, plant_faults=not a.no_faults,
-                              seed=a.seed, min_size=a.min_size)
+                              seed=a.seed, min_size=a.min_size, near_duplicates=a.near_duplicates)
     took = time.perf_counter() - t0
     for role, path in rel.archives.items():
         print(f"{role:7s} {os.path.getsize(path):>12,d}  {path}")

@@ -50,6 +50,7 @@ class Member:
     note: str = ""
     sha256: Optional[str] = None  # the digest of data, set once the member is written
     header: Optional[dict] = None  # PIL's format, mode and size, for the members expected to be kept
+    photo: str = ""  # the bundled photo a photo (or a planted near-duplicate) is made from
 
 
 def tar_info(name: str, size: int = 0, kind: str = "file", linkname: str = "") -> tarfile.TarInfo:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclasses_field
 from typing import Optional
 
+from pipeline.sample.near_copies import NEAR_DUPLICATE_CASES
+
 __all__ = ["ExpectedSample", "SampleRelease", "PLANTED_CASES", "outcome_of"]
 
 
@@ -36,6 +38,7 @@ class ExpectedSample:
     box_names: tuple = ()  # the object name of each expected box
     loc_blacklisted: bool = False  # val: the image is in the devkit's localisation blacklist
     label_disagrees: bool = False  # the XML's WNID differs from the label
+    photo: str = ""  # the bundled photo a photo or a planted near-duplicate is made from ("" for the others)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class SampleRelease:
     classes: list[str]  # the WNIDs used in train, sorted
     annotation_rejects: dict = dataclasses_field(default_factory=dict)  # (split, key) -> reason
     orphan_annotations: int = 0  # the number of XML files without an image
+    # near_duplicates=True: NearCopy(original, copy, kind) of each planted copy, with (split, key) of both
+    near_duplicates: tuple = ()
+    # near_duplicates=True: (split, key) of the other photographs of one subject: no two may be paired
+    other_photographs: tuple = ()
 
 
 # The case -> (outcome, reencoded) of everything make_sample_release can plant.
@@ -74,5 +81,6 @@ PLANTED_CASES = {
 
 
 def outcome_of(case: str) -> str:
-    """The outcome ("kept" or a reject reason) that a planted case must have."""
-    return PLANTED_CASES[case][0]
+    """The outcome ("kept" or a reject reason) that a planted case must have (the planted
+    near-duplicates' cases included: pipeline/sample/near_copies.py)."""
+    return (PLANTED_CASES.get(case) or NEAR_DUPLICATE_CASES[case])[0]

@@ -145,7 +145,7 @@ class Planner:
     def photo(self, name: str, key: str, allow_large: bool = True) -> Member:
         """A member holding the next photo variant."""
         data, src = self.photos.jpeg(self.photos.size(allow_large))
-        return Member(name, key, "photo", data, reencoded=photo_reencoded(data), note=f"variant of {src}")
+        return Member(name, key, "photo", data, reencoded=photo_reencoded(data), note=f"variant of {src}", photo=src)
 
     def fault(self, case: str, name: str, key: str, variant: str = "") -> Member:
         """The member (its bytes or its link) for one planted case."""

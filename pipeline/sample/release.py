@@ -2,15 +2,17 @@
 
 The train split is written one class tar at a time, so that a large min_size never holds the whole split
 in memory. The validation and test splits follow, then the devkit, the expectations and (unless told
-otherwise) the bounding-box archives.
+otherwise) the bounding-box archives. With near_duplicates=True, the planted near-duplicates of
+pipeline/sample/near_copies.py are placed among them.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import random
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Optional, Union
 
 from pipeline.sample.annotations import plant_annotations
@@ -27,7 +29,8 @@ from pipeline.sample.archives import (
     write_tar,
 )
 from pipeline.sample.expected import ExpectedSample, SampleRelease, outcome_of
-from pipeline.sample.photos import header_of
+from pipeline.sample.near_copies import NEAR_COPIES, NearCopy, NearDuplicatePlan, PlantedImage, plan_near_duplicates
+from pipeline.sample.photos import header_of, photo_reencoded
 from pipeline.sample.planner import (
     REAL_TRAIN_NAMES,
     REAL_VAL_CMYK_INDEX,
@@ -68,6 +71,7 @@ def make_sample_release(
     seed: int = 0,
     min_size: Union[int, str, None] = None,
     boxes: bool = True,
+    near_duplicates: bool = False,
 ) -> SampleRelease:
     """Write a miniature ILSVRC2012 release under `dest` (created if missing) and say what it holds.
 
@@ -81,6 +85,10 @@ def make_sample_release(
     min_size: None, or the least total bytes of train image data (an int, or a string like "200MB" or "1GiB"):
       extra photos are added round-robin over the classes until it is reached (for benchmarks).
     boxes: write the two bounding-box archives too.
+    near_duplicates: plant a photograph and five near-duplicates of it (pipeline/sample/near_copies.py:
+      the original in the first train class, copies in the second and in val slots) and seven other
+      photographs of one subject in the last class; SampleRelease.near_duplicates and
+      .other_photographs say where they are. Needs 2 classes and 3 val images more than the faults'.
     """
     if not 1 <= classes <= 1000:
         raise ValueError("classes must be in 1..1000")
@@ -89,6 +97,9 @@ def make_sample_release(
     if plant_faults and ((classes < 2 and train_per_class < 2) or val_images < len(VAL_FAULTS) + 2):
         raise ValueError(f"plant_faults needs 2 train photos (classes or train_per_class >= 2) and "
                          f"val_images >= {len(VAL_FAULTS) + 2}")
+    near_val = sum(1 for _, where in NEAR_COPIES if where == "val")
+    if near_duplicates and (classes < 2 or val_images < (len(VAL_FAULTS) + 2 if plant_faults else 0) + near_val):
+        raise ValueError(f"near_duplicates needs 2 classes and {near_val} val images besides the faults'")
     min_bytes = parse_byte_size(min_size) if min_size else 0
     dest = os.fspath(dest)
     os.makedirs(dest, exist_ok=True)
@@ -99,11 +110,15 @@ def make_sample_release(
     splits: dict[str, list[Member]] = {}
 
     fault_at = _place_train_faults(plan, class_list) if plant_faults else {}
+    near = plan_near_duplicates(random.Random(f"imagenet-shards/sample/{seed}/near")) if near_duplicates else None
+    placed: dict[int, tuple[str, str]] = {}  # id(PlantedImage) -> (split, key) where it was placed
     train_path = os.path.join(dest, TRAIN_TAR)
     with atomic_write(train_path) as f:
-        splits["train"] = _write_train(f, plan, class_list, train_per_class, fault_at, min_bytes, dups)
+        splits["train"] = _write_train(f, plan, class_list, train_per_class, fault_at, min_bytes, dups,
+                                       _near_in_train(near, len(class_list)), placed)
 
-    val_members = _val_members(plan, val_slots, plant_faults, dups)
+    val_members = _val_members(plan, val_slots, plant_faults, dups,
+                               [image for image, where in near.copies if where == "val"] if near else [], placed)
     with atomic_write(os.path.join(dest, VAL_TAR)) as f:
         write_tar(f, val_members)
     splits["val"] = [m for m in val_members if m.kind != "dir"]
@@ -126,7 +141,28 @@ def make_sample_release(
     if test_images:
         archives["test"] = test_path
     release = SampleRelease(root=dest, archives=archives, expected=expected, classes=class_list)
+    if near is not None:
+        release = replace(release, near_duplicates=tuple(
+            NearCopy(placed[id(near.original)], placed[id(image)], image.kind) for image, _ in near.copies),
+            other_photographs=tuple(placed[id(image)] for image in near.others))
     return plant_annotations(release, seed, plant_faults) if boxes else release
+
+
+
+def _near_in_train(near: Optional[NearDuplicatePlan], classes: int) -> dict[int, list[PlantedImage]]:
+    """The class index -> the planted images of its tar: the original in the first class, the train
+    copies in the second, the other photographs in the last."""
+    if near is None:
+        return {}
+    at: dict[int, list[PlantedImage]] = {0: [near.original]}
+    at.setdefault(1, []).extend(image for image, where in near.copies if where == "train")
+    at.setdefault(classes - 1, []).extend(near.others)
+    return at
+
+
+def _planted_member(name: str, image: PlantedImage) -> Member:
+    return Member(name, name[:-5], image.case, image.data, reencoded=photo_reencoded(image.data), note=image.note,
+                  photo=image.photo)
 
 
 def _label(wnid: str) -> int:
@@ -171,9 +207,10 @@ def _train_photo(plan: Planner, wnid: str) -> Member:
 
 
 def _write_train(outer_file: IO[bytes], plan: Planner, class_list: list[str], train_per_class: int,
-                 fault_at: dict, min_bytes: int, dups: _Duplicates) -> list[Member]:
+                 fault_at: dict, min_bytes: int, dups: _Duplicates, near_at: dict, placed: dict) -> list[Member]:
     """Write the train tar of class tars to `outer_file`; return its members (their bytes dropped, once
-    hashed, except for the photos that may still be copied)."""
+    hashed, except for the photos that may still be copied). near_at: _near_in_train's; placed: where
+    each planted image goes, filled in."""
     written: list[Member] = []
     running = 0
     with tarfile.open(fileobj=outer_file, mode="w", format=tarfile.GNU_FORMAT) as outer:
@@ -182,6 +219,9 @@ def _write_train(outer_file: IO[bytes], plan: Planner, class_list: list[str], tr
             members: list[Member] = []
             for _ in range(train_per_class):
                 members.append(_train_photo(plan, wnid))
+            for image in near_at.get(ci, ()):
+                members.append(_planted_member(plan.train_name(wnid), image))
+                placed[id(image)] = ("train", members[-1].key)
             for case, variant, fixed in fault_at.get(ci, []):
                 name = f"{fixed}.JPEG" if fixed else plan.train_name(wnid)
                 key = name[:-5]
@@ -222,8 +262,10 @@ def _write_train(outer_file: IO[bytes], plan: Planner, class_list: list[str], tr
     return written
 
 
-def _val_members(plan: Planner, val_slots: list[ValSlot], plant_faults: bool, dups: _Duplicates) -> list[Member]:
-    """The members of the val tar in their order: real labelled indices, shuffled, with the val faults."""
+def _val_members(plan: Planner, val_slots: list[ValSlot], plant_faults: bool, dups: _Duplicates,
+                 near: list[PlantedImage], placed: dict) -> list[Member]:
+    """The members of the val tar in their order: real labelled indices, shuffled, with the val faults
+    and the planted near-duplicates `near` (placed: where each goes, filled in)."""
     members: list[Member] = []
     fault_slots: dict[int, tuple[str, str]] = {}
     if plant_faults:
@@ -236,11 +278,16 @@ def _val_members(plan: Planner, val_slots: list[ValSlot], plant_faults: bool, du
             at = slots.index(real[0])
             slots[at], slots[cmyk_at] = slots[cmyk_at], slots[at]
         fault_slots = dict(zip(slots, VAL_FAULTS))
+    free = [pos for pos in range(len(val_slots)) if pos not in fault_slots]
+    near_slots = dict(zip(plan.rng.sample(free, len(near)), near)) if near else {}
     for pos, slot in enumerate(val_slots):
         key = val_key(slot.index)
         name = f"{key}.JPEG"
         case, variant = fault_slots.get(pos, ("photo", ""))
-        if case == "photo":
+        if pos in near_slots:
+            m = _planted_member(name, near_slots[pos])
+            placed[id(near_slots[pos])] = ("val", key)
+        elif case == "photo":
             m = plan.photo(name, key)
         elif case == "duplicate":
             src = plan.rng.choice(dups.pool)
@@ -332,5 +379,6 @@ def _expectations(splits: dict[str, list[Member]],
                 orig_width=header.get("width"),
                 orig_height=header.get("height"),
                 note=m.note,
+                photo=m.photo,
             )
     return expected

@@ -1,0 +1,192 @@
+"""FindNearDuplicates: the pairs of samples whose perceptual hashes are close, over the whole build.
+
+Contracts:
+    phash_batch(rows, shard_id) -> to_shuffle(PhashBatch): one shard's keys and hashes, which
+        WriteShards sends for every shard, made or resumed (a resumed shard's rows, phash
+        included, are read back from its index file: transforms/checkpoints.py)
+    search_batches(batches, max_distance) -> NearDuplicates: every pair of samples whose hashes
+        (transforms/phash.py) differ in at most max_distance bits, found by the exact band search
+        of transforms/near_duplicates.py; for each sample in a pair, the key (sorting first) of
+        its nearest other sample; the pairs counted per pair of splits ("train-val", ...)
+    write_near_duplicates(layout, found, max_distance) -> NearDuplicatesFile: near-duplicates.parquet
+        (schema.NEAR_DUPLICATES_SCHEMA) beside the manifest, with its size and sha256
+    FindNearDuplicates(out_root, max_distance): PhashBatch bytes -> {"file": NearDuplicatesFile,
+        "links": ((split, shard_id), ("near_duplicate_of", ((key, other key), ...)))}, the links
+        of each shard that holds a near-duplicate, which FlagDuplicates (transforms/index.py)
+        writes into the index files in the same rewrite as duplicate_of
+
+The whole search runs in one worker, once every shard is written. The other way, sending each
+sample to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on
+many workers, shuffles a record per sample per band. benchmarks/near_duplicates_bench.py measures
+both on a million random hashes (1,000 close pairs planted) at the default distance 8:
+  * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
+    27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
+    in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
+  * time: 48 s of one core for the million (the sort of the keys and the links a second or two
+    of it; the search alone, 47 s), about a minute for ImageNet-1k, once every shard is written;
+  * memory: 183 bytes a sample at the worker's peak above the batches it receives (27 bytes a
+    sample): every key as a Python string and its place in the order of the keys, the hashes,
+    splits and shards as arrays, and the search's own 47 bytes a sample; 174 MB for the
+    million, about 240 MB for ImageNet-1k.
+The search is exact (near_duplicates.py); a group of more than IDENTICAL_GROUP_LIMIT identical
+hashes (blank images all hash to 0) is listed as a star, the pairs left out counted as
+`unlisted`, and near_duplicate_of stays exact.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import typing
+from typing import Iterable, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam import pvalue
+
+from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
+from transforms.near_duplicates import search_indices
+from transforms.records import NearDuplicatesFile, from_shuffle, to_shuffle
+from transforms.schema import NEAR_DUPLICATES_SCHEMA
+from transforms.storage import atomic_write
+
+__all__ = ["PhashBatch", "NearDuplicates", "phash_batch", "split_pair", "search_batches", "write_near_duplicates",
+           "FindNearDuplicates"]
+
+# The order of the splits in a pair's name ("train-val", not "val-train"); other splits come after
+# these, in alphabetical order.
+SPLIT_ORDER = ("train", "val", "test")
+
+
+class PhashBatch(NamedTuple):
+    """One shard's samples for the search: their keys, and their hashes as raw little-endian
+    uint64 (phash.from_int64 of the index's int64), in the same order."""
+
+    split: str
+    shard_id: int
+    keys: tuple
+    hashes: bytes
+
+
+class NearDuplicates(NamedTuple):
+    """What the search found: the pairs as columns (schema.NEAR_DUPLICATES_SCHEMA's, rows sorted),
+    the links that the index files take, and the counts."""
+
+    columns: dict  # {"key_a": [...], "split_a": [...], "key_b": [...], "split_b": [...], "distance": [...]}
+    links: dict  # {(split, shard_id): {key: near_duplicate_of}}
+    by_split_pair: dict  # {"train-val": pairs, ...}
+    samples: int
+    unlisted: int
+
+
+def phash_batch(rows, shard_id: int) -> bytes:
+    """to_shuffle(PhashBatch) of one shard's index rows (all of one split)."""
+    rows = list(rows)
+    split = rows[0].split if rows else ""
+    hashes = np.fromiter((r.phash for r in rows), dtype=np.int64, count=len(rows)).astype("<i8")
+    return to_shuffle(PhashBatch(split, shard_id, tuple(r.key for r in rows), hashes.view("<u8").tobytes()))
+
+
+def _split_rank(split: str) -> tuple:
+    return (SPLIT_ORDER.index(split), "") if split in SPLIT_ORDER else (len(SPLIT_ORDER), split)
+
+
+def split_pair(a: str, b: str) -> str:
+    """The name of a pair of splits: "train-val", "train-train", "val-test"..."""
+    first, second = sorted((a, b), key=_split_rank)
+    return f"{first}-{second}"
+
+
+def search_batches(batches: Iterable[bytes], max_distance: int) -> NearDuplicates:
+    """See the module docstring. `batches`: phash_batch's, one a shard, in any order."""
+    decoded = sorted((from_shuffle(b) for b in batches), key=lambda b: (b.split, b.shard_id))
+    decoded = [b for b in decoded if b.keys]
+    splits = sorted({b.split for b in decoded})
+    keys = [key for b in decoded for key in b.keys]
+    count = len(keys)
+    split_of = np.concatenate([np.full(len(b.keys), splits.index(b.split), dtype=np.int16) for b in decoded]
+                              or [np.empty(0, np.int16)])
+    shard_of = np.concatenate([np.full(len(b.keys), b.shard_id, dtype=np.int64) for b in decoded]
+                              or [np.empty(0, np.int64)])
+    hashes = np.concatenate([np.frombuffer(b.hashes, dtype="<u8") for b in decoded] or [np.empty(0, np.uint64)])
+    # In (key, split) order, which the search needs (its positions are the order of the keys): a
+    # stable sort by key of samples already in the order of their splits' names.
+    order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)
+    found = search_indices(hashes[order].astype(np.uint64), max_distance)
+    first, second = order[found.first], order[found.second]
+    names = [split_pair(a, b) for a, b in itertools.combinations_with_replacement(splits, 2)]
+    by_split_pair = dict.fromkeys(sorted(names, key=lambda n: [_split_rank(s) for s in n.split("-", 1)]), 0)
+    if len(first):
+        combos, counts = np.unique(np.stack([split_of[first], split_of[second]]), axis=1, return_counts=True)
+        for (a, b), n in zip(combos.T.tolist(), counts.tolist()):
+            by_split_pair[split_pair(splits[a], splits[b])] += n
+    columns = {"key_a": [keys[i] for i in first.tolist()], "split_a": [splits[i] for i in split_of[first].tolist()],
+               "key_b": [keys[i] for i in second.tolist()], "split_b": [splits[i] for i in split_of[second].tolist()],
+               "distance": found.distance.tolist()}
+    links = _nearest_links(found.first, found.second, found.distance, order, keys, splits, split_of, shard_of)
+    return NearDuplicates(columns, links, by_split_pair, count, found.unlisted)
+
+
+def _nearest_links(first, second, distance, order, keys, splits, split_of, shard_of) -> dict:
+    """{(split, shard_id): {key: the key of its nearest other sample}}, the nearest sorting first
+    among equals. first, second: positions in (key, split) order, so the smaller is the one
+    sorting first."""
+    owner = np.concatenate([first, second])
+    other = np.concatenate([second, first])
+    d = np.concatenate([distance, distance])
+    chosen = np.lexsort((other, d, owner))
+    owner, other = owner[chosen], other[chosen]
+    best = np.ones(len(owner), dtype=bool)
+    best[1:] = owner[1:] != owner[:-1]  # the first row of each owner: the nearest, then the first key
+    links: dict = {}
+    for mine, theirs in zip(order[owner[best]].tolist(), order[other[best]].tolist()):
+        links.setdefault((splits[int(split_of[mine])], int(shard_of[mine])), {})[keys[mine]] = keys[theirs]
+    return links
+
+
+def write_near_duplicates(layout: OutputLayout, found: NearDuplicates, max_distance: int) -> NearDuplicatesFile:
+    """Write near-duplicates.parquet beside the manifest; return its record."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pydict(found.columns, schema=NEAR_DUPLICATES_SCHEMA), buffer, compression="zstd")
+    data = buffer.getvalue()
+    with atomic_write(layout.url(NEAR_DUPLICATES_NAME)) as f:
+        f.write(data)
+    return NearDuplicatesFile(NEAR_DUPLICATES_NAME, max_distance, found.samples, len(found.columns["key_a"]),
+                              found.unlisted, found.by_split_pair, len(data), hashlib.sha256(data).hexdigest())
+
+
+# --- Beam wiring -------------------------------------------------------------------
+
+@beam.typehints.with_output_types(NearDuplicatesFile)
+class _SearchFn(beam.DoFn):
+    """[PhashBatch bytes, ...] (every shard's) -> NearDuplicatesFile; links -> each shard's links."""
+
+    def __init__(self, out_root: str, max_distance: int):
+        self._out_root = out_root
+        self._max_distance = max_distance
+
+    def process(self, batches):
+        found = search_batches(batches, self._max_distance)
+        beam.metrics.Metrics.counter("near_duplicates", "pairs").inc(len(found.columns["key_a"]))
+        yield write_near_duplicates(OutputLayout(self._out_root), found, self._max_distance)
+        for shard, links in sorted(found.links.items()):
+            yield pvalue.TaggedOutput("links", (shard, ("near_duplicate_of", tuple(sorted(links.items())))))
+
+
+class FindNearDuplicates(beam.PTransform):
+    """See the module docstring. Every shard's batch goes to one worker (ToList: one element even
+    for a build of no samples, so that the file is always written)."""
+
+    def __init__(self, out_root: str, max_distance: int):
+        super().__init__()
+        self._search = _SearchFn(out_root, max_distance)
+
+    def expand(self, batches):
+        searched = (
+            batches
+            | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
+            | "SearchPairs" >> beam.ParDo(self._search).with_outputs("links", main="file")
+        )
+        return {"file": searched.file, "links": searched.links}
