@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import fsspec
 
-__all__ = ["Request", "plan_requests", "ReadAhead", "BlockFile", "fetch_range", "Fetch", "HEADER_BLOCK",
+__all__ = ["Request", "plan_requests", "ReadAhead", "ByteView", "BlockFile", "fetch_range", "Fetch", "HEADER_BLOCK",
            "SPARSE_BLOCK"]
 
 Fetch = Callable[[str, int, int], bytes]  # (url, start, end) -> the bytes [start, end)
@@ -207,7 +207,29 @@ class ReadAhead:
             self._pool = None
 
 
-class BlockFile:
+class ByteView:
+    """What a read-only, seekable view of bytes [0, length) needs besides its read(): the
+    position, seek and tell of a binary file (BlockFile here, storage.RangeFile)."""
+
+    _length: int
+    _pos: int
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class BlockFile(ByteView):
     """A read-only, seekable view of bytes [start, start + length) of a remote file, for walking
     the tar headers in it (tar_headers.iter_tar_entries) in a handful of requests.
 
@@ -298,20 +320,6 @@ class BlockFile:
             self._pos += len(part)
             n -= len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         for future in self._blocks.values():

@@ -20,7 +20,7 @@ from typing import IO, Callable, Iterator, Optional, Sequence
 
 import fsspec
 
-from transforms.readahead import HEADER_BLOCK, SPARSE_BLOCK, BlockFile, ReadAhead, fetch_range
+from transforms.readahead import HEADER_BLOCK, SPARSE_BLOCK, BlockFile, ByteView, ReadAhead, fetch_range
 
 __all__ = ["open_input", "is_local", "locate", "is_folder", "listed", "atomic_write", "remove_temporaries",
            "local_copy", "RangeFile", "ArchiveReader", "open_range", "file_size", "fingerprint", "changed_since",
@@ -220,7 +220,7 @@ def local_copy(url: str) -> str:
 _LOCAL_COPIES: dict = {}
 
 
-class RangeFile:
+class RangeFile(ByteView):
     """A read-only, seekable view of bytes [start, start + length) of another file.
 
     Lets tarfile walk a tar that is itself a member of an outer tar, in place.
@@ -241,20 +241,6 @@ class RangeFile:
         data = self._f.read(n)
         self._pos += len(data)
         return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
 
 class ArchiveReader:
