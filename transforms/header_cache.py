@@ -1,7 +1,7 @@
 """The tar headers a build has read, kept beside the output so that a rebuild need not read them again.
 
 Indexing ImageNet's train tar reads 1.28M tar headers: a ranged read each, scattered over 140 GB
-(minutes on a disk, and on an object store a request each). They change only when the archive
+(minutes on a disk, and on an object store one request per header). They change only when the archive
 does, so the entries found in a tar (or in one class tar inside it) are kept in the dataset's
 cache folder, OUT/cache/tar-headers/, under the archive's identity: its path or URL and its
 fingerprint (size and modification time, or ETag: transforms/storage.fingerprint). A rebuild

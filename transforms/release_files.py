@@ -61,7 +61,7 @@ def read_devkit(devkit_url: str) -> tuple:
 
 def bundled_blacklist_bytes() -> bytes:
     """The devkit's localisation blacklist as the project bundles it (transforms/data/, origin in
-    SOURCES.md there): the 1-based indices of 1,762 validation images, one a line."""
+    SOURCES.md there): the 1-based indices of 1,762 validation images, one per line."""
     return importlib.resources.files("transforms").joinpath("data", BLACKLIST).read_bytes()
 
 
