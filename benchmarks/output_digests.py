@@ -9,7 +9,7 @@ The builds cover the demo, a bigger official-layout release with one and two loc
 and the Kaggle, ImageFolder and ImageNet-21k layouts (with --boxes and --val-per-class). The
 generated sources are hashed too. A build's files are those of the version its OUT's LATEST names
 (paths relative to that folder; the tool's marker is left out). In every manifest, the fields that
-name the build (`created`, `version`, `previous`) are left out and WORK is written as "WORK", so
+name the build (`created`, `version`, `previous`, `diff`) are left out and WORK is written as "WORK", so
 that two runs in different folders compare equal.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Optional
 
 from pipeline.sample import BBOX_TRAIN, BBOX_VAL, export_layout, make_sample_release
 from pipeline.versions import MARKER_NAME, current_version
@@ -30,8 +31,10 @@ CLI = [sys.executable, "-m", "pipeline"]
 MANIFESTS = ("manifest.json", "build-failed.json")
 
 
-def digests(root: str, work: str) -> dict:
-    """{path relative to root: sha256} of every file below root, but the tool's version marker."""
+def digests(root: str, work: Optional[str] = None) -> dict:
+    """{path relative to root: sha256} of every file below root, but the tool's version marker.
+    In a manifest, the fields that name the build (its id, time, previous version and the diff
+    against it) are left out, and `work` (a folder the builds ran in) is written "WORK"."""
     out = {}
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -43,9 +46,10 @@ def digests(root: str, work: str) -> dict:
                 data = f.read()
             if name in MANIFESTS:
                 manifest = json.loads(data)
-                for field in ("created", "version", "previous"):
+                for field in ("created", "version", "previous", "diff"):
                     manifest.pop(field, None)
-                data = json.dumps(manifest, sort_keys=True).replace(work, "WORK").encode()
+                text = json.dumps(manifest, sort_keys=True)
+                data = (text.replace(work, "WORK") if work else text).encode()
             out[os.path.relpath(path, root)] = hashlib.sha256(data).hexdigest()
     return out
 

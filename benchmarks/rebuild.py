@@ -19,7 +19,6 @@ are printed and written to OUT/rebuild.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -32,9 +31,10 @@ import time
 from typing import Optional
 
 from benchmarks.corpus import CorpusSpec, ensure_corpus, make_photo
+from benchmarks.output_digests import digests
 from benchmarks.settings import DEFAULT_IMAGES, DEFAULT_OUT, IMAGENET_1K
 from pipeline.sample import TRAIN_TAR
-from pipeline.versions import MARKER_NAME, current_version, read_manifest
+from pipeline.versions import current_version, read_manifest
 
 __all__ = ["main"]
 
@@ -103,24 +103,8 @@ def _killed_half_way(source: str, out: str, shards: int) -> int:
 
 
 def _digests(out: str) -> dict:
-    """{path: sha256} of the current version's files; in the manifest, the fields that name the
-    build are left out."""
-    root = current_version(out)
-    found = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            if name == MARKER_NAME:
-                continue
-            with open(os.path.join(folder, name), "rb") as f:
-                data = f.read()
-            if name == "manifest.json":
-                manifest = json.loads(data)
-                for field in ("created", "version", "previous", "diff"):
-                    manifest.pop(field, None)
-                manifest["fingerprint"]["source"].pop("url")
-                data = json.dumps(manifest, sort_keys=True).encode()
-            found[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(data).hexdigest()
-    return found
+    """{path: sha256} of the files of the version LATEST names (see output_digests.digests)."""
+    return digests(current_version(out))
 
 
 def _startup(work: str) -> float:

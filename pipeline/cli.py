@@ -202,10 +202,11 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
         dataset = DatasetRoot(config.out)
         codecs = codec_versions()
         fingerprint = build_fingerprint(config, discovery.layout, codecs)
-        latest = dataset.latest_manifest() if dataset.is_versioned() else None
+        latest_relative = dataset.latest()
+        latest = dataset.manifest(latest_relative) if latest_relative else None
         if latest and latest.get("fingerprint", {}).get("digest") == fingerprint["digest"] and not config.force:
             dataset.match_root_info()
-            _say(f"up to date: {dataset.join(dataset.latest() or '')} was built from these inputs with these "
+            _say(f"up to date: {dataset.join(latest_relative or '')} was built from these inputs with these "
                  "options (--force builds again)")
             return 0
         prepare_output(config)
@@ -222,15 +223,16 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
             remove_temporaries(version.root)  # files the stopped build was writing
             _say(f"resuming {resumed.relative}, which a stopped build of these inputs and options began "
                  f"({completed_shards(version)} shards completed)")
-        if resumed is None or not resumed.finished:
+        building = resumed is None or not resumed.finished  # else only publishing was left to do
+        if building:
             try:
                 inputs = stage_inputs(config, discovery, version, _console.terminal)
-                previous = prepare_previous(config.out, dataset.latest(), latest, fingerprint, version)
-                header = {"version": build_id, "previous": dataset.latest(), "fingerprint": fingerprint}
+                previous = prepare_previous(config.out, latest_relative, latest, fingerprint, version)
+                header = {"version": build_id, "previous": latest_relative, "fingerprint": fingerprint}
                 code = _build(config, options, version, inputs, codecs, header, started, previous)
             finally:
                 _remove_scratch(version)
-        else:  # its manifest is written: only publishing was left to do
+        else:  # its manifest is written
             code = _report(version, time.monotonic() - started)
         if code == 0:
             lock.check()  # an object store's lease still this build's: nobody else is publishing
@@ -239,7 +241,7 @@ def run_build(config: BuildConfig, beam_args: list[str], discovery=None, tool_op
             _say(f"published: {dataset.join(LATEST_NAME)} -> versions/{build_id}")
             for removed in dataset.prune(config.keep):
                 _say(f"removed {removed} (--keep {config.keep})")
-            if resumed is None or not resumed.finished:  # the tar headers of archives that changed or went
+            if building:  # the tar headers of archives that changed or went
                 remove_stale(header_cache_root(config.out), inputs.fingerprints)
         return code
 

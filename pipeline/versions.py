@@ -29,7 +29,7 @@ from typing import Optional
 import fsspec
 
 import pipeline
-from transforms.layout import FAILED_REPORT_NAME, MANIFEST_NAME, TIMM_INFO_NAME
+from transforms.layout import MANIFEST_NAME, TIMM_INFO_NAME
 from transforms.reader_files import timm_info
 from transforms.storage import atomic_write
 
@@ -56,7 +56,6 @@ class Version:
     build_id: str
     marker: Optional[dict]  # the tool's marker, None when the folder is not the tool's
     finished: bool  # its manifest is written
-    failed: bool  # its build-failed.json is written (too many rejects)
 
     @property
     def relative(self) -> str:
@@ -83,11 +82,6 @@ class DatasetRoot:
         """Whether a path relative to OUT exists."""
         return self.fs.exists(posixpath.join(self.path, relative))
 
-    def is_versioned(self) -> bool:
-        """Whether OUT holds versions already (or a LATEST pointer)."""
-        self.fs.invalidate_cache()
-        return self.exists(LATEST_NAME) or self.exists(VERSIONS_DIR)
-
     def latest(self) -> Optional[str]:
         """The relative path that LATEST names, or None before the first publish."""
         self.fs.invalidate_cache()
@@ -99,12 +93,9 @@ class DatasetRoot:
             raise ValueError(f"{self.join(LATEST_NAME)} names {text!r}, which is not a version of this dataset")
         return text
 
-    def latest_manifest(self) -> Optional[dict]:
-        """The manifest of the version LATEST names, or None before the first publish."""
-        latest = self.latest()
-        if latest is None:
-            return None
-        with self.fs.open(posixpath.join(self.path, latest, MANIFEST_NAME), "rb") as f:
+    def manifest(self, relative: str) -> dict:
+        """The manifest of a version (its path relative to OUT, as LATEST names it)."""
+        with self.fs.open(posixpath.join(self.path, relative, MANIFEST_NAME), "rb") as f:
             return json.load(f)
 
     def versions(self) -> list[Version]:
@@ -119,8 +110,7 @@ class DatasetRoot:
                 continue
             build_id = posixpath.basename(entry["name"].rstrip("/"))
             base = posixpath.join(folder, build_id)
-            found.append(Version(build_id, self._marker(base), self.fs.exists(posixpath.join(base, MANIFEST_NAME)),
-                                 self.fs.exists(posixpath.join(base, FAILED_REPORT_NAME))))
+            found.append(Version(build_id, self._marker(base), self.fs.exists(posixpath.join(base, MANIFEST_NAME))))
         return found
 
     def _marker(self, base: str) -> Optional[dict]:
@@ -143,31 +133,26 @@ class DatasetRoot:
             f.write(json.dumps(marker, indent=1).encode() + b"\n")
         return url
 
-    def resumable(self, digest: str) -> Optional[Version]:
-        """The unpublished version of a stopped build with this fingerprint (the newest), which a
-        build of the same fingerprint takes over: unfinished, or finished after LATEST was last
-        written (stopped before it could publish). None when there is none."""
+    def _unpublished(self) -> list[Version]:
+        """The tool's versions that LATEST never named, oldest first: those of killed, stopped or
+        failed builds, and a finished one newer than LATEST (stopped before it could publish).
+        Finished versions older than LATEST are earlier publications (pruning decides on them)."""
         latest = self.latest()
         latest_id = posixpath.basename(latest) if latest else ""
-        for version in reversed(self.versions()):
-            if version.marker is None or version.digest != digest or version.relative == latest:
-                continue
-            if not version.finished or version.build_id > latest_id:
-                return version
-        return None
+        return [v for v in self.versions() if v.marker is not None and v.relative != latest
+                and (not v.finished or v.build_id > latest_id)]
+
+    def resumable(self, digest: str) -> Optional[Version]:
+        """The newest unpublished version with this fingerprint, which a build of the same
+        fingerprint takes over; None when there is none."""
+        return next((v for v in reversed(self._unpublished()) if v.digest == digest), None)
 
     def remove_unfinished(self, keep: Optional[str] = None) -> list[str]:
-        """Remove the tool's versions that were never published: those of killed, stopped or failed
-        builds, and a finished one newer than LATEST (killed before it could publish). Keeps `keep`
-        (a build id) and the versions LATEST once named. Returns the relative paths removed."""
-        latest = self.latest()
-        latest_id = posixpath.basename(latest) if latest else ""
+        """Remove the unpublished versions but `keep` (a build id). Returns the relative paths removed."""
         removed = []
-        for version in self.versions():
-            if version.marker is None or version.relative == latest or version.build_id == keep:
+        for version in self._unpublished():
+            if version.build_id == keep:
                 continue
-            if version.finished and version.build_id < latest_id:
-                continue  # an earlier version (pruning decides whether it stays)
             self.fs.rm(posixpath.join(self.path, version.relative), recursive=True)
             removed.append(version.relative)
         return removed
@@ -191,8 +176,7 @@ class DatasetRoot:
         relative = self.latest()
         if relative is None:
             return
-        with self.fs.open(posixpath.join(self.path, relative, MANIFEST_NAME), "rb") as f:
-            info = json.dumps(timm_info(json.load(f), prefix=f"{relative}/"), indent=1).encode() + b"\n"
+        info = json.dumps(timm_info(self.manifest(relative), prefix=f"{relative}/"), indent=1).encode() + b"\n"
         try:
             if self.fs.cat_file(posixpath.join(self.path, TIMM_INFO_NAME)) == info:
                 return

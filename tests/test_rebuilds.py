@@ -3,8 +3,6 @@ the published version untouched, and the rerun resumes what it had done, finishe
 bytes of a clean build and removes the debris; a full disk and a read-only OUT; a rebuild of
 changed inputs takes the unchanged images from the previous version and equals a clean build;
 nothing that is not the tool's is removed."""
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +15,8 @@ import pytest
 from conftest import CLI, REPO, read_manifest, run_cli, version_of
 from PIL import Image
 
+from benchmarks.output_digests import digests
 from pipeline.sample import export_layout
-from pipeline.versions import MARKER_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.driver]  # real builds through the command line
 
@@ -26,21 +24,8 @@ OPTIONS = ("--max-reject-rate", "0.5", "--shard-size", "100KB", "--no-progress",
 
 
 def _digests(folder: Path) -> dict:
-    """{relative path: sha256} of every file of a version; in the manifest, the fields that name
-    the build (its id, time, previous version and SOURCE's path) are left out."""
-    found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name == MARKER_NAME:
-            continue
-        if path.name == "manifest.json":
-            manifest = json.loads(data)
-            for field in ("created", "version", "previous", "diff"):
-                manifest.pop(field, None)
-            manifest["fingerprint"]["source"].pop("url")
-            data = json.dumps(manifest, sort_keys=True).encode()
-        found[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return found
+    """{relative path: sha256} of every file of a version, the manifest's build-naming fields left out."""
+    return digests(str(folder))
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,6 @@ class OutputLayout:
     def failed_report(self) -> str:
         return self.url(FAILED_REPORT_NAME)
 
-    @property
-    def progress_dir(self) -> str:
-        """Scratch folder for progress heartbeats (local builds only; removed at the end)."""
-        return self.url(PROGRESS_DIR)
-
     @staticmethod
     def piece(split: str, shard_id: int, piece: int) -> str:
         """A piece of a shard, processed and waiting to be assembled (removed once it is)."""
