@@ -11,7 +11,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean
+.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean test-readers
 
 install: $(STAMP)
 
@@ -84,3 +84,17 @@ rebuild: install
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# The readers that need PyTorch, in a venv of their own so that `make test` never installs it: .stream()
+# through a torch DataLoader with worker processes, decoded to tensors. The release is pinned: on the
+# development machines pip takes a CPU build of torch 2.13.0 from their disk, where a plain `torch` would
+# download a CUDA build of several GB.
+READERS_VENV := .venv-readers
+
+test-readers: $(READERS_VENV)/.installed
+	TMPDIR=$$(mktemp -d) $(READERS_VENV)/bin/pytest -q tests/test_readers_torch.py
+
+$(READERS_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
+	$(call make_venv,$(READERS_VENV),'torch==2.13.0',test)
+	$(READERS_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@

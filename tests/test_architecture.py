@@ -20,8 +20,9 @@ MAY_IMPORT = {"transforms": {"transforms"}, "pipeline": {"transforms", "pipeline
               "benchmarks": {"transforms", "pipeline", "benchmarks"}}
 
 # Imports allowed inside a function: dependencies that are optional. duckdb: only a query of the
-# reading API by SQL needs it (pipeline/reading/dataset.py).
-OPTIONAL_DEPENDENCIES: set = {"duckdb"}
+# reading API by SQL needs it (pipeline/reading/dataset.py); torch and torchvision: only decoding
+# to tensors and on the GPU (pipeline/reading/stream.py, gpu.py).
+OPTIONAL_DEPENDENCIES: set = {"duckdb", "torch", "torchvision"}
 
 MAX_LINES = 400
 LONG_REASON = "Long on purpose:"  # what a longer module's docstring must explain
