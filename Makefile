@@ -11,7 +11,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean test-readers
+.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean test-readers bench-read browser
 
 install: $(STAMP)
 
@@ -45,8 +45,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Debian's chromium, for the headless browser test of the HTML report (tests/test_report.py): installed
+# when missing and run as root, like the codec headers; otherwise a warning, and that one test is skipped.
+browser:
+	@sh packaging/install-chromium.sh
+
 # Each test gets its own temporary folder under a TMPDIR of this run (tests never share the machine's /tmp).
-test: lint
+test: lint browser
 	TMPDIR=$$(mktemp -d) $(VENV)/bin/pytest -q tests
 
 # The unit tests only: no Beam pipeline, no build through the command line (under a minute).
@@ -56,7 +61,7 @@ test-fast: install
 # The whole suite against the lowest Apache Beam release the project supports.
 # The tests of the command line's own work around the graph (marked "driver") do not change with
 # Beam's release: they run once, in `make test`.
-test-beam-lowest: $(LOW_VENV)/.installed
+test-beam-lowest: $(LOW_VENV)/.installed browser
 	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q -m "not driver" tests
 
 $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
@@ -86,15 +91,21 @@ clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # The readers that need PyTorch, in a venv of their own so that `make test` never installs it: .stream()
-# through a torch DataLoader with worker processes, decoded to tensors. The release is pinned: on the
-# development machines pip takes a CPU build of torch 2.13.0 from their disk, where a plain `torch` would
-# download a CUDA build of several GB.
+# through a torch DataLoader with worker processes, decoded to tensors, and timm's webdataset reader.
+# torch and torchvision are pinned to a pair that imports together (PyPI's torchvision needs its own
+# torch release); on the development machines pip takes both from their disk.
 READERS_VENV := .venv-readers
+READERS_TORCH := 'torch==2.14.1' 'torchvision==0.29.1' 'timm>=1.0'
 
 test-readers: $(READERS_VENV)/.installed
 	TMPDIR=$$(mktemp -d) $(READERS_VENV)/bin/pytest -q tests/test_readers_torch.py
 
 $(READERS_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
-	$(call make_venv,$(READERS_VENV),'torch==2.13.0',test)
-	$(READERS_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(call make_venv,$(READERS_VENV),$(READERS_TORCH),test)
+	$(READERS_VENV)/bin/python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
 	touch $@
+
+# The loader benchmark (README "Reading the dataset"): the stream, plain webdataset and loose files
+# through DataLoader workers against the decode ceiling; get(key) and query latencies.
+bench-read: $(READERS_VENV)/.installed
+	$(READERS_VENV)/bin/python -m benchmarks.read

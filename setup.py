@@ -28,6 +28,7 @@ setup(
         "defusedxml>=0.7",
         "tqdm>=4.66",
         "psutil>=5.9",  # stopping the local runner's workers on SIGINT / SIGTERM
+        "matplotlib>=3.9",  # the plots of `imagenet-shards report` (pipeline/reading/report.py)
     ],
     extras_require={
         # duckdb, polars and wids: tests/test_readers.py reads a build through each of them

@@ -1,9 +1,7 @@
 """The training stream through PyTorch for real: a DataLoader with worker processes over `.stream()`,
-tensors, and the GPU decoder's fallback to the CPU. `make test-readers` runs this file in
-.venv-readers, which has torch (a CPU build); without torch it is skipped.
-
-timm is not tried here: it needs torchvision, and PyPI's torchvision does not import beside the
-torch 2.13.0 CPU build that the machine has on disk.
+tensors, the GPU decoder's fallback to the CPU, and timm's own webdataset reader on a build.
+`make test-readers` runs this file in .venv-readers, which has torch, torchvision and timm; without
+torch it is skipped (and the timm test without timm).
 """
 import collections
 import io
@@ -171,3 +169,22 @@ def test_with_cuda_a_batch_is_one_call_of_torchvision_decode_jpeg_on_the_device(
     assert gpu.decode_jpegs([b"\xff\xd8one", b"\xff\xd8two"]) == [("on", "cuda", b"\xff\xd8one"),
                                                                     ("on", "cuda", b"\xff\xd8two")]
     assert calls == [(2, "RGB", "cuda")]
+
+
+# --- timm ----------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_timm_trains_and_evaluates_from_the_dataset_root_with_no_other_step(built):
+    """`train.py --dataset wds/imagenet --data-dir OUT`: timm's webdataset reader finds the splits in
+    _info.json at OUT, and its loader gives every sample of the tars once, with the .cls label."""
+    timm_data = pytest.importorskip("timm.data")
+    truth = _truth(built)
+    dataset = timm_data.create_dataset("wds/imagenet", root=str(built.root), split="train", is_training=False,
+                                       batch_size=4)
+    assert len(dataset) == len(truth) == built.manifest["splits"]["train"]["samples"]
+    loader = timm_data.create_loader(dataset, input_size=(3, 64, 64), batch_size=4, is_training=False,
+                                     num_workers=0, device=torch.device("cpu"), use_prefetcher=False)
+    labels = collections.Counter(int(label) for _, batch in loader for label in batch)
+    assert labels == collections.Counter(label for _, label, _ in truth.values())
+    val = timm_data.create_dataset("wds/imagenet", root=str(built.root), split="validation", is_training=False)
+    assert len(val) == built.manifest["splits"]["val"]["samples"]
