@@ -2,6 +2,8 @@
 
   imagenet-shards build SOURCE --out OUT [options] [Beam pipeline options]
   imagenet-shards demo [--out DIR] [options]
+  imagenet-shards verify OUT [--sample N] [--workers N]
+  imagenet-shards report OUT [--output FILE]
 
 Exit status: 0 success, 1 the build failed (including too many rejects), 2 bad usage
 or unusable input.
@@ -21,6 +23,8 @@ from pipeline.console import Console, default_log_path, root_cause
 from pipeline.driver import run_build
 from pipeline.local_runner import fewer_malloc_arenas
 from pipeline.options import UsageError, add_build_arguments, config_from_args
+from pipeline.reading.report import add_report_arguments, run_report
+from pipeline.reading.verify import add_verify_arguments, run_verify
 from pipeline.sample import make_sample_release
 from pipeline.stopping import Terminated, stop_cleanly_on_signals
 from transforms.image import codec_versions
@@ -92,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     # The sample plants faults on purpose (~7% rejects), and is small: small shards show the sharding.
     demo.set_defaults(max_reject_rate=0.25, shard_size=1_000_000,
                       tool_options=(*out.option_strings, *add_build_arguments(demo, with_source=False)))
+    verify = sub.add_parser("verify", help="check a finished dataset against its manifest (hashes, offsets, "
+                                           "members, decoding, keys, counts)")
+    add_verify_arguments(verify)
+    report = sub.add_parser("report", help="write a self-contained HTML report of a dataset")
+    add_report_arguments(report)
+    for reader in (verify, report):  # they run no Beam: nothing to send to a log
+        reader.set_defaults(log_file=None, verbose=True)
     return parser
 
 
@@ -136,6 +147,12 @@ def _run(args, beam_args: list[str]) -> int:
     try:
         if args.command == "demo":
             return run_demo(args, beam_args)
+        if args.command in ("verify", "report"):
+            if beam_args:
+                raise UsageError(f"unrecognized arguments: {' '.join(beam_args)}")
+            if args.command == "verify":
+                return run_verify(args, _say, _console.terminal)
+            return run_report(args, _say)
         return run_build(config_from_args(args), beam_args, _console, tool_options=args.tool_options)
     except (UsageError, SourceError) as e:
         _say(f"imagenet-shards: error: {e}")
