@@ -18,24 +18,15 @@ install: $(STAMP)
 # The main venv also has the readers extra (Hugging Face datasets), which the lowest Beam cannot have.
 MAIN_EXTRAS := test,readers
 
-$(STAMP): setup.py packaging/pillow-simd-shim/setup.py Makefile
+$(STAMP): setup.py packaging/pillow-simd-shim/setup.py packaging/install.sh Makefile
 	$(call make_venv,$(VENV),,$(MAIN_EXTRAS))
 	touch $(STAMP)
 
-# $(call make_venv,FOLDER,EXTRA_REQUIREMENT[,EXTRAS]): a venv with the project, its test tools (EXTRAS:
-# the project's extras, "test" when not given) and pillow-simd.
+# $(call make_venv,FOLDER,EXTRA_REQUIREMENT[,EXTRAS[,OPTIONS]]): a venv with the project (editable), its
+# test tools (EXTRAS: the project's extras, "test" when not given) and pillow-simd, by packaging/install.sh,
+# the script that the Dockerfile's SDK worker image runs too (OPTIONS: more of its options, e.g. --gcp).
 define make_venv
-	@# pillow-simd compiles against these codec headers (JPEG, zlib/PNG, WebP, TIFF, LittleCMS).
-	@dpkg -s libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev liblcms2-dev) || \
-	    echo "warning: install the codec headers above (Debian package names) for pillow-simd"; }
-	$(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install -q --upgrade pip
-	@# One pip call: the shim named 'pillow' satisfies apache-beam's Pillow requirement with pillow-simd.
-	@# --no-cache-dir so pip never reuses a pillow-simd wheel built with other compiler flags.
-	CC="$(SIMD_CC)" $(1)/bin/python -m pip install -q --no-cache-dir ./packaging/pillow-simd-shim -e '.[$(or $(3),test)]' $(2)
-	$(1)/bin/python -m pip check
-	$(1)/bin/python -c "import PIL, PIL.features as f; assert PIL.__version__.endswith('.post0') and f.check_feature('libjpeg_turbo'), PIL.__version__"
+	SIMD_CC="$(SIMD_CC)" bash packaging/install.sh --python $(PYTHON) --venv $(1) --editable --extras '$(or $(3),test)' $(4) $(2)
 endef
 
 demo: install
@@ -64,7 +55,7 @@ test-fast: install
 test-beam-lowest: $(LOW_VENV)/.installed browser
 	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q -m "not driver" tests
 
-$(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
+$(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py packaging/install.sh Makefile
 	$(call make_venv,$(LOW_VENV),'apache-beam==$(BEAM_LOWEST)')
 	$(LOW_VENV)/bin/python -c "import apache_beam; assert apache_beam.__version__ == '$(BEAM_LOWEST)', apache_beam.__version__"
 	touch $@
@@ -81,11 +72,52 @@ bench-rebuild: install
 bench-remote: install
 	$(PY) -m benchmarks.remote
 
+# Memory and time per sample outside the codecs: builds of 50k, 200k and 1M tiny generated JPEGs (official
+# layout, kept under bench-out/scale/), the slopes between them and their projection to ImageNet-21k
+# (README "Scale"). SAMPLES: other sizes, e.g. SAMPLES=200000,1000000.
+.PHONY: bench-scale
+bench-scale: install
+	$(PY) -m benchmarks.scale --samples $(or $(SAMPLES),50000,200000,1000000)
+
 # A scheduled rebuild (cron, systemd, Airflow): "up to date" and exit 0 when nothing changed, a new
 # version published when something did, a stopped build resumed. ARGS: more build options.
 rebuild: install
 	@test -n "$(SOURCE)" && test -n "$(OUT)" || { echo "usage: make rebuild SOURCE=<folder or URL> OUT=<dataset root> [ARGS='--keep 5 ...']" >&2; exit 2; }
 	$(VENV)/bin/imagenet-shards build "$(SOURCE)" --out "$(OUT)" --no-progress $(ARGS)
+
+# A build on Google Cloud Dataflow (README "Running on Dataflow"), its workers in the SDK image that the
+# Dockerfile builds. The driver runs from a venv of its own, made by the same script with what Dataflow
+# needs (Beam's Google Cloud extra, gcsfs). PROJECT, REGION, BUCKET (a name or gs:// URL: the job's
+# temporary and staged files, and OUT by default) and SOURCE (gs://...) are required; IMAGE defaults to the
+# tag that README's docker commands give, OUT to gs://BUCKET/imagenet-shards; ARGS: more options.
+DATAFLOW_VENV := .venv-dataflow
+DATAFLOW_PY := $(DATAFLOW_VENV)/bin/python
+MACHINE_TYPE ?= n2-standard-4
+MAX_WORKERS ?= 32
+DATAFLOW_BUCKET = gs://$(patsubst gs://%,%,$(patsubst %/,%,$(BUCKET)))
+DATAFLOW_OUT = $(or $(OUT),$(DATAFLOW_BUCKET)/imagenet-shards)
+# The image's tag names the versions it must share with the driver: the tool's, Beam's and Python's.
+DATAFLOW_TAG = $(shell test -x $(DATAFLOW_PY) && $(DATAFLOW_PY) -c "import importlib.metadata as m, sys; print('%s-beam%s-py%d.%d' % (m.version('imagenet-shards'), m.version('apache-beam'), *sys.version_info[:2]))")
+IMAGE ?= $(REGION)-docker.pkg.dev/$(PROJECT)/imagenet-shards/worker:$(DATAFLOW_TAG)
+
+# Checked before anything is installed.
+ifneq ($(filter dataflow,$(MAKECMDGOALS)),)
+ifeq ($(and $(PROJECT),$(REGION),$(BUCKET),$(SOURCE)),)
+$(error usage: make dataflow PROJECT=<project> REGION=<region> BUCKET=<bucket> SOURCE=gs://<archives> [IMAGE=<worker image>] [OUT=gs://...] [MACHINE_TYPE=n2-standard-4] [MAX_WORKERS=32] [ARGS='...'])
+endif
+endif
+
+.PHONY: dataflow
+dataflow: $(DATAFLOW_VENV)/.installed
+	$(DATAFLOW_VENV)/bin/imagenet-shards build "$(SOURCE)" --out "$(DATAFLOW_OUT)" --no-progress \
+	  --runner DataflowRunner --project "$(PROJECT)" --region "$(REGION)" \
+	  --temp_location "$(DATAFLOW_BUCKET)/tmp" --staging_location "$(DATAFLOW_BUCKET)/staging" \
+	  --sdk_container_image "$(IMAGE)" --sdk_location container \
+	  --machine_type "$(MACHINE_TYPE)" --max_num_workers "$(MAX_WORKERS)" --experiments shuffle_mode=service $(ARGS)
+
+$(DATAFLOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py packaging/install.sh Makefile
+	$(call make_venv,$(DATAFLOW_VENV),,test,--gcp)
+	touch $@
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

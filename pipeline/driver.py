@@ -52,7 +52,7 @@ def run_build(config: BuildConfig, beam_args: list[str], console: Console, disco
     console: where the tool's own words go. tool_options: the command's own option strings,
     suggested first for a misspelled one."""
     say = console.say
-    options = beam_options(beam_args, tool_options)
+    options = beam_options(beam_args, tool_options, source=config.source, out=config.out)
     started = time.monotonic()
     with OutputLock(config.out) as lock:
         discovery = discover_inputs(config, discovery)

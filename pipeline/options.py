@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipeline.runners import dataflow_problems, runner_name, watch_workers, workers_elsewhere
 from transforms.image import ImageOptions, ResizeSpec
 from transforms.near_duplicates import DEFAULT_MAX_DISTANCE
 from transforms.sizes import parse_byte_size
@@ -295,11 +296,15 @@ def _suggestion(arg: str, tool_options: Sequence[str], beam_names: Sequence[str]
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def beam_options(beam_args: list[str], tool_options: Sequence[str] = ()) -> PipelineOptions:
+def beam_options(beam_args: list[str], tool_options: Sequence[str] = (), source: Optional[str] = None,
+                 out: Optional[str] = None) -> PipelineOptions:
     """PipelineOptions from the arguments the tool did not take; local defaults when no --runner.
 
     Raises UsageError for an argument Beam does not know either (a typo), with a suggestion taken
-    from the tool's own options (`tool_options`) first, then from Beam's.
+    from the tool's own options (`tool_options`) first, then from Beam's, and for the options that
+    the runner lacks or has wrong (Dataflow's: pipeline/runners.py), one line each. `source` and
+    `out`: the build's SOURCE and OUT, which some runners cannot reach (Dataflow: a local path).
+    Bounds the in-process runner's wait for a worker pool's workers (runners.watch_workers).
     """
     unknown = _unknown_arguments(beam_args)
     if unknown:
@@ -321,13 +326,18 @@ def beam_options(beam_args: list[str], tool_options: Sequence[str] = ()) -> Pipe
             args.append(f"--direct_num_workers={cpu_count()}")
     if not given("--default_sdk_harness_log_level"):
         args.append("--default_sdk_harness_log_level=WARNING")
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    problems = dataflow_problems(options, source, out)
+    if problems:
+        raise UsageError("\n".join(problems))
+    watch_workers(options)
+    return options
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return name.rsplit(".", 1)[-1] in StandardOptions.LOCAL_RUNNERS
+    """Whether the workers share the driver's disk and environment: Beam's local runner, with its
+    own worker processes (not a worker pool's, nor containers: see pipeline/runners.py)."""
+    return runner_name(options) in StandardOptions.LOCAL_RUNNERS and not workers_elsewhere(options)
 
 
 def local_workers(options: PipelineOptions) -> Optional[int]:

@@ -20,7 +20,8 @@ def test_worker_count_and_mode_can_be_overridden():
 
 def test_dataflow_options_reach_beam_unchanged():
     args = ["--runner", "DataflowRunner", "--project", "my-proj", "--region", "europe-west4",
-            "--temp_location", "gs://bucket/tmp", "--setup_file", "./setup.py", "--num_workers", "50"]
+            "--temp_location", "gs://bucket/tmp", "--setup_file", "./setup.py", "--num_workers", "50",
+            "--sdk_container_image", "europe-west4-docker.pkg.dev/my-proj/imagenet-shards/worker:1"]
     options = beam_options(args)
     opts = options.get_all_options()
     assert opts["runner"] == "DataflowRunner"
