@@ -1,7 +1,7 @@
 """The build graph: one labelled step per line, the element shape between steps.
 
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
-small: MemberRefs in batches (~100 B per member), pieces of member references, PieceResults (a path
+small: MemberRefs in compressed batches (~25 B per member), pieces of member references, PieceResults (a path
 and counts), HashEntry records in batches, each shard's keys and perceptual hashes in one batch
 (~30 B per sample), rejects, facts. That keeps the local runner's memory
 low however large the dataset (see README "Design" and ARCHITECTURE.md).
@@ -28,6 +28,10 @@ from transforms.sharding import GroupIntoShards
 from transforms.write_shards import WriteShards
 
 __all__ = ["manifest_header", "build_graph"]
+
+# The parts the near-duplicate search is shared out in on runners that scale out (the local runner:
+# one a worker).
+SEARCH_PARTS = 8
 
 
 def manifest_header(config: BuildConfig, inputs: Inputs, codecs: dict, version: Optional[dict] = None) -> dict:
@@ -56,7 +60,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
     rebuild (pipeline/incremental.py)."""
     discovery = inputs.discovery
 
-    # -> members: (MemberRef, ...) batches, one per class tar, class folder or flat tar;
+    # -> members: to_shuffle((MemberRef, ...)) batches, one per class tar, class folder or flat tar;
     #    rejects: Reject (stage "index"); read, left_out: SplitCount; damaged: DamagedArchive;
     #    dropped_classes: ClassCount (--min-per-class)
     indexed = p | "IndexArchives" >> IndexArchives(discovery.archives, discovery.labeler(),
@@ -81,11 +85,13 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
         config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,
         previous.for_shards if previous else None)
 
-    # -> file: NearDuplicatesFile (near-duplicates.parquet); links: ((split, shard_id), near_duplicate_of links)
+    # -> file: NearDuplicatesFile (near-duplicates.parquet); links: ((split, shard_id), near_duplicate_of links);
+    #    the search shared out over the workers, one part each
     links = {"hashes": written["hashes"]}
     near = None
     if config.near_duplicate_distance is not None:
-        near = written["phashes"] | "FindNearDuplicates" >> FindNearDuplicates(out, config.near_duplicate_distance)
+        near = written["phashes"] | "FindNearDuplicates" >> FindNearDuplicates(
+            out, config.near_duplicate_distance, local_workers or SEARCH_PARTS)
         links["near_links"] = near["links"]
 
     # -> ShardDuplicates, for each index file that holds duplicates or near-duplicates, after it is rewritten

@@ -42,6 +42,7 @@ from transforms.near_duplicates import (
     bands_for,
     bucket_pair_indices,
     find_near_pairs,
+    merge_parts,
     nearest_other,
     pairs_in_bucket,
     popcount64,
@@ -213,6 +214,53 @@ def test_the_thumbnail_is_opencvs_and_the_block_its_dct():
         expected = cv2.resize(pixels.astype(np.float64), (32, 32), interpolation=cv2.INTER_AREA)
         assert np.allclose(thumbnail(pixels), expected, atol=1e-9)
         assert np.allclose(dct_block(pixels), cv2.dct(expected)[:8, :8], atol=1e-7)
+
+
+def written_out_phash(pixels, reduced_by: int = 1) -> int:
+    """The hash as the module docstring defines it, step by step with PIL's and numpy's public calls:
+    phash_of takes shortcuts (PIL's raw encoder, the DC term set to -inf, the bits through
+    bytes.translate) that must give these values to the bit."""
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("L")
+    if reduced_by < 8:
+        image = image.reduce(8 // reduced_by)
+    grey = np.asarray(image.convert("L"))
+    ac = dct_block(grey).ravel()[1:]  # the DC term left out
+    above = ac > np.sort(ac)[31] + 1e-2  # the median of 63, and the tie margin
+    return sum(1 << (62 - i) for i in np.flatnonzero(above).tolist())
+
+
+def test_the_hash_is_its_definition_written_out():
+    rng = np.random.default_rng(11)
+    cases = []
+    for name in PHOTOS:
+        photo = original_photo(name)
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=90)
+        draft = Image.open(io.BytesIO(buf.getvalue()))
+        draft.draft("L", (draft.width // 8, draft.height // 8))  # the kept JPEG's validation decode
+        draft.load()
+        cases += [(draft, 8), (photo, 1), (photo.convert("L"), 1), (photo.convert("P"), 1),
+                  (photo.reduce(2), 2), (np.asarray(photo.reduce(4)), 4)]
+    for shape in [(1, 1), (3, 7), (8, 8), (47, 63), (90, 5), (64, 64)]:  # any size of a 1/8 decode
+        cases.append((Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)), 8))
+    half = rng.integers(0, 256, size=(48, 32), dtype=np.uint8)  # mirror images: exact ties
+    cases.append((Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1)), 8))
+    cases += [(Image.new("L", (63, 47), 200), 8), (Image.new("RGB", (500, 375), (9, 80, 3)), 1)]
+    for pixels, reduced_by in cases:
+        assert phash_of(pixels, reduced_by) == written_out_phash(pixels, reduced_by)
+
+
+def test_an_image_file_not_yet_loaded_is_read_all_the_same():
+    buf = io.BytesIO()
+    original_photo("skimage_chelsea.jpg").save(buf, "JPEG", quality=90)
+    drafted = Image.open(io.BytesIO(buf.getvalue()))
+    drafted.draft("L", (drafted.width // 8, drafted.height // 8))  # not loaded: tobytes loads it
+    loaded = Image.open(io.BytesIO(buf.getvalue()))
+    loaded.draft("L", (loaded.width // 8, loaded.height // 8))
+    loaded.load()
+    assert phash_of(drafted, reduced_by=8) == phash_of(loaded, reduced_by=8) != 0
 
 
 def test_the_hash_refuses_what_is_not_pixels():
@@ -427,6 +475,21 @@ def test_the_star_rule_keeps_nearest_other_exact():
     assert len(starred.first) + starred.unlisted == len(complete.first)
     assert set(near_pairs(starred)) < set(near_pairs(complete))
     assert nearest_other(near_pairs(starred)) == nearest_other(near_pairs(complete))
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_the_search_shared_out_in_parts_is_the_whole_search(parts):
+    hashes = planted_hashes(3000, DEFAULT_MAX_DISTANCE, seed=4)
+    hashes[100:400] = hashes[7]  # a big group of identical hashes: a star, and unlisted pairs
+    whole = search_indices(hashes, DEFAULT_MAX_DISTANCE)
+    shares = [search_indices(hashes, DEFAULT_MAX_DISTANCE, part=(i, parts)) for i in range(parts)]
+    assert all(len(share.first) for share in shares)  # every part finds some
+    merged = merge_parts(shares)
+    for field in ("first", "second", "distance"):
+        assert np.array_equal(getattr(merged, field), getattr(whole, field))
+    assert (merged.unlisted, merged.compared) == (whole.unlisted, whole.compared) and whole.unlisted > 0
+    with pytest.raises(ValueError):
+        search_indices(hashes, DEFAULT_MAX_DISTANCE, part=(parts, parts))
 
 
 def test_a_bucket_must_share_its_band():

@@ -1,11 +1,12 @@
 """The local runner's workers share the work in equal segments of the line of all members: every
 member in exactly one segment, segments equal whatever the shards' sizes, few shards cut."""
 import collections
+import math
 import random
 
 import pytest
 
-from transforms.segments import MIN_PIECE_SAMPLES, Segments
+from transforms.segments import MIN_PIECE_SAMPLES, SEGMENT_MEMBERS, Segments
 
 
 def _shard_sizes(rng, samples, shards):
@@ -51,11 +52,17 @@ def test_segments_are_equal_and_cut_few_shards(workers):
 
 def test_more_segments_for_bigger_builds_each_within_the_memory_bound():
     rng = random.Random(0)
+    # ImageNet-1k's ~1.33M members: one segment a worker, one shard cut
     shards = {"train": [4270 + rng.randint(-70, 70) for _ in range(300)],
               "val": [4166 + rng.randint(-70, 70) for _ in range(12)]}
     segments = Segments.from_sizes(_sizes(shards), workers=2)
-    assert segments.count % 2 == 0 and segments.length <= 100_000
-    assert segments.count == 14  # ceil(~1.33M / 200,000) = 7 per worker
+    assert segments.count == 2 and segments.length <= SEGMENT_MEMBERS
+    assert len(_deal(segments, shards)[1]) == 1
+    # ImageNet-21k's ~14.2M members: more segments, each within the bound
+    shards = {"train": [4730 + rng.randint(-70, 70) for _ in range(3000)]}
+    segments = Segments.from_sizes(_sizes(shards), workers=2)
+    assert segments.count % 2 == 0 and segments.length <= SEGMENT_MEMBERS
+    assert segments.count == 2 * math.ceil(sum(shards["train"]) / (2 * SEGMENT_MEMBERS))
     load, cut = _deal(segments, shards)
     assert len(cut) <= segments.count - 1
     assert max(load.values()) - min(load.values()) <= 2 * MIN_PIECE_SAMPLES

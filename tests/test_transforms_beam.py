@@ -33,6 +33,7 @@ from transforms.records import (
     ShardTask,
     SplitCount,
     from_shuffle,
+    to_shuffle,
 )
 from transforms.schema import INDEX_SCHEMA, IndexRow
 from transforms.sharding import GroupIntoShards
@@ -80,11 +81,10 @@ def test_index_archives(tmp_path):
     labeler = Labeler(classes, {"val": {"ILSVRC2012_val_00000001": "n01751748"}}, frozenset({"train", "val"}))
     with TestPipeline() as p:
         out = p | IndexArchives(archives, labeler)
-        batches = out["members"] | "BatchShape" >> beam.Map(lambda batch: sorted(r.key for r in batch))
+        batches = out["members"] | "BatchShape" >> beam.Map(lambda batch: sorted(r.key for r in from_shuffle(batch)))
         assert_that(batches, equal_to([["n01440764_1"], ["n01443537_7"], ["ILSVRC2012_val_00000001"]]),
                     label="one batch per unit")
-        members = out["members"] | beam.FlatMap(lambda batch: batch) | beam.Map(lambda r: (r.key, r.split, r.label,
-                                                                                        r.size))
+        members = out["members"] | beam.FlatMap(from_shuffle) | beam.Map(lambda r: (r.key, r.split, r.label, r.size))
         rejects = out["rejects"] | beam.Map(lambda r: (r.key, r.reason))
         assert_that(members, equal_to([("n01440764_1", "train", 0, 10), ("n01443537_7", "train", 1, 20),
                                        ("ILSVRC2012_val_00000001", "val", 65, 2)]), label="members")
@@ -100,7 +100,8 @@ def test_group_into_shards_includes_empty_shards():
     refs = _refs(3) + _refs(2, split="val")
     with TestPipeline() as p:
         grouping = GroupIntoShards(seed=0, shard_size=3000, resize_mode="none", resize_size=None, quality=90)
-        members = p | "Members" >> beam.Create([tuple(refs[:2]), tuple(refs[2:])])  # batches, one mixing splits
+        # batches, one mixing splits
+        members = p | "Members" >> beam.Create([to_shuffle(tuple(refs[:2])), to_shuffle(tuple(refs[2:]))])
         boxes = p | "Boxes" >> beam.Create([BoxesRef("k1", "train", ((0.1, 0.1, 0.5, 0.5),), ("n01440764",), 0, "x"),
                                             BoxesRef("ILSVRC2012_test_1", "test", (), (), 0, "y")])
         grouped = {"members": members, "boxes": boxes} | grouping

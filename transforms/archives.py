@@ -33,7 +33,7 @@ from transforms.folders import class_folder_entries, list_files
 from transforms.header_cache import HeaderCache
 from transforms.keys import folder_member_key, key_hash, readable_name, sample_key
 from transforms.labels import Labeler, LeftOutClass, NoLabel
-from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount
+from transforms.records import DamagedArchive, LeftOut, MemberRef, Reject, SplitCount, from_shuffle, to_shuffle
 from transforms.storage import file_size, open_range
 from transforms.tar_headers import TarDamaged, TarEntry, iter_tar_entries
 
@@ -220,7 +220,8 @@ class _ExpandArchivesFn(beam.DoFn):
             elif isinstance(item, DamagedArchive):
                 yield pvalue.TaggedOutput("damaged", item)
             elif isinstance(item, MemberRef):
-                yield pvalue.TaggedOutput("members", (item,))  # a batch of one (a file outside any class folder)
+                # a batch of one (a file outside any class folder)
+                yield pvalue.TaggedOutput("members", to_shuffle((item,)))
             elif isinstance(item, LeftOut):
                 yield pvalue.TaggedOutput("left_out", item)
             else:
@@ -229,7 +230,7 @@ class _ExpandArchivesFn(beam.DoFn):
 
 @beam.typehints.with_output_types(typing.Any)
 class _IndexUnitFn(beam.DoFn):
-    """TarSlice | FolderSlice -> MemberRef per member (+ rejects)."""
+    """TarSlice | FolderSlice -> to_shuffle((MemberRef, ...)), the unit's members (+ rejects)."""
 
     def __init__(self, labeler: Labeler, sizes: dict, holdout: int, seed: int, accept_damaged: bool,
                  cache: Optional[HeaderCache] = None):
@@ -260,15 +261,15 @@ class _IndexUnitFn(beam.DoFn):
             else:
                 batch.append(item)
         if batch:
-            yield tuple(batch)
+            yield to_shuffle(tuple(batch))
 
 
-def _splits_of_batch(batch) -> list:
-    return list(collections.Counter(ref.split for ref in batch).items())
+def _splits_of_batch(packed: bytes) -> list:
+    return list(collections.Counter(ref.split for ref in from_shuffle(packed)).items())
 
 
 class IndexArchives(beam.PTransform):
-    """PBegin -> {"members": (MemberRef, ...) batches, "rejects": Reject, "left_out": SplitCount,
+    """PBegin -> {"members": to_shuffle((MemberRef, ...)) batches, "rejects": Reject, "left_out": SplitCount,
     "read": SplitCount, "damaged": DamagedArchive, "dropped_classes": ClassCount}: every member,
     headers only. "read" counts every member per split, kept or rejected (directories are not
     members); "left_out" the members of classes that --classes leaves out, and of the classes
@@ -277,10 +278,12 @@ class IndexArchives(beam.PTransform):
     build, unless `accept_damaged`: then it is indexed as far as it goes and reported in "damaged".
     `header_cache`: the tar headers earlier builds read (transforms/header_cache.py).
 
-    Members come in batches, one per unit (a class tar, a class folder, a whole flat tar): the
-    local runner keeps every element that crosses a stage in memory, and a batch pickles its
-    shared strings (the archive's path, the split, the class) once, with one element's overhead
-    for a thousand members instead of a thousand (~100 B per member instead of ~330).
+    Members come in batches, one per unit (a class tar, a class folder, a whole flat tar), each
+    pickled and compressed by records.to_shuffle: the local runner keeps every element that
+    crosses a stage in memory, and a batch pickles its shared strings (the archive's path, the
+    split, the class) once, with one element's overhead for a thousand members instead of a
+    thousand, and compresses what its members' keys and sources repeat (~20 B per member on the
+    scale benchmark's release, where Beam's own coder of a tuple of MemberRefs takes ~250 B).
     Nested tars and folders of class folders are split into their classes first, and a
     Reshuffle spreads those over the workers (otherwise the whole fan-out would stay on the
     worker that listed it).

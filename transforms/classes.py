@@ -35,7 +35,7 @@ from transforms.hierarchy import (
 )
 from transforms.keys import WNID
 from transforms.labels import ClassInfo
-from transforms.records import ClassCount, MemberRef, SourceError
+from transforms.records import ClassCount, MemberRef, SourceError, from_shuffle, to_shuffle
 
 __all__ = ["ClassFilter", "KeepPlan", "select_classes", "coarse_classes", "class_record", "manifest_classes",
            "class_counts", "keep_plan", "filter_batch", "without_dropped_classes", "DropSmallClasses"]
@@ -231,19 +231,19 @@ def filter_batch(batch: Sequence[MemberRef], plan: KeepPlan) -> tuple[tuple, dic
 
 @beam.typehints.with_output_types(typing.Any)
 class _DropSmallFn(beam.DoFn):
-    """(MemberRef, ...) batch -> the batch less the members of dropped classes; their count per
+    """to_shuffle((MemberRef, ...)) batch -> the batch less the members of dropped classes; their count per
     split goes to "left_out" as (split, n)."""
 
-    def process(self, batch, plan):
-        kept, left_out = filter_batch(batch, plan)
+    def process(self, packed, plan):
+        kept, left_out = filter_batch(from_shuffle(packed), plan)
         if kept:
-            yield kept
+            yield to_shuffle(kept)
         for split, n in sorted(left_out.items()):
             yield pvalue.TaggedOutput("left_out", (split, n))
 
 
 class DropSmallClasses(beam.PTransform):
-    """(MemberRef, ...) batches -> {"members": the batches of the classes kept, "left_out": (split, n)
+    """to_shuffle((MemberRef, ...)) batches -> {"members": the batches of the classes kept, "left_out": (split, n)
     pairs of the members left out, "dropped": ClassCount of each class dropped}.
 
     The counts cross one small shuffle (a class and a number), and the decision is one element
@@ -259,7 +259,7 @@ class DropSmallClasses(beam.PTransform):
         spec = self._spec
         plan = (
             members
-            | "CountPerClass" >> beam.FlatMap(class_counts)
+            | "CountPerClass" >> beam.FlatMap(lambda packed: class_counts(from_shuffle(packed)))
             | "SumPerClass" >> beam.CombinePerKey(sum)
             | "AllClassCounts" >> beam.combiners.ToDict()
             | "DecideKept" >> beam.Map(keep_plan, spec)

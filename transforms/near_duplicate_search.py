@@ -10,12 +10,17 @@ Contracts:
         its nearest other sample; the pairs counted per pair of splits ("train-val", ...)
     write_near_duplicates(layout, found, max_distance) -> NearDuplicatesFile: near-duplicates.parquet
         (schema.NEAR_DUPLICATES_SCHEMA) beside the manifest, with its size and sha256
-    FindNearDuplicates(out_root, max_distance): PhashBatch bytes -> {"file": NearDuplicatesFile,
+    ordered_hashes(batches) -> every hash in the order of the keys (8 bytes a sample)
+    search_part(hashes, max_distance, (i, n)) -> the pairs (as positions) of the i-th of n parts of
+        the search, which search_batches merges (the search shared out over n workers)
+    FindNearDuplicates(out_root, max_distance, parts): PhashBatch bytes -> {"file": NearDuplicatesFile,
         "links": ((split, shard_id), ("near_duplicate_of", ((key, other key), ...)))}, the links
         of each shard that holds a near-duplicate, which FlagDuplicates (transforms/index.py)
         writes into the index files in the same rewrite as duplicate_of
 
-The whole search runs in one worker, once every shard is written. The other way, sending each
+The search runs once every shard is written: every shard's batch gathered into one element, the
+hashes put in the order of the keys, the buckets shared out over `parts` workers (each reads the
+ordered hashes, 8 bytes a sample), then one worker merges the pairs and writes the file. The other way, sending each
 sample to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on
 many workers, shuffles a record per sample per band. benchmarks/near_duplicates_bench.py measures
 both on a million random hashes (1,000 close pairs planted) at the default distance 8:
@@ -24,10 +29,11 @@ both on a million random hashes (1,000 close pairs planted) at the default dista
     in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
   * time: 48 s of one core for the million (the sort of the keys and the links a second or two
     of it; the search alone, 47 s), about a minute for ImageNet-1k, once every shard is written;
-  * memory: 183 bytes a sample at the worker's peak above the batches it receives (27 bytes a
-    sample): every key as a Python string and its place in the order of the keys, the hashes,
-    splits and shards as arrays, and the search's own 47 bytes a sample; 174 MB for the
-    million, about 240 MB for ImageNet-1k.
+    shared out over 2 workers, ~20 s of each for a million tiny images (benchmarks/scale.py);
+  * memory: the worker that orders the hashes and the one that merges the parts hold every key
+    as fixed-width UTF-8 bytes (~30 bytes a sample; as Python strings they took ~100), the
+    hashes, splits, shards and the order as arrays (~26 bytes); a part holds the ordered hashes
+    (8 bytes a sample) and the search's own 47 bytes a sample.
 The search is exact (near_duplicates.py); a group of more than IDENTICAL_GROUP_LIMIT identical
 hashes (blank images all hash to 0) is listed as a star, the pairs left out counted as
 `unlisted`, and near_duplicate_of stays exact.
@@ -38,7 +44,7 @@ import hashlib
 import io
 import itertools
 import typing
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -47,13 +53,13 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 
 from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
-from transforms.near_duplicates import search_indices
+from transforms.near_duplicates import merge_parts, search_indices
 from transforms.records import NearDuplicatesFile, from_shuffle, to_shuffle
 from transforms.schema import NEAR_DUPLICATES_SCHEMA
 from transforms.storage import atomic_write
 
-__all__ = ["PhashBatch", "NearDuplicates", "phash_batch", "split_pair", "search_batches", "write_near_duplicates",
-           "FindNearDuplicates"]
+__all__ = ["PhashBatch", "NearDuplicates", "phash_batch", "split_pair", "ordered_hashes", "search_part",
+           "search_batches", "write_near_duplicates", "FindNearDuplicates"]
 
 # The order of the splits in a pair's name ("train-val", not "val-train"); other splits come after
 # these, in alphabetical order.
@@ -99,22 +105,70 @@ def split_pair(a: str, b: str) -> str:
     return f"{first}-{second}"
 
 
-def search_batches(batches: Iterable[bytes], max_distance: int) -> NearDuplicates:
-    """See the module docstring. `batches`: phash_batch's, one a shard, in any order."""
-    decoded = sorted((from_shuffle(b) for b in batches), key=lambda b: (b.split, b.shard_id))
-    decoded = [b for b in decoded if b.keys]
-    splits = sorted({b.split for b in decoded})
-    keys = [key for b in decoded for key in b.keys]
-    count = len(keys)
-    split_of = np.concatenate([np.full(len(b.keys), splits.index(b.split), dtype=np.int16) for b in decoded]
+class _Samples(NamedTuple):
+    """Every shard's samples, in the order of their batches sorted by (split, shard), and `order`:
+    their positions in (key, split) order, which the search works in."""
+
+    keys: np.ndarray  # each key in UTF-8, fixed width ("S"): ~30 bytes a key, where a str takes ~70
+    splits: list  # the splits' names, sorted
+    split_of: np.ndarray  # each sample's split, as its place in `splits`
+    shard_of: np.ndarray
+    hashes: np.ndarray  # uint64
+    order: np.ndarray
+
+
+def _samples(batches: Iterable[bytes]) -> _Samples:
+    # Each batch's keys become a fixed-width byte array as it is decoded, so that the keys of every
+    # shard are never all Python strings at once.
+    decoded = []
+    for packed in batches:
+        batch = from_shuffle(packed)
+        if batch.keys:
+            keys = np.array([key.encode("utf-8", "surrogateescape") for key in batch.keys], dtype=bytes)
+            decoded.append((batch.split, batch.shard_id, keys, np.frombuffer(batch.hashes, dtype="<u8")))
+    decoded.sort(key=lambda b: (b[0], b[1]))
+    splits = sorted({split for split, *_ in decoded})
+    keys = np.concatenate([b[2] for b in decoded] or [np.empty(0, "S1")])
+    split_of = np.concatenate([np.full(len(b[2]), splits.index(b[0]), dtype=np.int16) for b in decoded]
                               or [np.empty(0, np.int16)])
-    shard_of = np.concatenate([np.full(len(b.keys), b.shard_id, dtype=np.int64) for b in decoded]
+    shard_of = np.concatenate([np.full(len(b[2]), b[1], dtype=np.int64) for b in decoded]
                               or [np.empty(0, np.int64)])
-    hashes = np.concatenate([np.frombuffer(b.hashes, dtype="<u8") for b in decoded] or [np.empty(0, np.uint64)])
+    hashes = np.concatenate([b[3] for b in decoded] or [np.empty(0, np.uint64)])
     # In (key, split) order, which the search needs (its positions are the order of the keys): a
-    # stable sort by key of samples already in the order of their splits' names.
-    order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)
-    found = search_indices(hashes[order].astype(np.uint64), max_distance)
+    # stable sort by key of samples already in the order of their splits' names. UTF-8 bytes sort
+    # as their text does (code point order), so the byte array sorts as the keys would.
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    return _Samples(keys, splits, split_of, shard_of, hashes, order)
+
+
+def _key(keys: np.ndarray, i: int) -> str:
+    return bytes(keys[i]).decode("utf-8", "surrogateescape")
+
+
+def ordered_hashes(batches: Iterable[bytes]) -> bytes:
+    """Every sample's hash in the samples' (key, split) order, as raw little-endian uint64: all that
+    a part of the search needs (8 bytes a sample, where the keys take ~100 in a worker)."""
+    samples = _samples(batches)
+    return samples.hashes[samples.order].astype("<u8").tobytes()
+
+
+def search_part(hashes: bytes, max_distance: int, part: tuple[int, int]) -> bytes:
+    """to_shuffle(IndexPairs) of part (i, n) of the search (near_duplicates.search_indices) of
+    ordered_hashes' array, on positions in the samples' (key, split) order: what one of n workers
+    finds."""
+    return to_shuffle(search_indices(np.frombuffer(hashes, dtype="<u8").astype(np.uint64), max_distance, part=part))
+
+
+def search_batches(batches: Iterable[bytes], max_distance: int, parts: Optional[Iterable[bytes]] = None
+                   ) -> NearDuplicates:
+    """See the module docstring. `batches`: phash_batch's, one a shard, in any order; `parts`:
+    search_part's of every part of the search, when the search was shared out (else it runs here)."""
+    keys, splits, split_of, shard_of, hashes, order = _samples(batches)
+    count = len(keys)
+    if parts is None:
+        found = search_indices(hashes[order].astype(np.uint64), max_distance)
+    else:
+        found = merge_parts(from_shuffle(p) for p in parts)
     first, second = order[found.first], order[found.second]
     names = [split_pair(a, b) for a, b in itertools.combinations_with_replacement(splits, 2)]
     by_split_pair = dict.fromkeys(sorted(names, key=lambda n: [_split_rank(s) for s in n.split("-", 1)]), 0)
@@ -122,8 +176,10 @@ def search_batches(batches: Iterable[bytes], max_distance: int) -> NearDuplicate
         combos, counts = np.unique(np.stack([split_of[first], split_of[second]]), axis=1, return_counts=True)
         for (a, b), n in zip(combos.T.tolist(), counts.tolist()):
             by_split_pair[split_pair(splits[a], splits[b])] += n
-    columns = {"key_a": [keys[i] for i in first.tolist()], "split_a": [splits[i] for i in split_of[first].tolist()],
-               "key_b": [keys[i] for i in second.tolist()], "split_b": [splits[i] for i in split_of[second].tolist()],
+    columns = {"key_a": [_key(keys, i) for i in first.tolist()],
+               "split_a": [splits[i] for i in split_of[first].tolist()],
+               "key_b": [_key(keys, i) for i in second.tolist()],
+               "split_b": [splits[i] for i in split_of[second].tolist()],
                "distance": found.distance.tolist()}
     links = _nearest_links(found.first, found.second, found.distance, order, keys, splits, split_of, shard_of)
     return NearDuplicates(columns, links, by_split_pair, count, found.unlisted)
@@ -142,7 +198,7 @@ def _nearest_links(first, second, distance, order, keys, splits, split_of, shard
     best[1:] = owner[1:] != owner[:-1]  # the first row of each owner: the nearest, then the first key
     links: dict = {}
     for mine, theirs in zip(order[owner[best]].tolist(), order[other[best]].tolist()):
-        links.setdefault((splits[int(split_of[mine])], int(shard_of[mine])), {})[keys[mine]] = keys[theirs]
+        links.setdefault((splits[int(split_of[mine])], int(shard_of[mine])), {})[_key(keys, mine)] = _key(keys, theirs)
     return links
 
 
@@ -161,14 +217,15 @@ def write_near_duplicates(layout: OutputLayout, found: NearDuplicates, max_dista
 
 @beam.typehints.with_output_types(NearDuplicatesFile)
 class _SearchFn(beam.DoFn):
-    """[PhashBatch bytes, ...] (every shard's) -> NearDuplicatesFile; links -> each shard's links."""
+    """[PhashBatch bytes, ...] (every shard's) and the search's parts -> NearDuplicatesFile; links
+    -> each shard's links."""
 
     def __init__(self, out_root: str, max_distance: int):
         self._out_root = out_root
         self._max_distance = max_distance
 
-    def process(self, batches):
-        found = search_batches(batches, self._max_distance)
+    def process(self, batches, parts):
+        found = search_batches(batches, self._max_distance, parts)
         beam.metrics.Metrics.counter("near_duplicates", "pairs").inc(len(found.columns["key_a"]))
         yield write_near_duplicates(OutputLayout(self._out_root), found, self._max_distance)
         for shard, links in sorted(found.links.items()):
@@ -176,17 +233,32 @@ class _SearchFn(beam.DoFn):
 
 
 class FindNearDuplicates(beam.PTransform):
-    """See the module docstring. Every shard's batch goes to one worker (ToList: one element even
-    for a build of no samples, so that the file is always written)."""
+    """See the module docstring. Every shard's batch is gathered into one element (ToList: one
+    element even for a build of no samples, so that the file is always written). The search is
+    shared out in `parts` (the local runner's workers: one key each, as transforms/segments.py
+    deals them): one worker puts the hashes in the order of the keys (ordered_hashes), each part
+    reads that array as a side input and searches its share of the buckets, and one worker then
+    merges the parts' pairs and writes the file. Shared out, the search
+    of a million samples on 2 workers took ~20 s of each instead of ~40 s of one."""
 
-    def __init__(self, out_root: str, max_distance: int):
+    def __init__(self, out_root: str, max_distance: int, parts: int = 1):
         super().__init__()
         self._search = _SearchFn(out_root, max_distance)
+        self._max_distance = max_distance
+        self._parts = max(1, parts)
 
     def expand(self, batches):
-        searched = (
-            batches
-            | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
-            | "SearchPairs" >> beam.ParDo(self._search).with_outputs("links", main="file")
+        max_distance, count = self._max_distance, self._parts
+        gathered = batches | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
+        ordered = gathered | "OrderHashes" >> beam.Map(ordered_hashes)
+        parts = (
+            batches.pipeline
+            | "SearchParts" >> beam.Create([(i, i) for i in range(count)])
+            | "SpreadParts" >> beam.GroupByKey()
+            | "SearchPart" >> beam.Map(
+                lambda keyed, hashes: search_part(hashes, max_distance, (keyed[0], count)),
+                beam.pvalue.AsSingleton(ordered))
         )
+        searched = gathered | "SearchPairs" >> beam.ParDo(self._search, beam.pvalue.AsList(parts)).with_outputs(
+            "links", main="file")
         return {"file": searched.file, "links": searched.links}

@@ -9,7 +9,9 @@ Contracts (pure functions; no Beam):
         (key_a, split_a) < (key_b, split_b), distance <= max_distance
     nearest_other(pairs) -> {key: the key, sorting first, of the nearest other sample}
     find_near_pairs(entries, max_distance) -> BucketPairs: the whole search in one process
-    search_indices(hashes, max_distance) -> IndexPairs: the same on an array, for the benchmark
+    search_indices(hashes, max_distance, part=(i, n)) -> IndexPairs: the same on an array (or the
+        i-th of n parts of it, shared out over workers), positions for keys
+    merge_parts([IndexPairs of each part]) -> IndexPairs: the parts as one search
 
 The search (exact, not approximate):
   * Pigeonhole. The 64 bits are cut into B = max_distance + 1 bands of adjacent bits (widths
@@ -62,7 +64,7 @@ import numpy as np
 
 __all__ = ["HASH_BITS", "LEAF_SIZE", "IDENTICAL_GROUP_LIMIT", "DEFAULT_MAX_DISTANCE", "NearPair", "BucketPairs",
            "IndexPairs", "bands_for", "band_layout", "band_keys", "band_values", "popcount64", "pairs_in_bucket",
-           "bucket_pair_indices", "nearest_other", "find_near_pairs", "search_indices"]
+           "bucket_pair_indices", "nearest_other", "find_near_pairs", "search_indices", "merge_parts"]
 
 HASH_BITS = 64
 # Distance <= 8 of 64 for transforms.phash: every re-encoded, resized, brightened and PNG copy of
@@ -435,19 +437,30 @@ def find_near_pairs(entries: Iterable, max_distance: int = DEFAULT_MAX_DISTANCE)
 
 def search_indices(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
                    group_limit: int = IDENTICAL_GROUP_LIMIT,
-                   on_bucket: Optional[Callable[[int], None]] = None) -> IndexPairs:
+                   on_bucket: Optional[Callable[[int], None]] = None, part: tuple[int, int] = (0, 1)) -> IndexPairs:
     """find_near_pairs on positions: `hashes` (uint64) in the order of their samples' keys. Every
     bucket (band_index, band_value) goes through bucket_pair_indices on its own. `on_bucket` is
-    given the size of each bucket with two or more members (for the benchmark)."""
+    given the size of each bucket with two or more members (for the benchmark).
+
+    part (i, n): only the buckets of two or more members whose number, counted in (band, value)
+    order, is i modulo n: the search shared out over n workers. Each bucket decides alone which
+    pairs it reports, so merge_parts of the n parts is the whole search, exactly."""
+    index, count_of_parts = part
+    if not 0 <= index < count_of_parts:
+        raise ValueError(f"part must be (i, n) with 0 <= i < n, got {part!r}")
     hashes = np.asarray(hashes, dtype=_UINT64)
     bands = bands_for(max_distance)
     parts: list = []
     unlisted = compared = 0
+    serial = 0  # the number of the next bucket of two or more members
     for band_index in range(bands):
         values = band_values(hashes, band_index, bands)
         order = np.argsort(values, kind="stable")  # stable: each bucket keeps the key order
         starts, counts = _runs(values[order])
-        for start, count in zip(starts[counts >= 2].tolist(), counts[counts >= 2].tolist()):
+        starts, counts = starts[counts >= 2], counts[counts >= 2]
+        mine = (np.arange(serial, serial + len(starts)) % count_of_parts) == index
+        serial += len(starts)
+        for start, count in zip(starts[mine].tolist(), counts[mine].tolist()):
             positions = order[start:start + count]
             if on_bucket is not None:
                 on_bucket(count)
@@ -455,11 +468,21 @@ def search_indices(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
             parts.append((positions[found.first], positions[found.second], found.distance))
             unlisted += found.unlisted
             compared += found.compared
+    empty = np.empty(0, dtype=np.int64)
+    return merge_parts([IndexPairs(p[0], p[1], p[2], 0, 0) for p in parts]
+                       + [IndexPairs(empty, empty, empty, unlisted, compared)])
+
+
+def merge_parts(parts: Iterable[IndexPairs]) -> IndexPairs:
+    """The pairs of several parts of one search (search_indices' `part`) as one search's: sorted."""
+    parts = list(parts)
+    unlisted, compared = sum(p.unlisted for p in parts), sum(p.compared for p in parts)
+    parts = [p for p in parts if len(p.first)]
     if not parts:
         empty = np.empty(0, dtype=np.int64)
         return IndexPairs(empty, empty, empty, unlisted, compared)
-    first = np.concatenate([p[0] for p in parts])
-    second = np.concatenate([p[1] for p in parts])
-    distance = np.concatenate([p[2] for p in parts])
+    first = np.concatenate([p.first for p in parts])
+    second = np.concatenate([p.second for p in parts])
+    distance = np.concatenate([p.distance for p in parts])
     order = np.lexsort((second, first))
     return IndexPairs(first[order], second[order], distance[order], unlisted, compared)

@@ -45,6 +45,19 @@ the closest are at 18 (1% below 22) with the DCT hash, and at 12 (1% below 13) w
 hash of a 9 x 8 thumbnail of the same luma. A difference hash compares neighbouring cells, so a
 texture or a small shift flips many of its bits; the DCT hash keeps the coarse layout of the
 image. Done as above, it costs no more than the difference hash's resize.
+
+What it costs: the kernel hashes right after a decode, when little of the hash's code (the
+interpreter's, numpy's, OpenBLAS's) is left in the CPU's caches, so each call costs about twice
+what it costs in a loop: counted under callgrind, the hash of a kept JPEG is 1.7% of its
+kernel's instructions but a third of its instruction-cache misses (python -m
+benchmarks.near_duplicates_bench times both and counts them). So phash_of makes few calls:
+the pixels come out of PIL in one call of its raw encoder (Image.tobytes wraps that call in about
+two microseconds of Python) and numpy reads them where they are; the two products are
+ndarray.dot, which takes the uint8 pixels as float64 itself; the DC term is set to -inf rather
+than sliced off (it then sorts first and is never above the threshold); and the 64 comparisons
+become the hash through bytes.translate and int(..., 2), cheaper than numpy's packbits or a dot
+product with the bits' weights. Every float is the one that the steps above make, computed the
+same way (the same two BLAS products, the same comparisons), so the hashes are the same to the bit.
 """
 from __future__ import annotations
 
@@ -74,8 +87,12 @@ _DCT_ROWS = np.array([[math.cos(math.pi * (2 * x + 1) * u / (2 * THUMBNAIL_SIZE)
                        * math.sqrt((1 if u == 0 else 2) / THUMBNAIL_SIZE)
                        for x in range(THUMBNAIL_SIZE)] for u in range(_BLOCK)])
 
-# The value of each coefficient's bit, from coefficient 1 (bit 62) to coefficient 63 (bit 0).
-_BIT_WEIGHTS = np.left_shift(np.int64(1), np.arange(_BLOCK * _BLOCK - 2, -1, -1, dtype=np.int64))
+# The comparisons of the 64 coefficients (DC first) as bytes 0 and 1 -> the digits of the hash in base 2.
+_BINARY_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
+
+# PIL's raw encoder, which Image.tobytes runs (with mode and raw mode "L" for an "L" image).
+_RAW_ENCODER = Image.core.raw_encoder
+_ENCODER_DONE = 1  # the encoder's errcode once every row is out (libImaging's IMAGING_CODEC_END)
 
 _UINT64_MASK = (1 << 64) - 1
 _INT64_LIMIT = 1 << 63
@@ -86,20 +103,28 @@ def phash_of(pixels, reduced_by: int = 1) -> int:
     `reduced_by` says how much smaller than the image the pixels already are (1, 2, 4 or 8)."""
     if reduced_by == REDUCTION and isinstance(pixels, Image.Image) and pixels.mode == "L":
         # The image kernel's JPEG kept byte for byte: its 1/8 luma decode is already steps 1 and 2.
+        # _grey_array written out for the image the kernel has (decoded, not empty): a call less.
         width, height = pixels.size
-        grey = np.frombuffer(pixels.tobytes(), dtype=np.uint8).reshape(height, width)
+        if width and height and not getattr(pixels, "tile", None):
+            encoder = _RAW_ENCODER("L", "L")
+            encoder.setimage(pixels.im)
+            _, status, data = encoder.encode(width * height)
+            grey = np.ndarray((height, width), np.uint8, data if status == _ENCODER_DONE else pixels.tobytes())
+        else:
+            grey = _grey_array(pixels)
     else:
         grey = luma(pixels, reduced_by)
         height, width = grey.shape
-    # dct_block written out, with ndarray's methods rather than numpy's functions: right after a
-    # decode every Python-level call costs about a microsecond (np.sort is Python around
-    # ndarray.sort, and dot takes the uint8 pixels as float64 itself).
+    # dct_block written out, in as few calls as it takes (see "What it costs" above).
     rows, columns_t = _projections(height, width)
-    ac = rows.dot(grey).dot(columns_t).ravel()[1:]  # the DC term (index 0) left out
-    ordered = ac.copy()
+    block = rows.dot(grey).dot(columns_t).ravel()  # dot takes the uint8 pixels as float64 itself
+    block[0] = -math.inf  # the DC term, left out: it sorts first and is never above the median
+    ordered = block.copy()
     ordered.sort()
-    # Coefficient i (1..63) becomes bit 63 - i: the weights are 2**62 down to 2**0.
-    return int((ac > ordered[_MEDIAN_RANK] + _TIE).dot(_BIT_WEIGHTS))
+    # ordered[0] is the DC term, so the median of the 63 others (index 31 among them) is ordered[32].
+    # Coefficient i (DC 0, then 1..63) is the i-th digit of the hash in base 2: bit 63 - i.
+    above = block > ordered.item(_MEDIAN_RANK + 1) + _TIE
+    return int(above.tobytes().translate(_BINARY_DIGITS), 2)
 
 
 def luma(pixels, reduced_by: int = 1) -> np.ndarray:
@@ -114,9 +139,24 @@ def luma(pixels, reduced_by: int = 1) -> np.ndarray:
         image = image.reduce(factor)  # on RGB: reducing first is cheaper than converting first
     if image.mode != "L":
         image = image.convert("L")
+    return _grey_array(image)
+
+
+def _grey_array(image: Image.Image) -> np.ndarray:
+    """The pixels of an "L" image as a uint8 array, H x W: what image.tobytes() holds, read by one
+    call of PIL's raw encoder (tobytes is that call in about two microseconds of Python: the
+    image's load, the encoder's lookup, a loop over chunks of 64 KB)."""
+    if getattr(image, "tile", None):  # an image file not decoded yet (only ImageFile has tiles)
+        image.load()
     width, height = image.size
-    # frombuffer(tobytes()) rather than asarray: about half the cost on a small image.
-    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(height, width)
+    data = b""
+    if width and height:
+        encoder = _RAW_ENCODER("L", "L")
+        encoder.setimage(image.im)
+        _, status, data = encoder.encode(width * height)  # room for every row: one call
+        if status != _ENCODER_DONE:  # never seen; the encoder must not be called again once done
+            data = image.tobytes()
+    return np.ndarray((height, width), np.uint8, data)  # over the bytes, not a copy (read-only)
 
 
 def thumbnail(grey: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Optional
 import pyarrow as pa
 
 __all__ = ["IndexRow", "INDEX_SCHEMA", "DATASET_COLUMNS", "REJECTS_SCHEMA", "NEAR_DUPLICATES_SCHEMA", "as_dict",
-           "rows_to_table", "rejects_to_table"]
+           "with_offset", "rows_to_table", "rejects_to_table"]
 
 # A bounding box: [xmin, ymin, xmax, ymax], normalised to [0, 1] in the stored image's frame.
 BOX_TYPE = pa.list_(pa.float32())
@@ -105,14 +105,38 @@ class IndexRow:
     near_duplicate_of: Optional[str] = None
 
 
+_FIELD_NAMES: dict[type, tuple] = {}  # a dataclass -> its fields' names, in order
+
+
+def _field_names(cls: type) -> tuple:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def as_dict(record) -> dict:
     """A record's fields as a dict. Shallow: dataclasses.asdict deep-copies every value, which
-    costs more per sample than hashing its image."""
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    costs more per sample than hashing its image (and the field names are looked up once a class:
+    dataclasses.fields costs ~5 us a call)."""
+    return {name: getattr(record, name) for name in _field_names(type(record))}
+
+
+def with_offset(row: IndexRow, offset: int) -> IndexRow:
+    """The row with its `offset` set: a copy of its fields, without dataclasses.replace's call of
+    __init__ with every field (~6 us a sample, against ~1)."""
+    new = object.__new__(IndexRow)
+    new.__dict__.update(row.__dict__)
+    object.__setattr__(new, "offset", offset)
+    return new
 
 
 def rows_to_table(rows) -> pa.Table:
-    return pa.Table.from_pylist([as_dict(r) for r in rows], schema=INDEX_SCHEMA)
+    """The index table of `rows`, built column by column (the same table as from_pylist of each
+    row's dict, for half the time)."""
+    rows = list(rows)
+    return pa.Table.from_pydict({name: [getattr(r, name) for r in rows] for name in INDEX_SCHEMA.names},
+                                schema=INDEX_SCHEMA)
 
 
 def rejects_to_table(rejects) -> pa.Table:

@@ -23,7 +23,12 @@ small combine. Every member is in exactly one piece whatever the counts say: the
 where the cuts fall, never what a shard contains (shards are byte-identical however cut).
 
 Segments cost memory: the runner hands a worker a whole key's values at once, so a segment holds
-at most SEGMENT_MEMBERS MemberRefs (~150 bytes each), and bigger builds have more segments.
+at most SEGMENT_MEMBERS members, and bigger builds have more segments. A segment's values are its
+pieces, pickled and compressed (records.to_shuffle: ~25 bytes a member), and a worker unpickles one
+piece at a time, so a segment of a million members is ~25 MB. Fewer, longer segments cut fewer
+shards: each cut shard is staged piece by piece and assembled again (a write and a read of its
+samples, and a second read of each JPEG kept as it is), which took more than a third of the time of
+a build of a million tiny images cut at segments of 100,000 (benchmarks/scale.py).
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ from typing import Iterable
 
 __all__ = ["SEGMENT_MEMBERS", "MIN_PIECE_SAMPLES", "Segments"]
 
-# Members a segment holds at most: ~15 MB of MemberRefs in a worker at once. ImageNet-1k on
-# 2 workers: 14 segments, so ~13 of its ~65 shards (shorter:256, 512 MB shards) in two pieces.
-SEGMENT_MEMBERS = 100_000
+# Members a segment holds at most: ~25 MB of compressed pieces in a worker at once. ImageNet-1k on
+# 2 workers: 2 segments, so 1 of its ~65 shards (shorter:256, 512 MB shards) in two pieces;
+# ImageNet-21k: 16 segments.
+SEGMENT_MEMBERS = 1_000_000
 
 # A cut leaving fewer members than this at either end of a shard is not made: staging a shard to
 # move a handful of images to another worker costs more than the imbalance it saves.

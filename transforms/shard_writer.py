@@ -32,7 +32,7 @@ from transforms.index import index_file_of, write_index_file
 from transforms.layout import OutputLayout
 from transforms.reader_files import dali_index, dali_sample_line
 from transforms.records import IndexFile, Reject, ShardInfo, ShardTask
-from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow, as_dict
+from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow, as_dict, with_offset
 from transforms.storage import atomic_write
 
 __all__ = ["TAR_MTIME", "TAR_MODE", "JSON_FOR_NULL", "ShardResult", "ShardTarWriter", "ShardWriter", "sample_json",
@@ -180,7 +180,7 @@ class ShardWriter:
     def add(self, row: IndexRow, jpeg: bytes) -> IndexRow:
         """Append one sample; return its row with the .jpg payload's offset in the tar."""
         assert self._tar is not None, "add() outside the with block"
-        row = dataclasses.replace(row, offset=self._tar.payload_offset(f"{row.key}.jpg"))  # the .json carries it
+        row = with_offset(row, self._tar.payload_offset(f"{row.key}.jpg"))  # the .json carries it
         members = [(f"{row.key}.jpg", jpeg), (f"{row.key}.cls", str(row.label).encode()),
                    (f"{row.key}.json", sample_json(row))]
         written = self._tar.add_sample(members)

@@ -15,6 +15,9 @@ import math
 import typing
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.keys import shard_of
 from transforms.records import BoxesRef, ShardMembers, ShardTask, SplitCount, SplitPlan, from_shuffle, to_shuffle
@@ -77,20 +80,36 @@ def assign_batch(batch, seed: int, counts: dict) -> list:
     return [(shard, tuple(refs)) for shard, refs in sorted(by_shard.items())]
 
 
+# Members an assigning worker holds, cut by shard, before it sends them on: a batch of members is
+# one class tar, whose members go to hundreds of shards (ImageNet-21k: ~650 members to ~550 of its
+# ~3,000 shards), so sent batch by batch each would be a record of one or two members, and the
+# local runner would hold ~150 bytes a member in the driver (a compressed pickle of one member and
+# a key); gathered over many batches, a shard's record holds dozens of members (~25 bytes each).
+# ~40 MB of MemberRefs in the worker at most.
+ASSIGN_BUFFER_MEMBERS = 100_000
+
+
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
 class _AssignShardFn(beam.DoFn):
-    """(MemberRef, ...) | BoxesRef -> ((split, shard_id), record): member batches cut by shard;
-    sizes -> ((split, shard_id), members in the slice); annotations of a split without samples
-    -> orphans (SplitCount)."""
+    """to_shuffle((MemberRef, ...)) | BoxesRef -> ((split, shard_id), record): members gathered by
+    shard over the batches of a bundle (at most ASSIGN_BUFFER_MEMBERS at once), sent as
+    to_shuffle((MemberRef, ...)); sizes -> ((split, shard_id), members sent); annotations of a split
+    without samples -> orphans (SplitCount)."""
 
     def __init__(self, seed: int):
         self._seed = seed
 
+    def start_bundle(self):
+        self._by_shard: dict = {}
+        self._held = 0
+
     def process(self, item, counts):
-        if isinstance(item, tuple):  # a batch of members: every split in it has samples
-            for shard, refs in assign_batch(item, self._seed, counts):
-                yield shard, to_shuffle(refs)
-                yield beam.pvalue.TaggedOutput("sizes", (shard, len(refs)))
+        if isinstance(item, bytes):  # a batch of members: every split in it has samples
+            for shard, refs in assign_batch(from_shuffle(item), self._seed, counts):
+                self._by_shard.setdefault(shard, []).extend(refs)
+                self._held += len(refs)
+            if self._held >= ASSIGN_BUFFER_MEMBERS:
+                yield from self._flush(lambda value: value)
             return
         n = counts.get(item.split)
         if n:
@@ -98,17 +117,27 @@ class _AssignShardFn(beam.DoFn):
         else:  # an annotation for a split with no samples at all: nothing to join with
             yield beam.pvalue.TaggedOutput("orphans", SplitCount(item.split, 1))
 
+    def finish_bundle(self):
+        yield from self._flush(lambda value: WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),)))
+
+    def _flush(self, wrap):
+        """The members held, one record a shard, in shard order; and their counts."""
+        for shard, refs in sorted(self._by_shard.items()):
+            yield wrap((shard, to_shuffle(tuple(refs))))
+            yield beam.pvalue.TaggedOutput("sizes", wrap((shard, len(refs))))
+        self._by_shard, self._held = {}, 0
+
 
 class GroupIntoShards(beam.PTransform):
-    """{"members": (MemberRef, ...) batches, "boxes": BoxesRef} ->
+    """{"members": to_shuffle((MemberRef, ...)) batches, "boxes": BoxesRef} ->
       "tasks":   ShardMembers(task, members, boxes) for every shard of every split (empty ones too);
       "plan":    (split, SplitPlan(samples, shards)), decided before any image is decoded;
       "sizes":   ((split, shard_id), members) of every shard with members (repeated keys counted);
       "orphans": SplitCount(split, 1) for each annotation of a split that has no samples.
 
-    Only small records cross this shuffle (batches of MemberRefs, ~100 bytes per member, cut by
-    shard; boxes), never image bytes. Annotations go to the shard their key hashes to, so they
-    meet their image there.
+    Only small records cross this shuffle (batches of MemberRefs, pickled and compressed, gathered
+    by shard over many class tars: ~25 bytes per member; boxes), never image bytes. Annotations go
+    to the shard their key hashes to, so they meet their image there.
     """
 
     def __init__(self, seed: int, shard_size: int, resize_mode: str, resize_size, quality: int):
@@ -122,7 +151,7 @@ class GroupIntoShards(beam.PTransform):
         seed, shard_size, (mode, size, quality) = self._seed, self._shard_size, self._estimate
         totals = (
             members
-            | "EstimateBytes" >> beam.FlatMap(split_estimates, mode, size, quality)
+            | "EstimateBytes" >> beam.FlatMap(lambda packed: split_estimates(from_shuffle(packed), mode, size, quality))
             | "SumPerSplit" >> beam.CombinePerKey(_add_pairs)
         )
         plan = totals | "CountShards" >> beam.MapTuple(
