@@ -1,7 +1,8 @@
 """The near-duplicate search at scale, and the perceptual hash's cost beside the image kernel.
 
     python -m benchmarks.near_duplicates_bench [--samples 1000000] [--max-distance 8] [--planted 1000]
-                                               [--kind phash|uniform] [--phash-images 200] [--json FILE]
+                                               [--kind phash|uniform] [--phash-images 200]
+                                               [--phash-callgrind 0] [--json FILE]
 
 1. The search (transforms.near_duplicates.search_indices, every bucket on its own as a Beam
    wiring would run it) over random hashes with planted close pairs: the wall time, the pairs
@@ -25,6 +26,19 @@
    figure is an image's best of several passes, interleaved so that load hits both alike. Inside
    the kernel, right after a decode, the hash costs more than in this loop (its code and data are
    no longer in the caches): the "in_kernel" figures are process_image with and without the hash.
+3. With --phash-callgrind N: the same, counted rather than timed (wall time on a shared machine
+   varies by more than the hash costs), under valgrind's callgrind with its cache simulation, on
+   the first N photos: the instructions of process_image and of the phash_of calls inside it, per
+   image and by path, and the simulated L1 misses (instruction and data) of each. The kernel is
+   called through map and the hash through functools.reduce, so that --toggle-collect on their
+   C functions (map_next, functools_reduce: CPython's own symbols) counts each alone, after a
+   first pass over the photos that is not counted (imports, caches). The L1 misses show what the
+   timings cannot: right after a decode, the hash's code is no longer in the instruction cache.
+   "est_cycles" is callgrind's usual estimate, Ir + 10 x (L1 misses) + 100 x (last-level misses).
+
+Long on purpose: one benchmark of one feature, the near-duplicates, with the small scripts that
+its measurements run in fresh processes (the search's memory, the build's wiring, the counted
+kernel): apart, each would be a module of a few dozen lines that only this one calls.
 """
 from __future__ import annotations
 
@@ -34,6 +48,7 @@ import io
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -59,7 +74,7 @@ from transforms.phash import phash_of
 from transforms.records import to_shuffle
 
 __all__ = ["random_hashes", "plant_pairs", "chance_pairs", "shuffle_bytes_per_sample", "time_search", "largest_bucket",
-           "time_gathered_search", "time_phash", "main"]
+           "time_gathered_search", "time_phash", "time_phash_in_kernel", "count_phash_in_kernel", "main"]
 
 _PHASH_WEIGHT = 31  # bits set in a hash of transforms.phash (the coefficients above the median of 63)
 _PHASH_BITS = 63  # bits 62..0; bit 63 is always 0
@@ -342,6 +357,82 @@ def time_phash_in_kernel(images: int, passes: int = 7) -> dict:
     return out
 
 
+
+# The counted run (argv: a pickle of the photos' bytes). Nothing is counted before the calls that
+# valgrind's --toggle-collect names: map_next (each process_image) or functools_reduce (each hash).
+_CALLGRIND_CHILD = """
+import functools, pickle, sys
+import transforms.image as image_kernel
+from transforms.image import ImageOptions, process_image
+
+with open(sys.argv[1], "rb") as f:
+    datas = pickle.load(f)
+options = ImageOptions()
+for data in datas:  # every import made and every size's projections cached before the count
+    process_image(data, options)
+real = image_kernel.phash_of
+
+def hashed(pixels, reduced_by=1):
+    return functools.reduce(lambda _, p: real(p, reduced_by), (pixels,), None)
+
+image_kernel.phash_of = hashed
+list(map(lambda data: process_image(data, options), datas))
+"""
+_CALLGRIND_TOGGLES = {"kernel": "map_next", "phash": "functools_reduce"}
+
+
+def _callgrind_counts(photos: str, toggle: str, folder: str) -> dict:
+    """The event totals of one run of _CALLGRIND_CHILD under callgrind, counting only inside `toggle`."""
+    out = os.path.join(folder, f"callgrind.{toggle}")
+    subprocess.run(["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--toggle-collect={toggle}",
+                    f"--callgrind-out-file={out}", sys.executable, "-c", _CALLGRIND_CHILD, photos], check=True,
+                   capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    fields: dict = {}
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("events:", "summary:")):
+                fields[line.split(":")[0]] = line.split(":", 1)[1].split()
+    return dict(zip(fields["events"], map(int, fields["summary"])))
+
+
+def count_phash_in_kernel(images: int) -> dict:
+    """Part 3 of the module docstring: per image, the kernel's and the hash's instructions (Ir), L1
+    misses (instruction, data) and estimated cycles under callgrind, by path, and the hash's shares."""
+    options = ImageOptions()
+    datas = [make_photo(f"near-duplicates-{n}") for n in range(images)]
+    by_path = {"kept": [d for d in datas if not process_image(d, options).reencoded]}
+    by_path["reencoded"] = [d for d in datas if process_image(d, options).reencoded]
+    counts: dict = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for path, chosen in by_path.items():
+            if chosen:
+                photos = os.path.join(folder, f"{path}.pkl")
+                with open(photos, "wb") as f:
+                    pickle.dump(chosen, f)
+                counts[path] = {what: _callgrind_counts(photos, toggle, folder)
+                                for what, toggle in _CALLGRIND_TOGGLES.items()}
+
+    def figures(what: str, paths: list) -> dict:
+        n = sum(len(by_path[p]) for p in paths)
+        total: collections.Counter = collections.Counter()
+        for p in paths:
+            total.update(counts[p][what])
+        l1 = total["I1mr"] + total["D1mr"] + total["D1mw"]
+        ll = total["ILmr"] + total["DLmr"] + total["DLmw"]
+        return {"Ir": round(total["Ir"] / n), "I1_misses": round(total["I1mr"] / n),
+                "D1_misses": round((total["D1mr"] + total["D1mw"]) / n),
+                "est_cycles": round((total["Ir"] + 10 * l1 + 100 * ll) / n)}
+
+    out = {}
+    for path, paths in (("kept", ["kept"]), ("reencoded", ["reencoded"]), ("all", list(counts))):
+        paths = [p for p in paths if p in counts]
+        if paths:
+            kernel, phash = figures("kernel", paths), figures("phash", paths)
+            out[path] = {"images": sum(len(by_path[p]) for p in paths), "kernel": kernel, "phash": phash,
+                         "phash_share_percent": {k: round(100 * phash[k] / kernel[k], 2) if kernel[k] else 0.0
+                                                 for k in ("Ir", "I1_misses", "est_cycles")}}
+    return out
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.near_duplicates_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=1_000_000, help="hashes searched (default 1,000,000)")
@@ -351,6 +442,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("phash", "uniform"), default="phash", help="the random hashes (default phash)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phash-images", type=int, default=200, help="images for the hash's cost (default 200; 0: skip)")
+    p.add_argument("--phash-callgrind", type=int, default=0, metavar="N",
+                   help="also count the hash's cost in the kernel under valgrind's callgrind, on N photos "
+                        "(default 0: skip; 40 take a few minutes)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     return p
 
@@ -367,6 +461,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path, f in figures["phash_cost_in_kernel"].items():
             print(f"phash cost inside the kernel, {path}: {f['images']} images, kernel {f['kernel_us']} us, of which "
                   f"the hash {f['phash_us']} us ({f['phash_share_percent']}%)")
+    if a.phash_callgrind:
+        figures["phash_callgrind"] = count_phash_in_kernel(a.phash_callgrind)
+        for path, f in figures["phash_callgrind"].items():
+            k, h, share = f["kernel"], f["phash"], f["phash_share_percent"]
+            print(f"phash counted inside the kernel (callgrind), {path}: {f['images']} images, kernel {k['Ir']:,} "
+                  f"instructions ({k['I1_misses']:,} L1i misses, {k['est_cycles']:,} est. cycles), of which the hash "
+                  f"{h['Ir']:,} ({h['I1_misses']:,} L1i misses, {h['D1_misses']:,} L1d misses, {h['est_cycles']:,} "
+                  f"est. cycles): {share['Ir']}% of the instructions, {share['I1_misses']}% of the L1i misses, "
+                  f"{share['est_cycles']}% of the est. cycles")
     if a.samples:
         figures["search"] = s = time_search(a.samples, a.max_distance, a.planted, a.kind, a.seed)
         print(f"search: {s['samples']:,} {s['kind']} hashes, distance <= {s['max_distance']} ({s['bands']} bands): "
