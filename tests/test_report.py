@@ -31,6 +31,9 @@ from pipeline.reading import plots
 from pipeline.reading.report import REPORT_NAME, SECTIONS, add_report_arguments, run_report, write_report
 from pipeline.sample import make_sample_release
 
+# The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
+pytestmark = pytest.mark.readers
+
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

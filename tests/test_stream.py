@@ -25,6 +25,9 @@ from PIL import Image
 from pipeline.reading import gpu
 from pipeline.reading.stream import ShardCountMismatch, Stream, StreamShard, stream
 
+# The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
+pytestmark = pytest.mark.readers
+
 COUNTS = (0, 5, 3, 7, 1, 0, 4)  # unequal shards, two of them empty: 20 samples
 HAS_TORCH = find_spec("torch") is not None
 

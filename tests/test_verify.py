@@ -30,7 +30,9 @@ from transforms.reader_files import dali_index, dali_sample_line, wids_index
 from transforms.schema import INDEX_SCHEMA
 from transforms.shard_writer import ShardTarWriter
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+# Real builds through the command line, then the reading side (no Beam in the code under test, so
+# `make test-beam-lowest` leaves it out).
+pytestmark = [pytest.mark.e2e, pytest.mark.readers]
 
 
 def verify(out, *options) -> tuple:
