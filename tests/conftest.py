@@ -83,3 +83,18 @@ def build(release, out: Path, *extra) -> Build:
 def built(release, tmp_path_factory):
     """The release built with small shards on two worker processes."""
     return build(release, tmp_path_factory.mktemp("built"), "--shard-size", "120KB", "--direct_num_workers", "2")
+
+
+@pytest.fixture(scope="session")
+def release_with_near_copies(tmp_path_factory):
+    """A release like `release` (planted faults, byte duplicates, boxes), with planted near-duplicates too:
+    what the tests of the reading side (the reading API, the report) read."""
+    return make_sample_release(tmp_path_factory.mktemp("release-near"), classes=6, train_per_class=8, val_images=16,
+                               test_images=3, seed=1, near_duplicates=True)
+
+
+@pytest.fixture(scope="session")
+def built_with_near_copies(release_with_near_copies, tmp_path_factory):
+    """That release built as `built` is: small shards, two worker processes."""
+    return build(release_with_near_copies, tmp_path_factory.mktemp("built-near") / "out", "--shard-size", "120KB",
+                 "--direct_num_workers", "2")

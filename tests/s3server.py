@@ -17,10 +17,14 @@ instrument.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import urllib.parse
-from typing import Optional
+from typing import Iterator, Optional
+
+import fsspec.config
+import pytest
 
 HOST = "127.0.0.1"  # loopback only
 BUCKET = "imagenet-shards-test"
@@ -191,3 +195,15 @@ class S3Server:
     def clear_log(self) -> None:
         with self._lock:
             self._requests.clear()
+
+
+@contextlib.contextmanager
+def s3_server_for_this_process(bucket: str = BUCKET) -> Iterator[S3Server]:
+    """A server, with this process's environment and fsspec's config pointed at it until the block
+    ends: what a test needs that reads or builds in this process, or in subprocesses it starts."""
+    with S3Server(bucket) as server, pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env.items():
+            mp.setenv(name, value)
+        # fsspec read FSSPEC_* at import, long before: set what it would have read from them.
+        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+        yield server

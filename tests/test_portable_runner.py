@@ -30,11 +30,10 @@ import sysconfig
 import time
 from pathlib import Path
 
-import fsspec.config
 import psutil
 import pytest
 from conftest import CLI, REPO, run_cli
-from s3server import S3Server
+from s3server import s3_server_for_this_process
 
 from benchmarks.output_digests import digests
 from pipeline.options import beam_options, is_local_runner, local_workers
@@ -168,11 +167,7 @@ def the_failure_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def s3():
     """The server, with this process's environment and fsspec's config pointed at it for the module."""
-    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        # fsspec read FSSPEC_* at import, long before: set what it would have read from them.
-        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+    with s3_server_for_this_process() as server:
         yield server
 
 

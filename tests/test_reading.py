@@ -8,22 +8,19 @@ in tests/test_remote.py) is read again through s3:// URLs.
 """
 import os
 import pickle
-import posixpath
 import shutil
 import subprocess
 import sys
 import tarfile
 
-import fsspec.config
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, build
-from s3server import S3Server
+from conftest import REPO
+from s3server import s3_server_for_this_process
 
 from pipeline.reading import Dataset, Query, Sample, open_dataset
-from pipeline.sample import make_sample_release
 from transforms.hierarchy import UnknownWnid
 
 # The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
@@ -33,16 +30,15 @@ SPLITS = ("train", "val", "test")
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
+def release(release_with_near_copies):
     """Planted faults (two byte duplicates in train, rejects), boxes, and planted near-duplicates."""
-    return make_sample_release(tmp_path_factory.mktemp("reading-release"), classes=6, train_per_class=8,
-                               val_images=16, test_images=3, seed=1, near_duplicates=True)
+    return release_with_near_copies
 
 
 @pytest.fixture(scope="module")
-def built(release, tmp_path_factory):
-    return build(release, tmp_path_factory.mktemp("reading") / "out", "--shard-size", "120KB",
-                 "--direct_num_workers", "2")
+def built(built_with_near_copies):
+    """That release, built once for the session (conftest)."""
+    return built_with_near_copies
 
 
 # --- independent readers ---------------------------------------------------------------------------
@@ -290,15 +286,10 @@ def test_the_reading_api_imports_without_torch_and_without_beam():
 @pytest.fixture(scope="module")
 def s3_dataset(built):
     """The build copied to the S3 server (LATEST and the version it names): s3://BUCKET/reading-api."""
-    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+    with s3_server_for_this_process() as server:
         latest = (built.root / "LATEST").read_text().strip()
         base = f"{server.bucket}/reading-api"
-        paths = [os.path.join(folder, name) for folder, _, names in os.walk(built.out) for name in names]
-        # One call for every file: s3fs sends the uploads concurrently (one by one took ~25 s).
-        server.fs.put(paths, [posixpath.join(base, latest, os.path.relpath(path, built.out)) for path in paths])
+        server.fs.put(str(built.out), f"{base}/{latest}", recursive=True)  # in one batch: a file at a time is slow
         server.fs.pipe_file(f"{base}/LATEST", (latest + "\n").encode())
         yield server, f"s3://{base}"
 

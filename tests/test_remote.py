@@ -16,12 +16,11 @@ import tarfile
 import tempfile
 import time
 
-import fsspec.config
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from conftest import CLI, REPO, version_of
-from s3server import S3Server
+from s3server import s3_server_for_this_process
 
 from benchmarks.range_server import RangeServer
 from pipeline.lock import LOCK_NAME, LockLost, OutputLock
@@ -39,11 +38,7 @@ TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_te
 @pytest.fixture(scope="module")
 def s3():
     """The server, with this process's environment and fsspec's config pointed at it for the module."""
-    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        # fsspec read FSSPEC_* at import, long before: set what it would have read from them.
-        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+    with s3_server_for_this_process() as server:
         yield server
 
 

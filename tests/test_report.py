@@ -24,12 +24,10 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import build
 from PIL import Image, ImageStat
 
 from pipeline.reading import plots
 from pipeline.reading.report import REPORT_NAME, SECTIONS, add_report_arguments, run_report, write_report
-from pipeline.sample import make_sample_release
 
 # The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
 pytestmark = pytest.mark.readers
@@ -56,15 +54,15 @@ IMAGE_CHECK = """<img src="data:image/png;base64,AAAA" alt="deliberately-broken"
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return make_sample_release(tmp_path_factory.mktemp("report-release"), classes=6, train_per_class=8,
-                               val_images=16, test_images=3, seed=1, near_duplicates=True)
+def release(release_with_near_copies):
+    """Planted faults (two byte duplicates in train, rejects), boxes, and planted near-duplicates."""
+    return release_with_near_copies
 
 
 @pytest.fixture(scope="module")
-def built(release, tmp_path_factory):
-    return build(release, tmp_path_factory.mktemp("report") / "out", "--shard-size", "120KB",
-                 "--direct_num_workers", "2")
+def built(built_with_near_copies):
+    """That release, built once for the session (conftest)."""
+    return built_with_near_copies
 
 
 def report_command(*argv) -> argparse.Namespace:

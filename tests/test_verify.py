@@ -17,13 +17,12 @@ import subprocess
 import sys
 import tarfile
 
-import fsspec.config
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Build
 from PIL import Image
-from s3server import S3Server
+from s3server import s3_server_for_this_process
 
 from pipeline.reading.verify import add_verify_arguments, run_verify
 from transforms.reader_files import dali_index, dali_sample_line, wids_index
@@ -270,10 +269,7 @@ def test_the_command_line_verifies_and_reports_a_deleted_shard(dataset):
 # --- s3:// ---------------------------------------------------------------------------------------
 
 def test_a_dataset_on_s3_verifies_and_a_deleted_shard_is_named(built):
-    with S3Server() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        mp.setitem(fsspec.config.conf, "s3", {**fsspec.config.conf.get("s3", {}), "endpoint_url": server.endpoint})
+    with s3_server_for_this_process() as server:
         base, latest = f"{server.bucket}/verify", (built.root / "LATEST").read_text().strip()
         server.fs.put(str(built.out), f"{base}/{latest}", recursive=True)  # in one batch: a file at a time is slow
         server.fs.put([str(built.root / "LATEST"), str(built.root / "_info.json")], f"{base}/")
