@@ -124,14 +124,15 @@ clean:
 	rm -rf demo-out bench-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
 # The readers that need PyTorch, in a venv of their own so that `make test` never installs it: .stream()
-# through a torch DataLoader with worker processes, decoded to tensors, and timm's webdataset reader.
+# through a torch DataLoader with worker processes, decoded to tensors, timm's webdataset reader, and wids
+# with torch itself (make test runs wids with stand-ins for the two torch modules it imports).
 # torch and torchvision are pinned to a pair that imports together (PyPI's torchvision needs its own
 # torch release); on the development machines pip takes both from their disk.
 READERS_VENV := .venv-readers
 READERS_TORCH := 'torch==2.14.1' 'torchvision==0.29.1' 'timm>=1.0'
 
 test-readers: $(READERS_VENV)/.installed
-	TMPDIR=$$(mktemp -d) $(READERS_VENV)/bin/pytest -q tests/test_readers_torch.py
+	TMPDIR=$$(mktemp -d) $(READERS_VENV)/bin/pytest -q tests/test_readers_torch.py tests/test_readers.py -k "torch or wids"
 
 $(READERS_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py Makefile
 	$(call make_venv,$(READERS_VENV),$(READERS_TORCH),test)
