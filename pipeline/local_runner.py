@@ -54,17 +54,23 @@ MALLOC_DEFAULTS = {
     # process: measured on the benchmark's builds, the process tree's RSS grew 25% less per sample
     # (13.5 -> 10.1 KB), at no measurable cost in time.
     "MALLOC_ARENA_MAX": "2",
-    # The shuffles hand each worker its values in buffers of tens to hundreds of KB (a segment's
-    # pickled pieces, a shard's rows), freed a moment later. By default glibc raises its mmap
-    # threshold up to 32 MB as such buffers are freed, so they come from the heap from then on, and
-    # the heap is trimmed only from its top: freed buffers pile up in the heap instead of going
-    # back to the operating system. With blocks of 128 KB or more in their own mappings (returned
-    # on free) and the heap trimmed once 128 KB at its top are free, the benchmark's build of 1M
-    # samples peaked at 1,351 MiB over its process tree instead of 2,011 (537 MiB in its largest
-    # process instead of 836), the tree's growth from 200k to 1M samples 0.45 KB a sample instead
-    # of 0.98, and it took no longer (benchmarks/scale.py, with ImageNet-sized shards).
-    "MALLOC_MMAP_THRESHOLD_": "131072",
-    "MALLOC_TRIM_THRESHOLD_": "131072",
+    # The shuffles hand each worker its values in buffers of tens of KB to a few MB (a segment's
+    # pickled pieces, a shard's rows, batches of hashes), freed a moment later. By default glibc
+    # raises its mmap threshold (up to 32 MB) each time such a buffer is freed, so that they all
+    # come from the heap from then on, and trims the heap only once twice that is free at its top:
+    # freed buffers pile up in the heap instead of going back to the operating system. Fixed
+    # thresholds of 4 MiB keep the biggest buffers in mappings of their own (returned on free) and
+    # trim the heap once 4 MiB are free at its top. Measured on benchmarks/scale.py's builds of
+    # 200k and 1M tiny images at ImageNet's shard granularity (2 cores, one run each): the process
+    # tree's peak at 1M was 1,374 MiB, against 1,644 with glibc's defaults (the code before this
+    # setting). Lower thresholds saved little more (128 KiB: 1,271 and 1,334 MiB at 1M in two
+    # runs) for 10-15% more CPU time, all of it page faults (3.4M at 200k, against 0.46M at 4 MiB),
+    # since every buffer over the threshold is mapped and faulted in afresh and the heap is
+    # trimmed and grown again all the time: 48 s of CPU at 200k at 128 KiB, 42 s at 4 MiB, and
+    # 41 s with the thresholds fixed at glibc's own maxima (32 MiB and 64 MiB), which saved
+    # nothing (1,138 MiB at 200k, against 1,023 at 4 MiB).
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 20),
 }
 
 
