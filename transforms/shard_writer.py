@@ -60,8 +60,8 @@ class ShardTarWriter:
     copies and small writes; this ~0.1 ms). Samples are gathered until WRITE_BYTES are pending,
     then written and hashed in one call: a sample of a few KB written on its own cost a system
     call and a hash update of its own (the write alone was ~9% of the stage that writes the
-    shards, in a profile of benchmarks/scale.py's build of 200k tiny images). The file holds the whole tar only after close(). The end of
-    archive is what tarfile writes.
+    shards, in a profile of benchmarks/scale.py's build of 200k tiny images). The file holds the
+    whole tar only after close(). The end of archive is what tarfile writes.
     """
 
     WRITE_BYTES = 1 << 20
