@@ -3,13 +3,26 @@
     python -m benchmarks.scale [--samples 50000,200000,1000000] [--out bench-out/scale]     (make bench-scale)
 
 For each N, a release in the official layout is generated once and kept under OUT/corpus-N/ (a
-train tar of 1,000 per-class tars and a flat val tar of 2% of the samples, with the devkit), of N
-tiny unique JPEGs: 64 x 64 baseline RGB JPEGs that the build keeps byte for byte, so that the
-codecs cost little (about 60 us an image) and what is measured is the bookkeeping around them
-(indexing, planning, shuffles, tar, Parquet, the duplicate searches, the manifest). Each corpus is
-then built with the tool's defaults through its command line (`python -m pipeline build SOURCE
---out OUT`, in a fresh OUT), while the RSS of the whole process tree (the driver and the local
-runner's workers) and of its largest process is sampled every 0.2 s.
+train tar of 1,000 per-class tars and a flat val tar of 2% of the samples, with the devkit; see
+benchmarks/scale_corpus.py), of N tiny unique JPEGs: 64 x 64 baseline RGB JPEGs that the build
+keeps byte for byte, so that the codecs cost little (about 60 us an image) and what is measured is
+the bookkeeping around them (indexing, planning, shuffles, tar, Parquet, the duplicate searches,
+the manifest). Each corpus is then built through the tool's command line (`python -m pipeline
+build SOURCE --out OUT --shard-size SIZE`, in a fresh OUT) with its defaults but one, while the RSS
+of the whole process tree (the driver and the local runner's workers) and of its largest process
+is sampled every 0.2 s.
+
+The one option that is not the default is the shard size: it is chosen so that a shard holds as
+many samples as a default shard of ImageNet holds. ImageNet's JPEGs average about 110 KB
+(ILSVRC2012's train tar: ~140 GB over 1,281,167 images), and the planner counts 2,816 bytes of tar
+headers and padding besides each image (transforms/sharding.py), so a sample takes ~112,816 bytes
+and a default shard of 512 MB holds 512,000,000 // 112,816 = 4,538 samples. The tiny JPEGs average
+~849 bytes, ~3,665 bytes a sample with the same overhead, so 4,538 of them make a shard of
+4,538 x 3,665 = ~16.6 MB, and the benchmark passes that as --shard-size (and prints the arithmetic).
+With the default 512 MB instead, a tiny corpus would make a few shards of ~140,000 samples each,
+which ImageNet never has: what is measured is the bookkeeping per sample at ImageNet's shard
+granularity, which is what a build of ImageNet-21k costs. A --shard-size given after `--` is
+used instead.
 
 It prints, for each N: the wall time, samples per second, the peak RSS of the tree and of its largest
 process (and which process that was); then, between each pair of consecutive sizes, the slopes (KB
@@ -17,16 +30,6 @@ per sample of the tree and of the largest process, and seconds per sample) and t
 ImageNet-21k's 14.2M samples. The figures go to OUT/scale.json, and the memory of every process at
 every second of each build to OUT/timeline-N.csv (to tell the driver's growth from the workers').
 
-How the images are made (`tiny_jpeg`): a 64 x 64 image is 8 x 8 blocks of 8 x 8 pixels, each block
-flat and grey, encoded with a restart marker after each row of blocks. A row's entropy-coded bytes
-then decode on their own (the DC prediction restarts at each marker), so 256 rows are encoded once,
-with PIL, and sample i is the fixed header, then 8 of those rows chosen by the bytes of a bijective
-mix of i, with the restart markers between them: a valid JPEG whose pixels are unique to i, made by
-joining bytes (about 2 us). The images are 64 pixels wide, not 16, because the perceptual hash of
-a JPEG kept byte for byte comes from its 1/8 decode: 8 x 8 values spread the hashes as photos'
-hashes are spread (a mean distance of 31.6 bits between neighbours, none closer than 16 over 5,000
-samples), where the 2 x 2 values of a 16 x 16 image would make near-duplicates of nearly every
-sample, which real datasets do not have.
 """
 from __future__ import annotations
 
@@ -34,49 +37,33 @@ import argparse
 import csv
 import dataclasses
 import hashlib
-import io
 import json
-import multiprocessing
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from typing import Optional
 
-import numpy as np
-from PIL import Image
-
 from benchmarks.output_digests import digests
 from benchmarks.procmem import MemoryPeak, TreeMemorySampler, process_tree, rss_bytes
 from benchmarks.runs import warm_page_cache
+from benchmarks.scale_corpus import GENERATOR_VERSION, ScaleCorpus, ensure_scale_corpus, tiny_jpeg
 from benchmarks.settings import IMAGENET_21K, GiB
-from pipeline.sample import (
-    DEVKIT_TAR,
-    TRAIN_TAR,
-    VAL_TAR,
-    Member,
-    choose_classes_and_val,
-    devkit_bytes,
-    tar_bytes,
-    tar_info,
-    write_tar,
-)
+from pipeline.options import DEFAULT_SHARD_SIZE
 from pipeline.versions import current_version, read_manifest
-from transforms.keys import val_key
-from transforms.storage import atomic_write
+from transforms.sharding import estimate_sample_bytes
+from transforms.sizes import parse_byte_size
 
-__all__ = ["GENERATOR_VERSION", "TARGETS", "tiny_jpeg", "ScaleCorpus", "ensure_scale_corpus", "ScaleRun", "build_once",
+__all__ = ["GENERATOR_VERSION", "TARGETS", "IMAGENET_MEAN_JPEG_BYTES", "tiny_jpeg", "ShardGranularity",
+           "imagenet_granularity", "ScaleCorpus", "ensure_scale_corpus", "ScaleRun", "build_once",
            "slopes", "main"]
 
-# Bump it when the images or the layout the generator writes change: the cache key includes it.
-GENERATOR_VERSION = 1
-CLASSES = 1000  # ImageNet-1k's classes: the official layout labels by them
-VAL_SHARE = 0.02  # the share of the samples in the flat val tar (at most the devkit's 50,000)
 MiB = 1 << 20
+# ImageNet's mean JPEG: ILSVRC2012's train tar is ~140 GB over 1,281,167 images.
+IMAGENET_MEAN_JPEG_BYTES = 110_000
 
 # The issue's targets (issue 12, "ImageNet-21k on one machine").
 TARGETS = {
@@ -86,130 +73,42 @@ TARGETS = {
     "samples_per_s": 10_000,  # on 2 cores
 }
 
-_SIDE = 64
-_ROWS = _SIDE // 8  # rows of 8 x 8 blocks, one restart interval each
-_VARIANTS = 256  # encoded rows to choose from: one byte of the sample's mix picks each row
-_MIX = 0x9E3779B97F4A7C15  # odd, so i -> i * _MIX mod 2**64 is a bijection
-_MASK = (1 << 64) - 1
-
 
 @dataclasses.dataclass(frozen=True)
-class _RowTable:
-    header: bytes  # everything before the entropy-coded data, the same for every image
-    rows: tuple  # _VARIANTS rows' entropy-coded bytes, each decodable on its own
+class ShardGranularity:
+    """The shard size that gives tiny JPEGs as many samples a shard as ImageNet has at the
+    default shard size (see the module docstring)."""
+
+    default_shard_size: int  # the build's default --shard-size, in bytes
+    imagenet_sample_bytes: int  # an ImageNet sample in its shard, as the planner estimates it
+    samples_per_shard: int  # ImageNet's samples in a default shard
+    tiny_sample_bytes: int  # a tiny JPEG's sample in its shard, as the planner estimates it
+    shard_size: int  # the --shard-size the benchmark passes
+
+    def describe(self) -> str:
+        return (f"shard size {self.shard_size / 1e6:.1f} MB: ImageNet's samples take ~{self.imagenet_sample_bytes:,} "
+                f"bytes in a shard (a {IMAGENET_MEAN_JPEG_BYTES:,}-byte JPEG and the tar's overhead), so a default "
+                f"{self.default_shard_size / 1e6:,.0f} MB shard holds {self.samples_per_shard:,} of them; "
+                f"{self.samples_per_shard:,} tiny samples of ~{self.tiny_sample_bytes:,} bytes make "
+                f"{self.shard_size:,} bytes. The figures are the bookkeeping per sample at ImageNet's shard "
+                f"granularity.")
 
 
-def _encode_rows(seed: int) -> _RowTable:
-    """Encode _VARIANTS distinct rows of flat blocks, _ROWS at a time, and cut them out."""
-    rng = np.random.default_rng(seed)
-    header: Optional[bytes] = None
-    rows: list[bytes] = []
-    while len(rows) < _VARIANTS:
-        levels = rng.integers(24, 232, (_ROWS, _ROWS), dtype=np.uint8)  # clear of clipping at 0 and 255
-        grey = np.kron(levels, np.ones((8, 8), np.uint8))
-        buffer = io.BytesIO()
-        Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB").save(buffer, "JPEG", quality=90, subsampling=0,
-                                                                     restart_marker_rows=1)
-        data = buffer.getvalue()
-        sos = data.index(b"\xff\xda")
-        start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-        header = header or data[:start]
-        if data[:start] != header or data[-2:] != b"\xff\xd9":
-            raise RuntimeError("the encoder did not give every image the same header")
-        scan, at = data[start:-2], 0
-        for k in range(_ROWS - 1):
-            end = scan.index(bytes([0xFF, 0xD0 + k]), at)
-            rows.append(scan[at:end])
-            at = end + 2
-        rows.append(scan[at:])
-    if len(set(rows)) != len(rows) or header is None:
-        raise RuntimeError("two encoded rows are the same")
-    return _RowTable(header, tuple(rows[:_VARIANTS]))
+def imagenet_granularity(probes: int = 1000) -> ShardGranularity:
+    """The shard size for the tiny corpus (the tiny JPEGs' mean size from `probes` of them)."""
+    default = parse_byte_size(DEFAULT_SHARD_SIZE)
+    tiny_mean = round(sum(len(tiny_jpeg(i * 7919)) for i in range(probes)) / probes)
+    # Both kinds of image are kept byte for byte (ImageNet's mostly, the tiny ones always): the
+    # planner's estimate is then the image's size and the tar's overhead.
+    imagenet = estimate_sample_bytes(IMAGENET_MEAN_JPEG_BYTES, "none", None, 90)
+    tiny = estimate_sample_bytes(tiny_mean, "none", None, 90)
+    per_shard = default // imagenet
+    return ShardGranularity(default, imagenet, per_shard, tiny, per_shard * tiny)
 
 
-_TABLE: Optional[_RowTable] = None
-_MARKERS = [bytes([0xFF, 0xD0 + k]) for k in range(_ROWS - 1)]
+def _sets_shard_size(build_args) -> bool:
+    return any(a == "--shard-size" or a.startswith("--shard-size=") for a in build_args)
 
-
-def tiny_jpeg(i: int) -> bytes:
-    """A 64 x 64 baseline RGB JPEG whose pixels are unique to i (0 <= i < 2**64); see the module
-    docstring."""
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _encode_rows(0)
-    rows = _TABLE.rows
-    x = (i * _MIX) & _MASK
-    parts = [_TABLE.header]
-    for k in range(_ROWS):
-        parts.append(rows[(x >> (8 * k)) & 0xFF])
-        if k < _ROWS - 1:
-            parts.append(_MARKERS[k])
-    parts.append(b"\xff\xd9")
-    return b"".join(parts)
-
-
-@dataclasses.dataclass(frozen=True)
-class ScaleCorpus:
-    """The size of a generated release."""
-
-    samples: int
-    classes: int = CLASSES
-
-    @property
-    def val(self) -> int:
-        return min(50_000, int(self.samples * VAL_SHARE))
-
-    @property
-    def train(self) -> int:
-        return self.samples - self.val
-
-    @property
-    def key(self) -> str:
-        return f"corpus-{self.samples}-classes{self.classes}-gen{GENERATOR_VERSION}"
-
-
-def _class_tar(job: tuple[str, int, int]) -> bytes:
-    """The bytes of one class tar: `count` samples numbered from `first`."""
-    wnid, first, count = job
-    return tar_bytes([Member(f"{wnid}_{i}.JPEG", "", "tiny", tiny_jpeg(i)) for i in range(first, first + count)])
-
-
-def _write_corpus(spec: ScaleCorpus, dest: str, processes: int) -> None:
-    chosen = choose_classes_and_val(spec.classes, spec.val)
-    classes = sorted(chosen.classes)
-    per_class = [spec.train // spec.classes + (c < spec.train % spec.classes) for c in range(spec.classes)]
-    firsts = np.concatenate([[0], np.cumsum(per_class)[:-1]]).tolist()
-    jobs = [(wnid, int(first), count) for wnid, first, count in zip(classes, firsts, per_class)]
-    with (multiprocessing.Pool(processes) as pool,
-          atomic_write(os.path.join(dest, TRAIN_TAR)) as f,
-          tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as outer):
-        for (wnid, _, _), inner in zip(jobs, pool.imap(_class_tar, jobs, chunksize=4)):
-            outer.addfile(tar_info(f"{wnid}.tar", len(inner)), io.BytesIO(inner))
-    val = [Member(f"{val_key(slot.index)}.JPEG", "", "tiny", tiny_jpeg(spec.train + n))
-           for n, slot in enumerate(chosen.val)]
-    with atomic_write(os.path.join(dest, VAL_TAR)) as f:
-        write_tar(f, val)
-    with atomic_write(os.path.join(dest, DEVKIT_TAR)) as f:
-        f.write(devkit_bytes(classes))
-
-
-def ensure_scale_corpus(spec: ScaleCorpus, root: str, processes: Optional[int] = None, say=print) -> str:
-    """The release's folder for `spec`, written once (then reused)."""
-    folder = os.path.join(root, spec.key)
-    marker = os.path.join(folder, "corpus.json")
-    if os.path.exists(marker):
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    say(f"writing {spec.samples:,} tiny JPEGs ({spec.train:,} train in {spec.classes} class tars, {spec.val:,} val) "
-        f"to {folder} ...")
-    started = time.perf_counter()
-    _write_corpus(spec, folder, processes or os.cpu_count() or 1)
-    seconds = time.perf_counter() - started
-    with open(marker, "w") as f:
-        json.dump({**dataclasses.asdict(spec), "generator": GENERATOR_VERSION, "seconds": round(seconds, 1)}, f)
-    say(f"  written in {seconds:.1f} s")
-    return folder
 
 
 class _Timeline:
@@ -312,7 +211,9 @@ def slopes(a: ScaleRun, b: ScaleRun) -> dict:
             "projected_21k_hours": round((b.wall_s + seconds * (IMAGENET_21K - b.samples)) / 3600, 2)}
 
 
-def _print_report(runs: list[ScaleRun], steps: list[dict]) -> None:
+def _print_report(runs: list[ScaleRun], steps: list[dict], granularity: Optional[ShardGranularity]) -> None:
+    if granularity is not None:
+        print(f"\n{granularity.describe()}")
     print(f"\n{'samples':>10} {'wall s':>8} {'samples/s':>10} {'tree MiB':>9} {'largest MiB':>12}  largest is")
     for r in runs:
         who = "the driver" if r.memory.process_rss == r.memory.root_rss else "a worker"
@@ -364,12 +265,20 @@ def main(argv=None) -> int:
     corpora = [ensure_scale_corpus(ScaleCorpus(n), args.out) for n in sizes]
     if args.generate_only:
         return 0
+    build_args = list(args.build_args)
+    granularity = None
+    if _sets_shard_size(build_args):
+        print("the shard size given after -- is used (not ImageNet's granularity)")
+    else:
+        granularity = imagenet_granularity()
+        build_args += ["--shard-size", str(granularity.shard_size)]
+        print(granularity.describe())
     runs = []
     tag = f"-{args.tag}" if args.tag else ""
     for n, corpus in zip(sizes, corpora):
         print(f"building {n:,} samples ...", flush=True)
         run = build_once(corpus, os.path.join(args.out, f"build-{n}"), os.path.join(args.out, f"build{tag}-{n}.log"),
-                         os.path.join(args.out, f"timeline{tag}-{n}.csv"), tuple(args.build_args))
+                         os.path.join(args.out, f"timeline{tag}-{n}.csv"), tuple(build_args))
         if run.exit_code:
             print(f"the build of {n:,} samples failed (exit {run.exit_code}): see {run.log}")
             return 1
@@ -384,9 +293,10 @@ def main(argv=None) -> int:
               f"{run.memory.root_rss / MiB:,.0f}), load {os.getloadavg()[0]:.1f}", flush=True)
         runs.append(run)
     steps = [slopes(a, b) for a, b in zip(runs, runs[1:])]
-    _print_report(runs, steps)
+    _print_report(runs, steps, granularity)
     report = {"runs": [r.as_dict() for r in runs], "slopes": steps, "targets": TARGETS,
-              "build_args": args.build_args, "cpus": os.cpu_count()}
+              "build_args": build_args, "cpus": os.cpu_count(),
+              "shard_granularity": dataclasses.asdict(granularity) if granularity else None}
     path = os.path.join(args.out, f"scale{tag}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

@@ -21,7 +21,7 @@ import apache_beam as beam
 import pipeline
 from pipeline.console import Console, default_log_path, root_cause
 from pipeline.driver import run_build
-from pipeline.local_runner import fewer_malloc_arenas
+from pipeline.local_runner import tune_malloc
 from pipeline.options import UsageError, add_build_arguments, config_from_args
 from pipeline.reading.report import add_report_arguments, run_report
 from pipeline.reading.verify import add_verify_arguments, run_verify
@@ -131,7 +131,7 @@ def _setup_logging() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """The command line (the `imagenet-shards` console script)."""
-    fewer_malloc_arenas()
+    tune_malloc()
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     global _console

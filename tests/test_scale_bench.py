@@ -7,7 +7,16 @@ import tarfile
 import numpy as np
 
 from benchmarks.procmem import MemoryPeak
-from benchmarks.scale import ScaleCorpus, ScaleRun, ensure_scale_corpus, slopes, tiny_jpeg
+from benchmarks.scale import (
+    IMAGENET_MEAN_JPEG_BYTES,
+    ScaleCorpus,
+    ScaleRun,
+    _sets_shard_size,
+    ensure_scale_corpus,
+    imagenet_granularity,
+    slopes,
+    tiny_jpeg,
+)
 from pipeline.sample import DEVKIT_TAR, TRAIN_TAR, VAL_TAR
 from transforms.image import ImageOptions, process_image
 from transforms.near_duplicates import popcount64
@@ -50,3 +59,16 @@ def test_slopes_project_to_imagenet_21k():
     assert step["tree_kb"] == round((400 << 20) / 800_000 / 1000, 3)
     assert step["marginal_samples_per_s"] == 10_000
     assert step["projected_21k_hours"] == round((100 + (14_197_122 - 1_000_000) / 10_000) / 3600, 2)
+
+
+def test_shard_size_gives_imagenets_samples_a_shard():
+    g = imagenet_granularity()
+    assert g.default_shard_size == 512_000_000
+    assert g.imagenet_sample_bytes > IMAGENET_MEAN_JPEG_BYTES
+    assert g.samples_per_shard == g.default_shard_size // g.imagenet_sample_bytes
+    assert 4_000 <= g.samples_per_shard <= 5_000  # ImageNet: ~110 KB images in 512 MB shards
+    mean = np.mean([len(tiny_jpeg(i)) for i in range(0, 10**6, 501)])
+    assert abs(g.tiny_sample_bytes - g.imagenet_sample_bytes + IMAGENET_MEAN_JPEG_BYTES - mean) < 5
+    assert g.shard_size == g.samples_per_shard * g.tiny_sample_bytes
+    assert _sets_shard_size(["--shard-size", "20MB"]) and _sets_shard_size(["--shard-size=20MB"])
+    assert not _sets_shard_size(["--seed", "1"])
