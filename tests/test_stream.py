@@ -20,10 +20,11 @@ from importlib.util import find_spec
 
 import numpy as np
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from pipeline.reading import gpu
-from pipeline.reading.stream import ShardCountMismatch, Stream, StreamShard, stream
+from pipeline.reading.stream import ShardCountMismatch, Stream, StreamShard, shard_samples, stream
 
 # The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
 pytestmark = pytest.mark.readers
@@ -265,6 +266,42 @@ def test_a_shard_that_does_not_hold_its_count_is_an_error(shards, wrong):
     entries[3] = StreamShard(entries[3].url, entries[3].samples + wrong)
     with pytest.raises(ShardCountMismatch, match=entries[3].url):
         list(sample_stream(entries, shuffle_buffer=0))
+
+
+def webdataset_samples(url: str) -> list:
+    """A shard's samples as webdataset's own tar reader (tarfile) gives them."""
+    with open(url, "rb") as stream_:
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream_}])
+        return list(wds.tariterators.group_by_keys(files))
+
+
+def test_a_shard_reads_as_webdatasets_own_reader_reads_it(shards, tmp_path):
+    for entry in shards:
+        assert list(shard_samples(entry.url)) == webdataset_samples(entry.url)
+    # odd names too: a folder in the key, an upper-case extension, two dots, a folder, a name without a dot
+    path = str(tmp_path / "odd.tar")
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("a/b.JPG", b"1"), ("a/b.x.json", b"{}"), ("c.cls", b"3"), ("nodot", b"?")]:
+            _add(tar, name, data)
+        folder = tarfile.TarInfo("e")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    assert list(shard_samples(path)) == webdataset_samples(path)
+    assert [sorted(s) for s in shard_samples(path)] == [["__key__", "__url__", "jpg", "x.json"],
+                                                        ["__key__", "__url__", "cls"]]
+
+
+def test_members_not_wanted_are_passed_over_and_a_cut_off_member_is_an_error(shards, tmp_path):
+    entry = next(e for e in shards if e.samples)
+    wanted = list(shard_samples(entry.url, ("jpg", "cls")))
+    assert wanted == [{k: v for k, v in s.items() if k != "json"} for s in webdataset_samples(entry.url)]
+    with tarfile.open(entry.url) as tar:
+        first = tar.next()
+    cut = tmp_path / "cut.tar"
+    with open(entry.url, "rb") as f:  # the first member's header and half of its JPEG
+        cut.write_bytes(f.read(first.offset_data + first.size // 2))
+    with pytest.raises(ShardCountMismatch, match="ends inside its member k"):
+        list(shard_samples(str(cut)))
 
 
 def test_an_empty_split_streams_nothing(shards):
