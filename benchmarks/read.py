@@ -155,9 +155,11 @@ def run(images: int, workers: list[int], work: str, say=print) -> dict:
     ds = open_dataset(out, "train")
     samples = len(ds)
     version = current_version(out)
-    loose = _loose_files(ds, os.path.join(work, "read-loose"))
+    # One folder of loose files for each version read (a corpus of another size is another version).
+    loose_folder = os.path.join(work, "read-loose", os.path.basename(version.rstrip("/")))
+    loose = _loose_files(ds, loose_folder)
     warm_page_cache(version)
-    warm_page_cache(os.path.join(work, "read-loose"))
+    warm_page_cache(loose_folder)
     say(f"{samples:,} train samples in {len(ds.shards)} shards ({ds.bytes / samples / 1000:.0f} KB per stored JPEG)")
 
     jpegs = [s.jpeg for s in ds.read_rows(ds.index().slice(0, min(samples, 600)))]
