@@ -5,6 +5,7 @@ Nothing here reaches the network: the checks of pipeline/runners.py run before a
 machines (no Docker engine), so its text is checked against the install script that `make install`
 runs.
 """
+import os
 import re
 import shlex
 import subprocess
@@ -106,7 +107,10 @@ def test_the_worker_start_timeout_is_a_pipeline_option():
 # --- make dataflow ----------------------------------------------------------------------
 
 def make_n(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    """`make -n` as a user runs it: not as a sub-make of the `make test` that runs these tests (whose
+    variables would make it print "Entering directory" and pass its own flags on)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+    return subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
 
 
 def dataflow_command(printed: str) -> list:

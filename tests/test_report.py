@@ -54,14 +54,9 @@ IMAGE_CHECK = """<img src="data:image/png;base64,AAAA" alt="deliberately-broken"
 
 
 @pytest.fixture(scope="module")
-def release(release_with_near_copies):
-    """Planted faults (two byte duplicates in train, rejects), boxes, and planted near-duplicates."""
-    return release_with_near_copies
-
-
-@pytest.fixture(scope="module")
 def built(built_with_near_copies):
-    """That release, built once for the session (conftest)."""
+    """The release with planted faults, byte duplicates, boxes and near-duplicates, built once for the
+    session (conftest)."""
     return built_with_near_copies
 
 
