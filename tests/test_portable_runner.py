@@ -59,6 +59,10 @@ def portable_runner(address: str) -> list:
             "--environment_config", address]
 
 
+POOL_MAIN = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
+             "from apache_beam.runners.worker import worker_pool_main; worker_pool_main.main(sys.argv[1:])")
+
+
 class WorkerPool:
     """Beam's worker pool, started with this interpreter, in a process group of its own. Its workers
     run `python` from the PATH that `env` gives it; its log is `folder/worker-pool.log`."""
@@ -74,8 +78,10 @@ class WorkerPool:
         (self.folder / "tmp").mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
             # Port 0: the pool takes a free port and names it in its log. Its folders are not the driver's.
+            # The pool logs its port at INFO, which Beam 2.67's worker_pool_main never gets a handler for
+            # (it would go to logging's last resort, which shows warnings only): give it one first.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", "0"],
+                [sys.executable, "-c", POOL_MAIN, "--service_port", "0"],
                 env={**self.env, "TMPDIR": str(self.folder / "tmp")}, cwd=self.folder, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
