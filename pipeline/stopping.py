@@ -6,8 +6,11 @@ command line turns it into one line and exit status 130 (SIGINT) or 143 (SIGTERM
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -32,6 +35,8 @@ def stop_cleanly_on_signals(say: Callable[[str], None]) -> None:
 
     def stop(signum, frame) -> None:
         code = 143 if signum == signal.SIGTERM else 130
+        _adopt_orphaned_descendants()
+        atexit.register(_kill_children)  # runs after Python has joined the runner's worker threads
         threading.Thread(target=_stop_workers_until_exit, args=(code, say), name="stop-workers",
                          daemon=True).start()
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
@@ -53,6 +58,18 @@ def _stop_workers_until_exit(code: int, say: Callable[[str], None]) -> None:
     say(f"imagenet-shards: stopped; the runner did not unwind within {UNWIND_SECONDS:.0f} s, "
         "so scratch files may remain in --out")
     os._exit(code)
+
+
+def _adopt_orphaned_descendants() -> None:
+    """Make this process the parent of any descendant whose own parent dies (Linux only).
+
+    The runner starts each worker as `sh -c "python ..."`. A shell killed just after it forked
+    its python leaves that python to init, out of reach of `_kill_children`, and it holds the
+    build's standard output open for ever. Once this process is their "subreaper", such
+    orphans become its children, and the next round of `_kill_children` stops them."""
+    if sys.platform.startswith("linux"):
+        PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def _kill_children() -> None:
