@@ -10,6 +10,8 @@ from PIL import Image
 from transforms.boxes import orient_boxes
 from transforms.image import EXIF_TRANSPOSE
 
+pytestmark = pytest.mark.inputs  # see pytest.ini
+
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_boxes_follows_pils_transpose(orientation):

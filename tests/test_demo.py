@@ -6,7 +6,7 @@ from conftest import run_cli, version_of
 
 from pipeline.cli import READING_EXAMPLE
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+pytestmark = [pytest.mark.e2e, pytest.mark.inputs]  # real builds through the command line
 
 
 def test_demo_builds_and_its_reading_example_runs(tmp_path):

@@ -24,6 +24,8 @@ from transforms.labels import ClassInfo, Labeler, Labelled, imagenet_classes, la
 from transforms.records import ClassCount, MemberRef, SourceError
 from transforms.release_files import read_class_entries
 
+pytestmark = pytest.mark.inputs  # see pytest.ini
+
 DOG, SNAKE = "n02084071", "n01726692"
 ARTIFACT, ANIMAL, FORMATION = "n00021939", "n00015388", "n09287968"  # artifact, animal, geological formation
 CHIHUAHUA, TOY_DOG = "n02085620", "n02085374"

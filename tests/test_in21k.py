@@ -10,7 +10,7 @@ from pipeline.sample import export_layout
 from transforms.keys import key_hash
 from transforms.sources import detect_layout
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+pytestmark = [pytest.mark.e2e, pytest.mark.inputs]  # real builds through the command line
 
 
 @pytest.mark.parametrize("variant", ["in21k_folder", "in21k_tar", "in21k_gz"])

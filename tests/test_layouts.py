@@ -11,6 +11,8 @@ from transforms.records import SourceError
 from transforms.release_files import bundled_val_blacklist
 from transforms.sources import detect_layout, discover
 
+pytestmark = pytest.mark.inputs  # see pytest.ini
+
 
 @pytest.fixture(scope="module", params=["kaggle", "imagefolder"])
 def layout_build(request, release, tmp_path_factory):

@@ -34,6 +34,7 @@ def cut_release(release, tmp_path_factory):
     return root
 
 
+@pytest.mark.inputs
 def test_a_cut_off_archive_fails_the_build_in_one_line(cut_release, tmp_path):
     proc = run_cli("build", cut_release, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
                    check_code=1)
@@ -47,6 +48,7 @@ def test_a_cut_off_archive_fails_the_build_in_one_line(cut_release, tmp_path):
     assert not (tmp_path / "out" / "LATEST").exists() and not list((tmp_path / "out").rglob("manifest.json"))
 
 
+@pytest.mark.inputs
 def test_an_accepted_damaged_archive_is_listed_and_its_readable_part_built(cut_release, release, tmp_path):
     proc = run_cli("build", cut_release, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5",
                    "--accept-damaged-archives", check_code=0)
@@ -88,6 +90,7 @@ def link_farm(release, tmp_path_factory):
     return farm, expected
 
 
+@pytest.mark.inputs
 def test_a_farm_of_links_builds_every_linked_image_and_rejects_what_is_not_a_file(link_farm, tmp_path):
     farm, expected = link_farm
     run_cli("build", farm, "--out", tmp_path / "out", "--no-progress", "--max-reject-rate", "0.5", check_code=0)
@@ -103,6 +106,7 @@ def test_a_farm_of_links_builds_every_linked_image_and_rejects_what_is_not_a_fil
     assert train["read"] == train["samples"] + train["rejected"] == sum(map(len, expected.values())) + 3
 
 
+@pytest.mark.inputs
 def test_names_that_are_not_utf8_build_and_read_back(link_farm, tmp_path):
     farm, expected = link_farm
     wnid = sorted(expected)[0]

@@ -29,7 +29,7 @@ from pipeline.versions import MARKER_NAME
 from transforms.readahead import HEADER_BLOCK, SPARSE_BLOCK
 from transforms.storage import UPLOAD_PART, atomic_write
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+pytestmark = [pytest.mark.e2e, pytest.mark.inputs]  # real builds through the command line
 
 BUILD_OPTIONS = ["--no-progress", "--max-reject-rate", "0.5", "--shard-size", "120KB", "--direct_num_workers", "2"]
 TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_img_test_v10102019.tar")

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, version_of
 
-pytestmark = pytest.mark.e2e  # real builds through the command line
+pytestmark = [pytest.mark.e2e, pytest.mark.inputs]  # real builds through the command line
 
 
 def test_class_subset_keeps_the_full_index_unless_relabelled(release, tmp_path):
