@@ -11,7 +11,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 BEAM_LOWEST := 2.67.0
 LOW_VENV := .venv-beam-$(BEAM_LOWEST)
 
-.PHONY: install demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean test-readers bench-read browser
+.PHONY: install install-beam-lowest demo lint test test-fast test-beam-lowest bench bench-rebuild bench-remote rebuild clean test-readers bench-read browser
 
 install: $(STAMP)
 
@@ -54,8 +54,10 @@ test-fast: install
 # the reading side (marked "readers": the reading API, verify and report import no Beam), and the
 # builds that check how inputs are read, selected and labelled (marked "inputs": they run the graph
 # that the builds of tests/test_build_e2e.py run on both releases). CI stays within its budget so.
-test-beam-lowest: $(LOW_VENV)/.installed
+test-beam-lowest: install-beam-lowest
 	TMPDIR=$$(mktemp -d) $(LOW_VENV)/bin/pytest -q -m "not driver and not readers and not inputs" tests
+
+install-beam-lowest: $(LOW_VENV)/.installed
 
 $(LOW_VENV)/.installed: setup.py packaging/pillow-simd-shim/setup.py packaging/install.sh Makefile
 	$(call make_venv,$(LOW_VENV),'apache-beam==$(BEAM_LOWEST)')
