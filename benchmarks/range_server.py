@@ -70,6 +70,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self._body = len(data)
 
     def _answer(self, send_body: bool) -> None:
+        self.server.answering(True)
+        try:
+            self._answer_now(send_body)
+        finally:
+            self.server.answering(False)
+
+    def _answer_now(self, send_body: bool) -> None:
         self._came = time.monotonic()
         if self.server.delay:
             time.sleep(self.server.delay)
@@ -132,7 +139,8 @@ class _Server(http.server.ThreadingHTTPServer):
         self.folder = folder
         self.delay = delay
         self.log: list[ServedRequest] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
+        self.in_flight = 0  # requests being answered: each is logged once its last byte is sent
         super().__init__((HOST, 0), lambda *args: _Handler(*args, directory=folder))
 
     def handle_error(self, request, client_address):
@@ -143,6 +151,11 @@ class _Server(http.server.ThreadingHTTPServer):
     def record(self, request: ServedRequest) -> None:
         with self.lock:
             self.log.append(request)
+
+    def answering(self, started: bool) -> None:
+        with self.lock:
+            self.in_flight += 1 if started else -1
+            self.lock.notify_all()
 
 
 class RangeServer:
@@ -193,10 +206,13 @@ class RangeServer:
         return f"{self.root}/{urllib.parse.quote(path)}"
 
     def requests(self) -> list[ServedRequest]:
-        """Every request answered so far."""
+        """Every request answered so far. A client has its answer just before the server logs it:
+        this first waits (up to 5 s) for the requests being answered."""
         assert self._server is not None
-        with self._server.lock:
-            return list(self._server.log)
+        server = self._server
+        with server.lock:
+            server.lock.wait_for(lambda: server.in_flight == 0, timeout=5.0)
+            return list(server.log)
 
     def clear_log(self) -> None:
         assert self._server is not None

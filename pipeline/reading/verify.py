@@ -32,7 +32,6 @@ from typing import IO, Callable, Iterator, Optional
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
@@ -40,6 +39,7 @@ from pipeline.versions import LATEST_NAME, DatasetRoot, current_version
 from transforms.layout import MANIFEST_NAME, TIMM_INFO_NAME
 from transforms.manifest import FORMAT, reconcile
 from transforms.reader_files import DALI_INDEX_VERSION, timm_info, wids_index
+from transforms.schema import table_from_parquet_bytes
 from transforms.storage import open_input
 
 __all__ = ["Problem", "Problems", "ShardJob", "ShardResult", "add_verify_arguments", "run_verify", "check_shard"]
@@ -130,22 +130,13 @@ def _check_digest(path: str, entry: dict, size: int, digest: str, problems: Prob
         problems.add(path, f"sha256 {digest[:16]}... is not the manifest's {entry['sha256'][:16]}...")
 
 
-def _read_parquet(data: bytes) -> pa.Table:
-    """A Parquet file held in memory, as a table, decoded on this thread. With Arrow's threads
-    (`read_table`, or `use_threads`), one of them may drop the last reference to `data` after the
-    command has returned, as Python shuts down; it cannot take the GIL then, and the process
-    aborts ("terminate called without an active exception": 3 runs of `verify` in 20 did).
-    `verify` has threads of its own, and index files are small."""
-    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
-
-
 def _index_rows(root: str, job: ShardJob, result: ShardResult) -> dict:
     """{key: row (COLUMNS)} of the shard's index file, which is hashed, and its rows checked and counted."""
     path, problems = job.index["path"], result.problems
     try:
         data = _read_file(posixpath.join(root, path))
         _check_digest(path, job.index, len(data), hashlib.sha256(data).hexdigest(), problems)
-        table = _read_parquet(data)
+        table = table_from_parquet_bytes(data)
     except (pa.ArrowException, OSError) as e:  # a FileNotFoundError is an OSError
         problems.add(path, "missing" if isinstance(e, FileNotFoundError) else f"not a readable Parquet file ({e})")
         return {}
@@ -301,7 +292,7 @@ def _check_counts(root: str, manifest: dict, jobs: list, results: list, problems
     rejects: dict = collections.defaultdict(collections.Counter)
     for path in manifest.get("rejects", []):
         try:
-            table = _read_parquet(_read_file(posixpath.join(root, path)))
+            table = table_from_parquet_bytes(_read_file(posixpath.join(root, path)))
             for split, reason in zip(table.column("split").to_pylist(), table.column("reason").to_pylist()):
                 rejects[split][reason] += 1
         except (FileNotFoundError, pa.ArrowException, OSError, KeyError) as e:
