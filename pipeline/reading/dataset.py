@@ -39,6 +39,7 @@ from pipeline.reading.stream import Stream, stream
 from pipeline.versions import current_version
 from transforms.hierarchy import wordnet_hierarchy
 from transforms.layout import MANIFEST_NAME
+from transforms.schema import table_from_parquet_bytes
 from transforms.storage import ArchiveReader, is_local
 
 __all__ = ["open_dataset", "Dataset", "Query", "Sample", "ShardEntry", "MAX_OPEN", "READ_CHUNK"]
@@ -193,8 +194,12 @@ class Dataset:
             if not self.info.get("index"):
                 raise FileNotFoundError(f"the manifest of {self.url} lists no index file for split {self.split!r}")
             fs, base = fsspec.core.url_to_fs(self.url)
-            table = pq.read_table([posixpath.join(base, p) for p in self.info["index"]],
-                                  filesystem=None if is_local(self.url) else fs)
+            paths = [posixpath.join(base, p) for p in self.info["index"]]
+            if is_local(self.url):
+                table = pq.read_table(paths)
+            else:  # fetched at once, decoded here: not Arrow's threads on Python's bytes (see table_from_parquet_bytes)
+                data = fs.cat(paths)
+                table = pa.concat_tables([table_from_parquet_bytes(data[p]) for p in paths], promote_options="default")
             self._table = table.combine_chunks() if table.num_rows else table
         return self._table
 

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from pipeline.reading import plots
 from pipeline.versions import current_version
 from transforms.layout import MANIFEST_NAME
+from transforms.schema import table_from_parquet_bytes
 from transforms.storage import ArchiveReader, atomic_write, is_local
 
 __all__ = ["REPORT_NAME", "SECTIONS", "Report", "add_report_arguments", "run_report", "write_report"]
@@ -82,7 +83,8 @@ class Report:
         """The columns of `wanted` that a Parquet file of the version has (an earlier release's may lack some)."""
         with self.fs.open(self.path(relative), "rb") as f:
             parquet = pq.ParquetFile(f)
-            return parquet.read(columns=[c for c in wanted if c in parquet.schema_arrow.names])
+            # Decoded on this thread (index() reads files on threads of its own): see table_from_parquet_bytes.
+            return parquet.read(columns=[c for c in wanted if c in parquet.schema_arrow.names], use_threads=False)
 
     def index(self, split: str) -> pa.Table:
         """The INDEX_COLUMNS of every row of a split, its index files read in parallel, one after the other."""
@@ -122,9 +124,15 @@ class Report:
         files, keys = [self.path(p) for p in self.splits.get(split, {}).get("index", [])], sorted(keys)
         if not files or not keys:
             return {}
-        dataset = pads.dataset(files, format="parquet", filesystem=None if self.local else self.fs)
-        table = dataset.to_table(columns=[c for c in ROW_COLUMNS if c in dataset.schema.names],
-                                 filter=pc.field("key").isin(keys))
+        if self.local:
+            dataset = pads.dataset(files, format="parquet")
+            table = dataset.to_table(columns=[c for c in ROW_COLUMNS if c in dataset.schema.names],
+                                     filter=pc.field("key").isin(keys))
+        else:  # fetched at once, decoded here: not Arrow's threads on Python's bytes (see table_from_parquet_bytes)
+            data = self.fs.cat(files)
+            table = pa.concat_tables([table_from_parquet_bytes(data[f]) for f in files], promote_options="default")
+            table = table.select([c for c in ROW_COLUMNS if c in table.column_names]).filter(
+                pc.field("key").isin(keys))
         return {row["key"]: row for row in table.to_pylist()}
 
     def thumbnails(self, rows: Sequence[dict]) -> list[str]:
