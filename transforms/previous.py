@@ -62,7 +62,7 @@ def write_lookup(previous_root: str, manifest: dict, path: str) -> int:
                 parquet = pq.ParquetFile(f)
                 if not set(_COLUMNS) <= set(parquet.schema_arrow.names):
                     continue
-                table = parquet.read(columns=list(_COLUMNS))
+                table = parquet.read(columns=list(_COLUMNS), use_threads=False)  # see table_from_parquet_bytes
             db.executemany(f"INSERT OR IGNORE INTO previous VALUES ({', '.join('?' * len(_COLUMNS))})",
                            zip(*(table[c].to_pylist() for c in _COLUMNS)))
             rows += table.num_rows
@@ -140,7 +140,8 @@ def _samples(root: str, manifest: dict) -> pa.Table:
     tables = []
     for index in _index_paths(root, manifest):
         with fsspec.open(index, "rb") as f:
-            tables.append(pq.read_table(f, columns=["key", "split", "wnid", "sha256"]))
+            # Decoded on this thread, not Arrow's: see schema.table_from_parquet_bytes.
+            tables.append(pq.ParquetFile(f).read(columns=["key", "split", "wnid", "sha256"], use_threads=False))
     if not tables:
         return pa.table({"key": pa.array([], pa.string()), "split": pa.array([], pa.string()),
                          "wnid": pa.array([], pa.string()), "sha256": pa.array([], pa.string())})
