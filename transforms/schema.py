@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = ["IndexRow", "INDEX_SCHEMA", "DATASET_COLUMNS", "REJECTS_SCHEMA", "NEAR_DUPLICATES_SCHEMA", "as_dict",
-           "with_offset", "rows_to_table", "rejects_to_table", "table_from_parquet_bytes"]
+           "with_offset", "rows_to_table", "rejects_to_table", "table_from_parquet_bytes",
+           "table_from_parquet_files"]
 
 # A bounding box: [xmin, ymin, xmax, ymax], normalised to [0, 1] in the stored image's frame.
 BOX_TYPE = pa.list_(pa.float32())
@@ -151,3 +152,11 @@ def table_from_parquet_bytes(data: bytes) -> pa.Table:
     ("terminate called without an active exception": 3 runs of `verify` in 20 did). The files read
     so (index and rejects files) are small, and their readers have threads of their own."""
     return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+
+
+def table_from_parquet_files(fs, paths: list[str]) -> pa.Table:
+    """The Parquet files `paths` on the fsspec filesystem `fs` as one table, in that order: fetched
+    at once (`fs.cat`: concurrent requests on an object store), each decoded by
+    table_from_parquet_bytes; a column that a file lacks is null in its rows."""
+    data = fs.cat(paths)
+    return pa.concat_tables([table_from_parquet_bytes(data[p]) for p in paths], promote_options="default")

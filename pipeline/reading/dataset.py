@@ -39,7 +39,7 @@ from pipeline.reading.stream import Stream, stream
 from pipeline.versions import current_version
 from transforms.hierarchy import wordnet_hierarchy
 from transforms.layout import MANIFEST_NAME
-from transforms.schema import table_from_parquet_bytes
+from transforms.schema import table_from_parquet_files
 from transforms.storage import ArchiveReader, is_local
 
 __all__ = ["open_dataset", "Dataset", "Query", "Sample", "ShardEntry", "MAX_OPEN", "READ_CHUNK"]
@@ -197,9 +197,8 @@ class Dataset:
             paths = [posixpath.join(base, p) for p in self.info["index"]]
             if is_local(self.url):
                 table = pq.read_table(paths)
-            else:  # fetched at once, decoded here: not Arrow's threads on Python's bytes (see table_from_parquet_bytes)
-                data = fs.cat(paths)
-                table = pa.concat_tables([table_from_parquet_bytes(data[p]) for p in paths], promote_options="default")
+            else:  # not Arrow's threads on Python's bytes: see table_from_parquet_bytes
+                table = table_from_parquet_files(fs, paths)
             self._table = table.combine_chunks() if table.num_rows else table
         return self._table
 

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline.reading import plots
 from pipeline.versions import current_version
 from transforms.layout import MANIFEST_NAME
-from transforms.schema import table_from_parquet_bytes
+from transforms.schema import table_from_parquet_files
 from transforms.storage import ArchiveReader, atomic_write, is_local
 
 __all__ = ["REPORT_NAME", "SECTIONS", "Report", "add_report_arguments", "run_report", "write_report"]
@@ -128,9 +128,8 @@ class Report:
             dataset = pads.dataset(files, format="parquet")
             table = dataset.to_table(columns=[c for c in ROW_COLUMNS if c in dataset.schema.names],
                                      filter=pc.field("key").isin(keys))
-        else:  # fetched at once, decoded here: not Arrow's threads on Python's bytes (see table_from_parquet_bytes)
-            data = self.fs.cat(files)
-            table = pa.concat_tables([table_from_parquet_bytes(data[f]) for f in files], promote_options="default")
+        else:  # not Arrow's threads on Python's bytes: see table_from_parquet_bytes
+            table = table_from_parquet_files(self.fs, files)
             table = table.select([c for c in ROW_COLUMNS if c in table.column_names]).filter(
                 pc.field("key").isin(keys))
         return {row["key"]: row for row in table.to_pylist()}
