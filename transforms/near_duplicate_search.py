@@ -24,10 +24,10 @@ Contracts:
 The search runs once every shard is written: every shard's batch gathered into one element, its
 samples put in the order of the keys once (gather_samples), the buckets shared out over `parts`
 workers (each reads the ordered hashes, 8 bytes a sample), then one worker merges the pairs and
-writes the file. The other way, sending each
-sample to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on
-many workers, shuffles a record per sample per band. benchmarks/near_duplicates_bench.py measures
-both on a million random hashes (1,000 close pairs planted) at the default distance 8:
+writes the file. The other way, sending each sample to its max_distance + 1 buckets (band_index,
+band_value) and searching the buckets on many workers, shuffles a record per sample per band.
+benchmarks/near_duplicates_bench.py measures both on a million random hashes (1,000 close pairs
+planted) at the default distance 8:
   * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
     27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
     in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
