@@ -10,31 +10,27 @@ Contracts:
         its nearest other sample; the pairs counted per pair of splits ("train-val", ...)
     write_near_duplicates(layout, found, max_distance) -> NearDuplicatesFile: near-duplicates.parquet
         (schema.NEAR_DUPLICATES_SCHEMA) beside the manifest, with its size and sha256
-    gather_samples(batches) -> SearchSamples: every shard's keys, splits, shards and hashes as
-        arrays, and their (key, split) order, which the search works in (computed once a build)
-    ordered_hashes(samples) -> every hash in the order of the keys (8 bytes a sample)
+    ordered_hashes(batches) -> every hash in the order of the keys (8 bytes a sample)
     search_part(hashes, max_distance, (i, n)) -> the pairs (as positions) of the i-th of n parts of
-        the search, which search_samples merges (the search shared out over n workers)
-    search_samples(samples, max_distance, parts) -> NearDuplicates: search_batches on gathered samples
+        the search, which search_batches merges (the search shared out over n workers)
     FindNearDuplicates(out_root, max_distance, parts): PhashBatch bytes -> {"file": NearDuplicatesFile,
         "links": ((split, shard_id), ("near_duplicate_of", ((key, other key), ...)))}, the links
         of each shard that holds a near-duplicate, which FlagDuplicates (transforms/index.py)
         writes into the index files in the same rewrite as duplicate_of
 
-The search runs once every shard is written: every shard's batch gathered into one element, its
-samples put in the order of the keys once (gather_samples), the buckets shared out over `parts`
-workers (each reads the ordered hashes, 8 bytes a sample), then one worker merges the pairs and
-writes the file. The other way, sending each sample to its max_distance + 1 buckets (band_index,
-band_value) and searching the buckets on many workers, shuffles a record per sample per band.
-benchmarks/near_duplicates_bench.py measures both on a million random hashes (1,000 close pairs
-planted) at the default distance 8:
+The search runs once every shard is written: every shard's batch gathered into one element, the
+hashes put in the order of the keys, the buckets shared out over `parts` workers (each reads the
+ordered hashes, 8 bytes a sample), then one worker merges the pairs and writes the file. The other way, sending each
+sample to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on
+many workers, shuffles a record per sample per band. benchmarks/near_duplicates_bench.py measures
+both on a million random hashes (1,000 close pairs planted) at the default distance 8:
   * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
     27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
     in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
   * time: 48 s of one core for the million (the sort of the keys and the links a second or two
     of it; the search alone, 47 s), about a minute for ImageNet-1k, once every shard is written;
     shared out over 2 workers, ~20 s of each for a million tiny images (benchmarks/scale.py);
-  * memory: the worker that orders the samples and the one that merges the parts hold every key
+  * memory: the worker that orders the hashes and the one that merges the parts hold every key
     as fixed-width UTF-8 bytes (~30 bytes a sample; as Python strings they took ~100), the
     hashes, splits, shards and the order as arrays (~26 bytes); a part holds the ordered hashes
     (8 bytes a sample) and the search's own 47 bytes a sample.
@@ -62,9 +58,8 @@ from transforms.records import NearDuplicatesFile, from_shuffle, to_shuffle
 from transforms.schema import NEAR_DUPLICATES_SCHEMA
 from transforms.storage import atomic_write
 
-__all__ = ["PhashBatch", "NearDuplicates", "SearchSamples", "phash_batch", "split_pair", "gather_samples",
-           "ordered_hashes", "search_part", "search_samples", "search_batches", "write_near_duplicates",
-           "FindNearDuplicates"]
+__all__ = ["PhashBatch", "NearDuplicates", "phash_batch", "split_pair", "ordered_hashes", "search_part",
+           "search_batches", "write_near_duplicates", "FindNearDuplicates"]
 
 # The order of the splits in a pair's name ("train-val", not "val-train"); other splits come after
 # these, in alphabetical order.
@@ -110,7 +105,7 @@ def split_pair(a: str, b: str) -> str:
     return f"{first}-{second}"
 
 
-class SearchSamples(NamedTuple):
+class _Samples(NamedTuple):
     """Every shard's samples, in the order of their batches sorted by (split, shard), and `order`:
     their positions in (key, split) order, which the search works in."""
 
@@ -122,7 +117,7 @@ class SearchSamples(NamedTuple):
     order: np.ndarray
 
 
-def gather_samples(batches: Iterable[bytes]) -> SearchSamples:
+def _samples(batches: Iterable[bytes]) -> _Samples:
     # Each batch's keys become a fixed-width byte array as it is decoded, so that the keys of every
     # shard are never all Python strings at once.
     decoded = []
@@ -143,16 +138,17 @@ def gather_samples(batches: Iterable[bytes]) -> SearchSamples:
     # stable sort by key of samples already in the order of their splits' names. UTF-8 bytes sort
     # as their text does (code point order), so the byte array sorts as the keys would.
     order = np.argsort(keys, kind="stable").astype(np.int64)
-    return SearchSamples(keys, splits, split_of, shard_of, hashes, order)
+    return _Samples(keys, splits, split_of, shard_of, hashes, order)
 
 
 def _key(keys: np.ndarray, i: int) -> str:
     return bytes(keys[i]).decode("utf-8", "surrogateescape")
 
 
-def ordered_hashes(samples: SearchSamples) -> bytes:
+def ordered_hashes(batches: Iterable[bytes]) -> bytes:
     """Every sample's hash in the samples' (key, split) order, as raw little-endian uint64: all that
     a part of the search needs (8 bytes a sample, where the keys take ~100 in a worker)."""
+    samples = _samples(batches)
     return samples.hashes[samples.order].astype("<u8").tobytes()
 
 
@@ -163,16 +159,11 @@ def search_part(hashes: bytes, max_distance: int, part: tuple[int, int]) -> byte
     return to_shuffle(search_indices(np.frombuffer(hashes, dtype="<u8").astype(np.uint64), max_distance, part=part))
 
 
-def search_batches(batches: Iterable[bytes], max_distance: int) -> NearDuplicates:
-    """See the module docstring. `batches`: phash_batch's, one a shard, in any order."""
-    return search_samples(gather_samples(batches), max_distance)
-
-
-def search_samples(samples: SearchSamples, max_distance: int, parts: Optional[Iterable[bytes]] = None
+def search_batches(batches: Iterable[bytes], max_distance: int, parts: Optional[Iterable[bytes]] = None
                    ) -> NearDuplicates:
-    """search_batches on gather_samples' arrays. `parts`: search_part's of every part of the
-    search, when the search was shared out (else it runs here)."""
-    keys, splits, split_of, shard_of, hashes, order = samples
+    """See the module docstring. `batches`: phash_batch's, one a shard, in any order; `parts`:
+    search_part's of every part of the search, when the search was shared out (else it runs here)."""
+    keys, splits, split_of, shard_of, hashes, order = _samples(batches)
     count = len(keys)
     if parts is None:
         found = search_indices(hashes[order].astype(np.uint64), max_distance)
@@ -226,15 +217,15 @@ def write_near_duplicates(layout: OutputLayout, found: NearDuplicates, max_dista
 
 @beam.typehints.with_output_types(NearDuplicatesFile)
 class _SearchFn(beam.DoFn):
-    """SearchSamples (every shard's) and the search's parts -> NearDuplicatesFile; links -> each
-    shard's links."""
+    """[PhashBatch bytes, ...] (every shard's) and the search's parts -> NearDuplicatesFile; links
+    -> each shard's links."""
 
     def __init__(self, out_root: str, max_distance: int):
         self._out_root = out_root
         self._max_distance = max_distance
 
-    def process(self, samples, parts):
-        found = search_samples(samples, self._max_distance, parts)
+    def process(self, batches, parts):
+        found = search_batches(batches, self._max_distance, parts)
         beam.metrics.Metrics.counter("near_duplicates", "pairs").inc(len(found.columns["key_a"]))
         yield write_near_duplicates(OutputLayout(self._out_root), found, self._max_distance)
         for shard, links in sorted(found.links.items()):
@@ -245,10 +236,12 @@ class FindNearDuplicates(beam.PTransform):
     """See the module docstring. Every shard's batch is gathered into one element (ToList: one
     element even for a build of no samples, so that the file is always written). The search is
     shared out in `parts` (the local runner's workers: one key each, as transforms/segments.py
-    deals them): one worker gathers the samples' arrays and their order once (gather_samples),
-    each part reads the hashes in that order (ordered_hashes) as a side input and searches its share of the
-    buckets, and one worker then merges the parts' pairs and writes the file. Shared out, the search
-    of a million samples on 2 workers took ~20 s of each instead of ~40 s of one."""
+    deals them): one worker puts the hashes in the order of the keys (ordered_hashes), each part
+    reads that array as a side input and searches its share of the buckets, and one worker then
+    merges the parts' pairs and writes the file. Shared out, the search
+    of a million samples on 2 workers took ~20 s of each instead of ~40 s of one. OrderHashes and
+    SearchPairs each decode the batches: handing the decoded arrays from one step to the other
+    (tried) kept them in the runner between the steps, and a 1M build's tree peaked 143 MiB higher."""
 
     def __init__(self, out_root: str, max_distance: int, parts: int = 1):
         super().__init__()
@@ -258,12 +251,8 @@ class FindNearDuplicates(beam.PTransform):
 
     def expand(self, batches):
         max_distance, count = self._max_distance, self._parts
-        samples = (
-            batches
-            | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
-            | "OrderSamples" >> beam.Map(gather_samples)
-        )
-        ordered = samples | "OrderHashes" >> beam.Map(ordered_hashes)
+        gathered = batches | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
+        ordered = gathered | "OrderHashes" >> beam.Map(ordered_hashes)
         parts = (
             batches.pipeline
             | "SearchParts" >> beam.Create([(i, i) for i in range(count)])
@@ -272,6 +261,6 @@ class FindNearDuplicates(beam.PTransform):
                 lambda keyed, hashes: search_part(hashes, max_distance, (keyed[0], count)),
                 beam.pvalue.AsSingleton(ordered))
         )
-        searched = samples | "SearchPairs" >> beam.ParDo(self._search, beam.pvalue.AsList(parts)).with_outputs(
+        searched = gathered | "SearchPairs" >> beam.ParDo(self._search, beam.pvalue.AsList(parts)).with_outputs(
             "links", main="file")
         return {"file": searched.file, "links": searched.links}
