@@ -241,8 +241,9 @@ def time_gathered_search(samples: int, max_distance: int, kind: str, seed: int) 
 # The build's search alone in a fresh process (argv: the folder, the threshold): the batches as the
 # worker receives them (a list of bytes), then search_batches; the figures as a JSON line.
 _GATHERED_CHILD = """
-import json, os, pickle, sys, time
+import json, os, sys, time
 from transforms.near_duplicate_search import search_batches
+from transforms.records import from_shuffle
 
 def high_water():
     with open("/proc/self/status") as status:
@@ -250,7 +251,7 @@ def high_water():
 
 folder, max_distance = sys.argv[1], int(sys.argv[2])
 with open(os.path.join(folder, "batches.pkl"), "rb") as f:
-    batches = pickle.load(f)
+    batches = from_shuffle(f.read())
 before = high_water()
 started, cpu = time.perf_counter(), time.process_time()
 found = search_batches(batches, max_distance)

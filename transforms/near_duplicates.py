@@ -32,6 +32,17 @@ The search (exact, not approximate):
     level: a pair within d of each other in a group differs only in free bits, in at most d of
     them, so it agrees on one of the d + 1 sub-bands. Pairs found in several sub-bands are
     counted once (np.unique inside the bucket).
+  * What it costs. A split costs far more per member than a comparison costs per pair: every
+    member of a group that is split takes part in d + 1 sorts, and the groups it falls into are
+    each small. A group's pairs are compared a distance apart at a time (the row k places after
+    each row of the group, for k = 1, 2, ...), which costs 2 to 5 ns a pair. So LEAF_SIZE is 256:
+    on a million phash-like random hashes at d = 8 (benchmarks/near_duplicates_bench.py, one
+    core), a bucket's 9 sub-groups of about 120 are compared whole. Leaves of 48: 28 s, 1.1e9
+    pairs compared; 96: 23 s, 1.8e9; 256: 11.8 s, 4.3e9; 400: 11.6 s, 4.7e9. At 4M samples the
+    sub-groups hold about 480, and leaves of 256 (split once more) and 1,024 (not split) took
+    132 s and 129 s. The buckets of a band are searched together, about 65,536 samples at a time:
+    their nodes have the same free bits, so each numpy step covers many buckets (one bucket at a
+    time: 29 s at a million).
   * Identical hashes (pathological buckets). Thousands of samples may share one hash: blank or
     flat images all hash to 0, exact copies hash alike. They are collapsed into one group before
     the search, so the search costs what the distinct hashes cost. A group's own pairs (distance
@@ -72,12 +83,15 @@ HASH_BITS = 64
 # are closer than 18 (tests/test_near_duplicates_core.py has the figures and the reasons).
 DEFAULT_MAX_DISTANCE = 8
 # A group of at most this many distinct hashes has all its pairs compared; a larger one is split.
-LEAF_SIZE = 48
+LEAF_SIZE = 256
 # Identical hashes shared by more samples than this are listed as a star (see the docstring).
 IDENTICAL_GROUP_LIMIT = 64
 # The all-pairs comparison of a group that cannot be split usefully works on blocks of rows x
 # group size distances of at most this many, so that its memory stays bounded (about 40 MB).
 _BLOCK_DISTANCES = 1 << 22
+# search_indices hands the buckets of a band to the search this many samples at a time, so that
+# each numpy step works on arrays big enough to pay for its call and small enough for the caches.
+_CHUNK_SAMPLES = 1 << 16
 
 _UINT64 = np.uint64
 _M1, _M2, _M4, _H01 = (_UINT64(0x5555555555555555), _UINT64(0x3333333333333333), _UINT64(0x0F0F0F0F0F0F0F0F),
@@ -153,12 +167,17 @@ def band_values(hashes: np.ndarray, band_index: int, bands: int) -> np.ndarray:
 
 def popcount64(values: np.ndarray) -> np.ndarray:
     """The number of bits set in each element of a uint64 array (int64)."""
+    return _bit_counts(values).astype(np.int64)
+
+
+def _bit_counts(values: np.ndarray) -> np.ndarray:
+    """popcount64 in the narrowest type at hand (numpy's own count gives uint8)."""
     if _BITWISE_COUNT is not None:
-        return _BITWISE_COUNT(values).astype(np.int64)
+        return _BITWISE_COUNT(values)
     x = values - ((values >> _UINT64(1)) & _M1)  # the classic SWAR count, for numpy before 2.0
     x = (x & _M2) + ((x >> _UINT64(2)) & _M2)
     x = (x + (x >> _UINT64(4))) & _M4
-    return ((x * _H01) >> _UINT64(56)).astype(np.int64)
+    return (x * _H01) >> _UINT64(56)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,16 +201,25 @@ def bucket_pair_indices(hashes: np.ndarray, max_distance: int, band_index: int,
     """pairs_in_bucket on positions: `hashes` (uint64) in the order of their samples' keys, all
     with one value of band `band_index`. first < second in every pair, sorted."""
     bands = bands_for(max_distance)
-    layout = band_layout(bands)
     if not 0 <= band_index < bands:
         raise ValueError(f"band_index must be in 0..{bands - 1}, got {band_index!r}")
     hashes = np.asarray(hashes, dtype=_UINT64)
     if len(hashes) and np.any(band_values(hashes, band_index, bands) != band_values(hashes[:1], band_index, bands)):
         raise ValueError(f"the hashes of a bucket must share the value of band {band_index}")
+    return _buckets_pair_indices(hashes, max_distance, band_index, group_limit)
+
+
+def _buckets_pair_indices(hashes: np.ndarray, max_distance: int, band_index: int, group_limit: int) -> IndexPairs:
+    """bucket_pair_indices of several buckets of one band at once: `hashes` holds the samples of
+    one or more values of band `band_index`, each bucket's samples in the order of their keys.
+    Buckets never mix (their pairs are their own, and a bucket decides alone what it compares),
+    so this is the buckets searched one by one, in fewer and larger numpy steps."""
+    bands = bands_for(max_distance)
+    layout = band_layout(bands)
     distinct, first_of, group_of, sizes = _identical_groups(hashes)
     shift, width = layout[band_index]
     free = [bit for bit in range(HASH_BITS) if not shift <= bit < shift + width]
-    a, b, compared = _pairs_of_distinct(distinct, free, max_distance)
+    a, b, compared = _pairs_of_distinct(distinct, band_values(distinct, band_index, bands), free, max_distance)
     d = popcount64(distinct[a] ^ distinct[b])
     lowest = _lowest_agreeing_band(distinct[a] ^ distinct[b], layout)
     keep = (d <= max_distance) & (lowest == band_index)
@@ -220,15 +248,16 @@ def _lowest_agreeing_band(xor: np.ndarray, layout) -> np.ndarray:
     return lowest
 
 
-def _pairs_of_distinct(hashes: np.ndarray, free: list, max_distance: int):
-    """Pairs (a < b, positions in `hashes`, distinct values) within max_distance, given that all
-    the hashes agree outside the `free` bits; each pair once. Returns (a, b, compared)."""
+def _pairs_of_distinct(hashes: np.ndarray, buckets: np.ndarray, free: list, max_distance: int):
+    """Pairs (a < b, positions in `hashes`, distinct values) within max_distance of hashes in one
+    bucket, given that the hashes of a bucket (one value of `buckets`) agree outside the `free`
+    bits; each pair once. Returns (a, b, compared)."""
     found: list = []
     n = len(hashes)
-    if n <= LEAF_SIZE or len(free) <= max_distance:
-        compared = _compare_all(hashes, np.arange(n, dtype=np.int64), max_distance, found)
-    else:
-        compared = _split_level_by_level(hashes, free, max_distance, found)
+    order = np.argsort(buckets, kind="stable")
+    starts, counts = _runs(buckets[order])
+    node = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    compared = _split_level_by_level(hashes, free, max_distance, node, order, found)
     if not found:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, compared
@@ -238,42 +267,47 @@ def _pairs_of_distinct(hashes: np.ndarray, free: list, max_distance: int):
     return packed // n, packed % n, compared
 
 
-def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, found: list) -> int:
-    """The pigeonhole applied again and again inside the bucket; return the pairs compared.
+def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, node: np.ndarray,
+                          members: np.ndarray, found: list) -> int:
+    """The pigeonhole applied again and again inside the buckets; return the pairs compared.
 
-    A node is a group of members that agree on the bits outside its free bits. Nodes reached by
-    the same sub-bands have the same free bits, so they are split together, in a few numpy
-    steps, whatever their number: `pending` holds (free bits, each row's node, each row's
-    member), rows grouped by node."""
-    n = len(hashes)
-    pending = [(free, np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64))]
+    A node is a group of members that agree on the bits outside its free bits (at first, a
+    bucket). A node of at most LEAF_SIZE members is compared whole. Nodes reached by the same
+    sub-bands have the same free bits, so they are split together, in a few numpy steps, whatever
+    their number: `pending` holds (free bits, each row's node, each row's member), rows grouped
+    by node, nodes numbered 0, 1, ... in order."""
+    pending = [(free, node, members)]
     compared = 0
     while pending:
         free, node, members = pending.pop()
+        if len(node) == 0:
+            continue
         nodes = int(node[-1]) + 1
         sizes = np.bincount(node, minlength=nodes)
+        node_starts = np.cumsum(sizes) - sizes
         if len(free) <= max_distance:  # no sub-band left to split on: compare each node whole
-            for start, size in zip((np.cumsum(sizes) - sizes).tolist(), sizes.tolist()):
-                compared += _compare_all(hashes, members[start:start + size], max_distance, found)
+            compared += _compare_nodes(hashes, members, node_starts, sizes, np.ones(nodes, dtype=bool),
+                                       max_distance, found)
             continue
         splits = []
         pairs_after = np.zeros(nodes)
+        leaf = sizes <= LEAF_SIZE
         for sub in _chunks(free, max_distance + 1):
             # (node, sub-band value) as one integer: max_distance >= 1 here, so a sub-band has at
-            # most 32 bits, and a bucket far fewer than 2**32 nodes.
+            # most 32 bits, and a node number needs far fewer than 32. Rows are grouped by node
+            # already, so the stable sort only orders each node's rows by their sub-band.
             key = (node.astype(_UINT64) << _UINT64(len(sub))) | _gather_bits(hashes[members], sub)
             order = np.argsort(key)
             starts, counts = _runs(key[order])
             run_node = node[order][starts]
             pairs_after += np.bincount(run_node, weights=counts * (counts - 1) / 2, minlength=nodes)
             splits.append((sub, members[order], starts, counts, run_node))
-        # A dense cluster (members all within a few bits of each other) is not split: splitting
-        # would compare more pairs than it has.
-        dense = pairs_after >= sizes * (sizes - 1) / 2
-        for start, size in zip((np.cumsum(sizes) - sizes)[dense].tolist(), sizes[dense].tolist()):
-            compared += _compare_all(hashes, members[start:start + size], max_distance, found)
+        # A small node is compared whole, and so is a dense cluster (members all within a few bits
+        # of each other): splitting would compare more pairs than it has.
+        whole = leaf | (pairs_after >= sizes * (sizes - 1) / 2)
+        compared += _compare_nodes(hashes, members, node_starts, sizes, whole, max_distance, found)
         for sub, sorted_members, starts, counts, run_node in splits:
-            live = ~dense[run_node] & (counts >= 2)
+            live = ~whole[run_node] & (counts >= 2)
             small = live & (counts <= LEAF_SIZE)
             compared += _compare_small_groups(hashes, sorted_members, starts[small], counts[small], max_distance, found)
             large = live & (counts > LEAF_SIZE)
@@ -282,6 +316,17 @@ def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, fou
                 new_node = np.repeat(np.arange(int(large.sum()), dtype=np.int64), counts[large])
                 taken = set(sub)
                 pending.append(([bit for bit in free if bit not in taken], new_node, sorted_members[rows]))
+    return compared
+
+
+def _compare_nodes(hashes, members, node_starts, sizes, chosen, max_distance, found) -> int:
+    """Every pair inside each chosen node (a run of `members`): the small ones together, the
+    others one by one."""
+    small = chosen & (sizes <= LEAF_SIZE) & (sizes >= 2)
+    compared = _compare_small_groups(hashes, members, node_starts[small], sizes[small], max_distance, found)
+    big = chosen & (sizes > LEAF_SIZE)
+    for start, size in zip(node_starts[big].tolist(), sizes[big].tolist()):
+        compared += _compare_all(hashes, members[start:start + size], max_distance, found)
     return compared
 
 
@@ -329,21 +374,30 @@ def _runs(sorted_values: np.ndarray):
 
 
 def _compare_small_groups(hashes, sorted_members, starts, counts, max_distance, found) -> int:
-    """Every pair inside each group (a run of `sorted_members`), compared in one vectorized step."""
+    """Every pair inside each group (a run of `sorted_members`), compared in one vectorized step
+    per distance apart: with the groups' rows side by side, each row is compared with the row k
+    places after it, for k = 1, 2, ..., as long as that row is in its group. The rows are taken
+    in the order of how many rows of their group follow them, so that the rows still in reach at
+    step k are a prefix of that order: each step is a slice and one gather, and the steps are as
+    many as the largest group has members."""
     if len(starts) == 0:
         return 0
-    # Position p of a group of size s pairs with the s - 1 - p positions after it.
-    total = int(counts.sum())
-    group_start = np.repeat(starts, counts)
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    follow = np.repeat(counts, counts) - 1 - within
-    left = np.repeat(group_start + within, follow)
-    step = np.arange(len(left), dtype=np.int64) - np.repeat(np.cumsum(follow) - follow, follow) + 1
-    a, b = sorted_members[left], sorted_members[left + step]
-    near = popcount64(hashes[a] ^ hashes[b]) <= max_distance
-    if near.any():
-        found.append((np.minimum(a[near], b[near]), np.maximum(a[near], b[near])))
-    return len(a)
+    rows = _ranges(starts, counts)
+    members = sorted_members[rows]
+    values = hashes[members]
+    # How many rows after each row are in its group.
+    follow = np.repeat(counts, counts) - 1 - (np.arange(len(rows), dtype=np.int64)
+                                             - np.repeat(np.cumsum(counts) - counts, counts))
+    by_reach = np.argsort((-follow).astype(np.int16), kind="stable")  # follow < LEAF_SIZE: a radix sort
+    ahead = values[by_reach]
+    in_reach = np.cumsum(np.bincount(follow)[::-1])[::-1]  # in_reach[k]: the rows with follow >= k
+    for k in range(1, len(in_reach)):
+        reach = by_reach[:in_reach[k]]
+        near = np.flatnonzero(_bit_counts(ahead[:len(reach)] ^ values[reach + k]) <= max_distance)
+        if len(near):
+            a, b = members[reach[near]], members[reach[near] + k]
+            found.append((np.minimum(a, b), np.maximum(a, b)))
+    return int((counts * (counts - 1) // 2).sum())
 
 
 def _compare_all(hashes, members, max_distance, found) -> int:
@@ -460,17 +514,28 @@ def search_indices(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
         starts, counts = starts[counts >= 2], counts[counts >= 2]
         mine = (np.arange(serial, serial + len(starts)) % count_of_parts) == index
         serial += len(starts)
-        for start, count in zip(starts[mine].tolist(), counts[mine].tolist()):
-            positions = order[start:start + count]
-            if on_bucket is not None:
+        starts, counts = starts[mine], counts[mine]
+        if on_bucket is not None:
+            for count in counts.tolist():
                 on_bucket(count)
-            found = bucket_pair_indices(hashes[positions], max_distance, band_index, group_limit)
+        # The buckets are searched together, as many at a time as make about _CHUNK_SAMPLES samples.
+        chunk_of = np.cumsum(counts) // _CHUNK_SAMPLES
+        for chunk_starts, chunk_counts in _split_by(chunk_of, starts, counts):
+            positions = order[_ranges(chunk_starts, chunk_counts)]
+            found = _buckets_pair_indices(hashes[positions], max_distance, band_index, group_limit)
             parts.append((positions[found.first], positions[found.second], found.distance))
             unlisted += found.unlisted
             compared += found.compared
     empty = np.empty(0, dtype=np.int64)
     return merge_parts([IndexPairs(p[0], p[1], p[2], 0, 0) for p in parts]
                        + [IndexPairs(empty, empty, empty, unlisted, compared)])
+
+
+def _split_by(labels: np.ndarray, *columns: np.ndarray):
+    """The rows of `columns` cut where the (ascending) `labels` change: one tuple of slices a label."""
+    starts, counts = _runs(labels)
+    for start, count in zip(starts.tolist(), counts.tolist()):
+        yield tuple(column[start:start + count] for column in columns)
 
 
 def merge_parts(parts: Iterable[IndexPairs]) -> IndexPairs:
