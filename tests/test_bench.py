@@ -327,3 +327,16 @@ def test_the_range_server_serves_byte_ranges_listings_and_waits_its_delay(tmp_pa
     assert [(r.method, r.path, r.range, r.status, r.sent) for r in log[:2]] == [
         ("GET", "/a.tar", "bytes=100-199", 206, 100), ("GET", "/a.tar", "bytes=10000-", 206, len(data) - 10000)]
     assert log[-1].path == "/" and log[-1].status == 200 and log[-1].sent == len(listing)
+
+
+def test_the_near_duplicate_benchmark_finds_what_it_planted_in_both_wirings():
+    """benchmarks/near_duplicates_bench.py's search figures, on a small run: the planted pairs are
+    found by the search alone and by the build's wiring (both in fresh processes), and the two agree."""
+    from benchmarks import near_duplicates_bench as nd_bench
+
+    alone = nd_bench.time_search(4000, 8, 1000, "phash", seed=3)  # as many as the build's wiring plants
+    assert alone["planted"] == 1000 and alone["planted_found"] == 1000
+    assert 0 < alone["pairs_compared"] < alone["all_pairs"]
+    gathered = nd_bench.time_gathered_search(4000, 8, "phash", seed=3)
+    assert gathered["pairs"] == alone["pairs_found"] > 0
+    assert gathered["flagged"] >= gathered["pairs"]
