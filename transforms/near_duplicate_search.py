@@ -27,13 +27,13 @@ both on a million random hashes (1,000 close pairs planted) at the default dista
   * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
     27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
     in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
-  * time: 48 s of one core for the million (the sort of the keys and the links a second or two
-    of it; the search alone, 47 s), about a minute for ImageNet-1k, once every shard is written;
-    shared out over 2 workers, ~20 s of each for a million tiny images (benchmarks/scale.py);
+  * time: 11.5 s of one core for the million (the search alone, 11.4 s; the sort of the keys and
+    the links, the rest), about 15 s for ImageNet-1k, once every shard is written; shared out
+    over 2 workers, half of that each;
   * memory: the worker that orders the hashes and the one that merges the parts hold every key
     as fixed-width UTF-8 bytes (~30 bytes a sample; as Python strings they took ~100), the
     hashes, splits, shards and the order as arrays (~26 bytes); a part holds the ordered hashes
-    (8 bytes a sample) and the search's own 47 bytes a sample.
+    (8 bytes a sample) and the search's own 43 bytes a sample.
 The search is exact (near_duplicates.py); a group of more than IDENTICAL_GROUP_LIMIT identical
 hashes (blank images all hash to 0) is listed as a star, the pairs left out counted as
 `unlisted`, and near_duplicate_of stays exact.
@@ -238,10 +238,10 @@ class FindNearDuplicates(beam.PTransform):
     shared out in `parts` (the local runner's workers: one key each, as transforms/segments.py
     deals them): one worker puts the hashes in the order of the keys (ordered_hashes), each part
     reads that array as a side input and searches its share of the buckets, and one worker then
-    merges the parts' pairs and writes the file. Shared out, the search
-    of a million samples on 2 workers took ~20 s of each instead of ~40 s of one. OrderHashes and
-    SearchPairs each decode the batches: handing the decoded arrays from one step to the other
-    (tried) kept them in the runner between the steps, and a 1M build's tree peaked 143 MiB higher."""
+    merges the parts' pairs and writes the file. Shared out over 2 workers, each searches half of
+    the buckets. OrderHashes and SearchPairs each decode the batches: handing the decoded arrays
+    from one step to the other (tried) kept them in the runner between the steps, and a 1M
+    build's tree peaked 143 MiB higher."""
 
     def __init__(self, out_root: str, max_distance: int, parts: int = 1):
         super().__init__()
