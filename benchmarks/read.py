@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.corpus import CorpusSpec, ensure_corpus
 from benchmarks.runs import warm_page_cache
-from benchmarks.settings import DEFAULT_OUT, DEFAULT_SCALING_IMAGES
+from benchmarks.settings import DEFAULT_IMAGES, DEFAULT_OUT
 from pipeline.reading import open_dataset
 from pipeline.versions import current_version
 
@@ -212,8 +212,8 @@ def run(images: int, workers: list[int], work: str, say=print) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.read", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=DEFAULT_SCALING_IMAGES,
-                        help=f"train images of the corpus (default {DEFAULT_SCALING_IMAGES})")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+                        help=f"train images of the corpus (default {DEFAULT_IMAGES}, the benchmark's corpus)")
     parser.add_argument("--workers", default="1,2", help="DataLoader worker counts, comma-separated (default 1,2)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"work folder (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
