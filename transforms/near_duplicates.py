@@ -89,6 +89,8 @@ IDENTICAL_GROUP_LIMIT = 64
 # The all-pairs comparison of a group that cannot be split usefully works on blocks of rows x
 # group size distances of at most this many, so that its memory stays bounded (about 40 MB).
 _BLOCK_DISTANCES = 1 << 22
+# A band whose values are all below this is sorted as uint16 (a radix sort, 2 bytes a value).
+_NARROW_BAND = 1 << 16
 # search_indices hands the buckets of a band to the search this many samples at a time, so that
 # each numpy step works on arrays big enough to pay for its call and small enough for the caches.
 _CHUNK_SAMPLES = 1 << 16
@@ -509,8 +511,12 @@ def search_indices(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
     serial = 0  # the number of the next bucket of two or more members
     for band_index in range(bands):
         values = band_values(hashes, band_index, bands)
-        order = np.argsort(values, kind="stable")  # stable: each bucket keeps the key order
+        if len(values) and int(values.max()) < _NARROW_BAND:
+            values = values.astype(np.uint16)  # a band of d >= 3 fits: numpy sorts it by radix, in 2 bytes
+        # stable: each bucket keeps the key order. int32 positions: half the memory of numpy's.
+        order = np.argsort(values, kind="stable").astype(_position_type(len(hashes)))
         starts, counts = _runs(values[order])
+        del values
         starts, counts = starts[counts >= 2], counts[counts >= 2]
         mine = (np.arange(serial, serial + len(starts)) % count_of_parts) == index
         serial += len(starts)
@@ -531,6 +537,11 @@ def search_indices(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
                        + [IndexPairs(empty, empty, empty, unlisted, compared)])
 
 
+def _position_type(count: int):
+    """The narrowest integer type that holds the positions of `count` samples (int32 up to 2**31)."""
+    return np.int32 if count < 1 << 31 else np.int64
+
+
 def _split_by(labels: np.ndarray, *columns: np.ndarray):
     """The rows of `columns` cut where the (ascending) `labels` change: one tuple of slices a label."""
     starts, counts = _runs(labels)
@@ -546,8 +557,8 @@ def merge_parts(parts: Iterable[IndexPairs]) -> IndexPairs:
     if not parts:
         empty = np.empty(0, dtype=np.int64)
         return IndexPairs(empty, empty, empty, unlisted, compared)
-    first = np.concatenate([p.first for p in parts])
-    second = np.concatenate([p.second for p in parts])
-    distance = np.concatenate([p.distance for p in parts])
+    first = np.concatenate([p.first for p in parts]).astype(np.int64, copy=False)
+    second = np.concatenate([p.second for p in parts]).astype(np.int64, copy=False)
+    distance = np.concatenate([p.distance for p in parts]).astype(np.int64, copy=False)
     order = np.lexsort((second, first))
     return IndexPairs(first[order], second[order], distance[order], unlisted, compared)
