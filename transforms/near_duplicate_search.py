@@ -33,7 +33,8 @@ both on a million random hashes (1,000 close pairs planted) at the default dista
   * memory: the worker that orders the hashes and the one that merges the parts hold every key
     as fixed-width UTF-8 bytes (~30 bytes a sample; as Python strings they took ~100), the
     hashes, splits, shards and the order as arrays (~26 bytes); a part holds the ordered hashes
-    (8 bytes a sample) and the search's own ~40 bytes a sample (numpy's arrays alone: 19 MB for half of a million).
+    (8 bytes a sample) and the search's own ~40 bytes a sample (its numpy arrays alone peak at
+    19 MB in one part of two over a million hashes).
 The search is exact (near_duplicates.py); a group of more than IDENTICAL_GROUP_LIMIT identical
 hashes (blank images all hash to 0) is listed as a star, the pairs left out counted as
 `unlisted`, and near_duplicate_of stays exact.
