@@ -132,9 +132,10 @@ def _samples(batches: Iterable[bytes]) -> _Samples:
     keys = np.concatenate([b[2] for b in decoded] or [np.empty(0, "S1")])
     split_of = np.concatenate([np.full(len(b[2]), splits.index(b[0]), dtype=np.int16) for b in decoded]
                               or [np.empty(0, np.int16)])
-    shard_of = np.concatenate([np.full(len(b[2]), b[1], dtype=np.int64) for b in decoded]
-                              or [np.empty(0, np.int64)])
+    shard_of = np.concatenate([np.full(len(b[2]), b[1], dtype=np.int32) for b in decoded]
+                              or [np.empty(0, np.int32)])
     hashes = np.concatenate([b[3] for b in decoded] or [np.empty(0, np.uint64)])
+    del decoded  # each batch's arrays, now copied: not held through the sort below
     # In (key, split) order, which the search needs (its positions are the order of the keys): a
     # stable sort by key of samples already in the order of their splits' names. UTF-8 bytes sort
     # as their text does (code point order), so the byte array sorts as the keys would.
@@ -150,7 +151,7 @@ def ordered_hashes(batches: Iterable[bytes]) -> bytes:
     """Every sample's hash in the samples' (key, split) order, as raw little-endian uint64: all that
     a part of the search needs (8 bytes a sample, where the keys take ~100 in a worker)."""
     samples = _samples(batches)
-    return samples.hashes[samples.order].astype("<u8").tobytes()
+    return samples.hashes.astype("<u8", copy=False)[samples.order].tobytes()
 
 
 def search_part(hashes: bytes, max_distance: int, part: tuple[int, int]) -> bytes:
