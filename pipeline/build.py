@@ -2,9 +2,9 @@
 
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
 small: MemberRefs in compressed batches (~25 B per member), pieces of member references, PieceResults (a path
-and counts), HashEntry records in batches, each shard's keys and perceptual hashes in one batch
-(~30 B per sample), rejects, facts. That keeps the local runner's memory
-low however large the dataset (see README "Design" and ARCHITECTURE.md).
+and counts), each shard's keys and source digests in one batch per hash bucket (HashBatch, ~37 B per sample),
+each shard's keys and perceptual hashes in one batch (~14 B per sample), rejects, facts. That keeps the local
+runner's memory low however large the dataset (see README "Design" and ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
         _ = grouped["plan"] | "ReportPlan" >> beam.MapTuple(
             lambda split, plan: write_plan(progress_dir, split, plan.samples, plan.shards))
 
-    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashEntry batch); phashes: PhashBatch, one
+    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashBatch); phashes: PhashBatch, one
     #    a shard; rejects: Reject (stages "shard" and "image"); orphans: SplitCount
     written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
         config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,

@@ -193,9 +193,15 @@ def test_hash_buckets_and_links_find_every_duplicate_across_shards():
     buckets = collections.defaultdict(list)
     for shard_id, rows in shards.items():
         out = hash_buckets(rows, shard_id)
-        assert len(out) <= HASH_BUCKETS and sum(len(from_shuffle(b)) for _, b in out) == len(rows)
+        assert len(out) <= HASH_BUCKETS and sum(len(from_shuffle(b).keys) for _, b in out) == len(rows)
         for bucket, batch in out:
-            assert all(int(e[0][0], 16) % HASH_BUCKETS == bucket and e[3] == shard_id for e in from_shuffle(batch))
+            packed = from_shuffle(batch)  # a HashBatch: the keys, and their raw digests side by side
+            assert (packed.shard_id, packed.split) == (shard_id, "train")
+            assert len(packed.digests) == 32 * len(packed.keys)
+            by_key = {r.key: r.sha256 for r in rows}
+            for i, key in enumerate(packed.keys):
+                digest = packed.digests[32 * i:32 * (i + 1)].hex()
+                assert digest == by_key[key] and int(digest[0], 16) % HASH_BUCKETS == bucket
             buckets[bucket].append(batch)
     links = [link for batches in buckets.values() for link in links_in_bucket(batches)]
     expected = []

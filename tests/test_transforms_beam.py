@@ -23,6 +23,7 @@ from transforms.manifest import WriteManifest
 from transforms.records import (
     AnnotationSource,
     BoxesRef,
+    HashBatch,
     IndexFile,
     MemberRef,
     Reject,
@@ -143,7 +144,8 @@ def test_write_shards(tmp_path):
                                True, True)]), label="index")
         sha = hashlib.sha256(good).hexdigest()
         assert_that(written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch))),
-                    equal_to([(int(sha[0], 16), ((sha, "n01440764_1", "train", 0),))]), label="hashes")
+                    equal_to([(int(sha[0], 16), HashBatch("train", 0, ("n01440764_1",), bytes.fromhex(sha)))]),
+                    label="hashes")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
         assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("n01440764_2", "not_an_image")]), label="rejects")

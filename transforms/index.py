@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from transforms.layout import OutputLayout
 from transforms.records import (
     DuplicateLink,
+    HashBatch,
     HashEntry,
     IndexFile,
     RejectsFile,
@@ -63,20 +64,26 @@ HASH_BUCKETS = 16
 
 
 def hash_buckets(rows, shard_id: int) -> list[tuple[int, bytes]]:
-    """[(bucket, to_shuffle((HashEntry, ...)))] for one shard's index rows."""
+    """[(bucket, to_shuffle(HashBatch))] for one shard's index rows (all of one split): about 37
+    bytes a sample in the shuffle, where a tuple of HashEntry took about 48."""
     buckets = collections.defaultdict(list)
     for r in rows:
-        buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append(HashEntry(r.sha256, r.key, r.split, shard_id))
-    return [(b, to_shuffle(tuple(entries))) for b, entries in sorted(buckets.items())]
+        buckets[int(r.sha256[0], 16) % HASH_BUCKETS].append(r)
+    return [(b, to_shuffle(HashBatch(chosen[0].split, shard_id, tuple(r.key for r in chosen),
+                                     b"".join(bytes.fromhex(r.sha256) for r in chosen))))
+            for b, chosen in sorted(buckets.items())]
 
 
 def links_in_bucket(batches: Iterable[bytes]) -> list[DuplicateLink]:
     """duplicate_links for every sha256 of a bucket: its shards' record batches, merged."""
     by_sha = collections.defaultdict(list)
-    for batch in batches:
-        for entry in from_shuffle(batch):
-            by_sha[entry.sha256].append(entry)
-    return [link for sha in sorted(by_sha) for link in duplicate_links(by_sha[sha])]
+    for packed in batches:
+        batch = from_shuffle(packed)
+        for i, key in enumerate(batch.keys):
+            by_sha[batch.digests[32 * i:32 * (i + 1)]].append((key, batch.split, batch.shard_id))
+    # Raw digests sort as their hex text does: the links come in the same order.
+    return [link for sha in sorted(by_sha) if len(by_sha[sha]) > 1
+            for link in duplicate_links(HashEntry(sha.hex(), key, split, shard) for key, split, shard in by_sha[sha])]
 
 
 def _write_parquet(layout: OutputLayout, relative: str, table) -> tuple[int, str]:

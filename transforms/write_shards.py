@@ -3,7 +3,7 @@
 Contract: {"tasks": ShardMembers(task, members, boxes), "sizes": ((split, shard_id), members)}
   -> "shards":  ShardInfo            each shard's tar, written
      "index":   IndexFile            each shard's Parquet index, written beside it
-     "hashes":  (bucket, batch)      the stored samples' HashEntry records (index.hash_buckets)
+     "hashes":  (bucket, batch)      a HashBatch of the stored samples' keys and digests (index.hash_buckets)
      "phashes": batch                each shard's keys and perceptual hashes
                                      (near_duplicate_search.phash_batch)
      "rejects": Reject               stages "shard" (repeated keys) and "image" (the kernel's)
