@@ -27,9 +27,9 @@ both on a million random hashes (1,000 close pairs planted) at the default dista
   * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
     27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
     in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
-  * time: 11.5 s of one core for the million (the search alone, 11.4 s; the sort of the keys and
-    the links, the rest), about 15 s for ImageNet-1k, once every shard is written; shared out
-    over 2 workers, half of that each;
+  * time: about 11 s of one core for the million, nearly all of it the search (the sort of the
+    keys and the links take about a second), about 15 s for ImageNet-1k, once every shard is
+    written; shared out over 2 workers, about half of that each;
   * memory: the worker that orders the hashes and the one that merges the parts hold every key
     as fixed-width UTF-8 bytes (~30 bytes a sample; as Python strings they took ~100), the
     hashes, splits, shards and the order as arrays (~26 bytes); a part holds the ordered hashes
