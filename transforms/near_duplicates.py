@@ -296,8 +296,9 @@ def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, nod
         leaf = sizes <= LEAF_SIZE
         for sub in _chunks(free, max_distance + 1):
             # (node, sub-band value) as one integer: max_distance >= 1 here, so a sub-band has at
-            # most 32 bits, and a node number needs far fewer than 32. Rows are grouped by node
-            # already, so the stable sort only orders each node's rows by their sub-band.
+            # most 32 bits, and a node number needs far fewer than 32. The order of rows with
+            # one key does not matter (each pair is compared, then kept once), so numpy's
+            # quicker unstable sort does.
             key = (node.astype(_UINT64) << _UINT64(len(sub))) | _gather_bits(hashes[members], sub)
             order = np.argsort(key)
             starts, counts = _runs(key[order])
