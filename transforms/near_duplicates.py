@@ -291,9 +291,19 @@ def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, nod
             compared += _compare_nodes(hashes, members, node_starts, sizes, np.ones(nodes, dtype=bool),
                                        max_distance, found)
             continue
+        leaf = sizes <= LEAF_SIZE
+        if leaf.any():  # compared whole, and left out of the sorts below
+            compared += _compare_nodes(hashes, members, node_starts, sizes, leaf, max_distance, found)
+            rest = ~leaf[node]
+            if not rest.any():
+                continue
+            node, members = node[rest], members[rest]
+            node = np.cumsum(np.concatenate(([0], node[1:] != node[:-1]))).astype(np.int64)  # 0, 1, ... again
+            nodes = int(node[-1]) + 1
+            sizes = np.bincount(node, minlength=nodes)
+            node_starts = np.cumsum(sizes) - sizes
         splits = []
         pairs_after = np.zeros(nodes)
-        leaf = sizes <= LEAF_SIZE
         for sub in _chunks(free, max_distance + 1):
             # (node, sub-band value) as one integer: max_distance >= 1 here, so a sub-band has at
             # most 32 bits, and a node number needs far fewer than 32. The order of rows with
@@ -305,9 +315,9 @@ def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, nod
             run_node = node[order][starts]
             pairs_after += np.bincount(run_node, weights=counts * (counts - 1) / 2, minlength=nodes)
             splits.append((sub, members[order], starts, counts, run_node))
-        # A small node is compared whole, and so is a dense cluster (members all within a few bits
-        # of each other): splitting would compare more pairs than it has.
-        whole = leaf | (pairs_after >= sizes * (sizes - 1) / 2)
+        # A dense cluster (members all within a few bits of each other) is compared whole:
+        # splitting would compare more pairs than it has.
+        whole = pairs_after >= sizes * (sizes - 1) / 2
         compared += _compare_nodes(hashes, members, node_starts, sizes, whole, max_distance, found)
         for sub, sorted_members, starts, counts, run_node in splits:
             live = ~whole[run_node] & (counts >= 2)
