@@ -91,6 +91,10 @@ def check_targets(report: dict) -> list[dict]:
         targets.append(_target(f"largest worker peak RSS (GiB), {resize}",
                                round(m["pipeline"]["memory"]["worker_rss"] / GiB, 3), "<=", 1.0))
         targets.append(_target(f"start-up (s), {resize}", m["startup"]["wall_s"], "<", 5.0))
+        share = m["profile"].get("phash_share_of_kernel")
+        if share is not None:  # issue 15: the perceptual hash against the per-image kernel (the profile's images)
+            targets.append(_target(f"perceptual hash / process_image time (%), {resize}", round(100 * share, 2),
+                                   "<", 2.0, "the profile's phash line against its process_image time"))
     scaling = report.get("scaling")
     if scaling:
         sizes = f"{scaling['runs'][0]['images']} and {scaling['runs'][-1]['images']} images"

@@ -136,6 +136,10 @@ def test_time_kernels_and_profile_report_every_figure(corpus, tmp_path):
     assert set(profile["ms_per_image"]) == set(bench.PHASES)
     assert all(v >= 0 for v in profile["ms_per_image"].values()) and profile["ms_per_image"]["decode"] > 0
     assert abs(sum(profile["share"].values()) - 1) < 0.01
+    phash_ms = profile["ms_per_image"]["phash"]
+    assert 0 < phash_ms < profile["process_image_ms"]
+    # The ms figures are rounded to a microsecond: the share agrees with them to that rounding.
+    assert profile["phash_share_of_kernel"] == pytest.approx(phash_ms / profile["process_image_ms"], abs=0.01)
 
 
 def test_reference_on_all_cores_processes_every_image_once_per_core(corpus):
@@ -234,7 +238,7 @@ def _fake_mode(resize: str, scale: float) -> dict:
                                       "per_process_images_per_s": [190 * scale] * 2, "runs_images_per_s": [380 * scale]}
     profile = {"ms_per_image": dict.fromkeys(bench.PHASES, 0.5), "total_ms_per_image": 4.5,
                "share": dict.fromkeys(bench.PHASES, 1 / 9), "process_image_ms": 3.0, "images": 600, "repeats": 3,
-               "notes": dict.fromkeys(bench.PHASES, "")}
+               "phash_share_of_kernel": 0.5 / 3.0 / 10 * scale, "notes": dict.fromkeys(bench.PHASES, "")}
     memory = bench.MemoryPeak(tree_rss=900 << 20, tree_processes=4, process_rss=400 << 20, worker_rss=300 << 20,
                               root_rss=400 << 20, max_processes=4, samples=100)
     run = lambda name, images, wall: bench.BuildRun(name, 0, wall, wall * 1.5, images, memory, "log").as_dict()  # noqa: E731
@@ -268,8 +272,11 @@ def test_report_has_every_field_and_prints(capsys):
     assert report["default_vs_shorter256"]["pipeline_steady_state"] == round((3300 / 2.0) / (3300 / 8.0), 3)
     names = " | ".join(t["name"] for t in report["targets"])
     for what in ("cores x reference", "project kernel / reference", "project kernel / naive", "default path",
-                 "naive script", "peak RSS", "start-up"):
+                 "naive script", "peak RSS", "start-up", "perceptual hash"):
         assert what in names
+    hashes = {t["name"]: (t["value"], t["pass"]) for t in report["targets"] if "perceptual hash" in t["name"]}
+    assert hashes == {"perceptual hash / process_image time (%), shorter:256": (1.67, True),
+                      "perceptual hash / process_image time (%), longer:512": (3.33, False)}
     assert all(isinstance(t["pass"], bool) for t in report["targets"])
     bench.print_report(report)
     printed = capsys.readouterr().out
