@@ -15,11 +15,11 @@
    records a sample, each a (key, split, phash) entry, pickled by records.to_shuffle in one
    batch per shard and bucket (shards of 1,000 samples, ImageNet-like keys); and one worker's
    time and memory (tracemalloc) for the largest bucket of band 1, through pairs_in_bucket.
-   The wiring the build uses (transforms/near_duplicate_search.py) is measured too: one batch a
-   shard (phash_batch: its keys and raw hashes), all of them gathered by one worker, which runs
-   search_batches (the keys sorted, the search, each sample's nearest other): the bytes shuffled
-   a sample, and the worker's time and memory in a fresh process (_GATHERED_CHILD), from the
-   batches as it receives them to the pairs and the links.
+   The wiring the build uses (transforms/near_duplicate_search.py) is measured too: one index
+   file a shard (its key and phash columns, as the build writes them), all of them read by one
+   worker, which runs search_batches (the keys sorted, the search, each sample's nearest other):
+   the files' bytes a sample, and the worker's time and memory in a fresh process
+   (_GATHERED_CHILD), from the files' places to the pairs and the links.
 2. The hash's cost: transforms.image.process_image on ImageNet-like photos (benchmarks.corpus
    make_photo) against phash_of on the pixels that the kernel has at hand: the 1/8 luma decode
    that validates a JPEG kept byte for byte, or the stored pixels of a re-encoded image. Each
@@ -57,12 +57,13 @@ import tracemalloc
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 import transforms.image as image_kernel
 from benchmarks.corpus import make_photo
 from transforms.image import ImageOptions, process_image
-from transforms.near_duplicate_search import PhashBatch
 from transforms.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     band_keys,
@@ -210,51 +211,51 @@ def _key(n: int) -> str:
 
 
 def time_gathered_search(samples: int, max_distance: int, kind: str, seed: int) -> dict:
-    """The build's wiring: the batches of phash_batch (one a shard of _SHARD_SAMPLES, train keys),
-    their bytes a sample, and search_batches on all of them in a fresh process."""
+    """The build's wiring: one index file a shard of _SHARD_SAMPLES (train keys; only the key and
+    phash columns, which the search reads), their bytes a sample, and search_batches over them in
+    a fresh process."""
     rng = np.random.default_rng(seed)
     hashes = random_hashes(samples, kind, rng)
     plant_pairs(hashes, min(1000, samples // 2), max_distance, kind, rng)
-    batches = []
-    for shard_id, start in enumerate(range(0, samples, _SHARD_SAMPLES)):
-        part = hashes[start:start + _SHARD_SAMPLES]
-        keys = tuple(_key(n) for n in range(start, start + len(part)))
-        batches.append(to_shuffle(PhashBatch("train", shard_id, keys, part.astype("<u8").tobytes())))
-    shuffled = sum(len(b) for b in batches)
-    del hashes
     with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "batches.pkl"), "wb") as f:
-            f.write(to_shuffle(batches))
-        del batches
+        files = 0
+        for shard_id, start in enumerate(range(0, samples, _SHARD_SAMPLES)):
+            part = hashes[start:start + _SHARD_SAMPLES]
+            table = pa.table({"key": [_key(n) for n in range(start, start + len(part))],
+                              "phash": part.astype(np.uint64).view(np.int64)})
+            path = os.path.join(folder, f"train-{shard_id:06d}.parquet")
+            pq.write_table(table, path, compression="zstd")
+            files += os.path.getsize(path)
+        del hashes
         child = subprocess.run([sys.executable, "-c", _GATHERED_CHILD, folder, str(max_distance)], check=True,
                                capture_output=True, text=True)
     run = json.loads(child.stdout.strip().splitlines()[-1])
     return {"samples": samples, "kind": kind, "max_distance": max_distance,
-            "shuffle_bytes_per_sample": round(shuffled / samples, 1), "seconds": run["seconds"],
+            "index_bytes_per_sample": round(files / samples, 1), "seconds": run["seconds"],
             "cpu_seconds": run["cpu_seconds"], "pairs": run["pairs"], "flagged": run["flagged"],
             "rss_before_search_mb": run["rss_before_mb"], "peak_rss_mb": run["peak_rss_mb"],
             "search_peak_mb": round(run["peak_rss_mb"] - run["rss_before_mb"], 1),
             "search_bytes_per_sample": round((run["peak_rss_mb"] - run["rss_before_mb"]) * 2**20 / samples, 1),
-            "batches_mb": round(shuffled / 2**20, 1)}
+            "index_mb": round(files / 2**20, 1)}
 
 
-# The build's search alone in a fresh process (argv: the folder, the threshold): the batches as the
-# worker receives them (a list of bytes), then search_batches; the figures as a JSON line.
+# The build's search alone in a fresh process (argv: the folder, the threshold): the index files
+# read one after the other by search_batches, as the build's worker reads them; the figures as a
+# JSON line.
 _GATHERED_CHILD = """
 import json, os, sys, time
-from transforms.near_duplicate_search import search_batches
-from transforms.records import from_shuffle
+from transforms.near_duplicate_search import read_shard_hashes, search_batches
 
 def high_water():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 folder, max_distance = sys.argv[1], int(sys.argv[2])
-with open(os.path.join(folder, "batches.pkl"), "rb") as f:
-    batches = from_shuffle(f.read())
+names = sorted(os.listdir(folder))
 before = high_water()
 started, cpu = time.perf_counter(), time.process_time()
-found = search_batches(batches, max_distance)
+found = search_batches((read_shard_hashes(os.path.join(folder, name), "train", shard_id)
+                        for shard_id, name in enumerate(names)), max_distance)
 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 peak = high_water()
 print(json.dumps({"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "pairs": len(found.columns["key_a"]),
@@ -484,10 +485,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"bytes a sample, a bucket of {s['bucket_entries']:,} entries searched in {s['bucket_seconds']} s "
               f"with a peak of {s['bucket_peak_bytes_per_entry']} bytes an entry (the entries not counted)")
         figures["gathered"] = g = time_gathered_search(a.samples, a.max_distance, a.kind, a.seed)
-        print(f"the build's wiring (one batch a shard, one worker): shuffle {g['shuffle_bytes_per_sample']} bytes a "
-              f"sample ({g['batches_mb']} MB); search_batches {g['seconds']} s ({g['cpu_seconds']} s of CPU), "
+        print(f"the build's wiring (one index file a shard, read by one worker): {g['index_bytes_per_sample']} bytes "
+              f"a sample of key and phash columns ({g['index_mb']} MB); search_batches {g['seconds']} s "
+              f"({g['cpu_seconds']} s of CPU), "
               f"{g['pairs']:,} pairs, {g['flagged']:,} samples flagged; its memory {g['search_peak_mb']} MB over the "
-              f"{g['rss_before_search_mb']} MB its process held with the batches ({g['search_bytes_per_sample']} bytes "
+              f"{g['rss_before_search_mb']} MB its process held before ({g['search_bytes_per_sample']} bytes "
               f"a sample)")
     if a.json:
         with open(a.json, "w") as f:

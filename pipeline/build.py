@@ -3,8 +3,8 @@
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
 small: MemberRefs in compressed batches (~25 B per member), pieces of member references, PieceResults (a path
 and counts), each shard's keys and source digests in one batch per hash bucket (HashBatch, ~37 B per sample),
-each shard's keys and perceptual hashes in one batch (~14 B per sample), rejects, facts. That keeps the local
-runner's memory low however large the dataset (see README "Design" and ARCHITECTURE.md).
+rejects, facts. The near-duplicate search reads the perceptual hashes from the index files instead. That keeps
+the local runner's memory low however large the dataset (see README "Design" and ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -79,18 +79,18 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
         _ = grouped["plan"] | "ReportPlan" >> beam.MapTuple(
             lambda split, plan: write_plan(progress_dir, split, plan.samples, plan.shards))
 
-    # -> shards: ShardInfo; index: IndexFile; hashes: (bucket, HashBatch); phashes: PhashBatch, one
-    #    a shard; rejects: Reject (stages "shard" and "image"); orphans: SplitCount
+    # -> shards: ShardInfo; index: IndexFile (the file holds each sample's phash); hashes: (bucket, HashBatch);
+    #    rejects: Reject (stages "shard" and "image"); orphans: SplitCount
     written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
         config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,
         previous.for_shards if previous else None)
 
     # -> file: NearDuplicatesFile (near-duplicates.parquet); links: ((split, shard_id), near_duplicate_of links);
-    #    the search shared out over the workers, one part each
+    #    the hashes read from the index files, the search shared out over the workers, one part each
     links = {"hashes": written["hashes"]}
     near = None
     if config.near_duplicate_distance is not None:
-        near = written["phashes"] | "FindNearDuplicates" >> FindNearDuplicates(
+        near = written["index"] | "FindNearDuplicates" >> FindNearDuplicates(
             out, config.near_duplicate_distance, local_workers or SEARCH_PARTS)
         links["near_links"] = near["links"]
 

@@ -34,7 +34,13 @@ from transforms.image import ImageOptions, ResizeSpec, process_image
 from transforms.index import FlagDuplicates, hash_buckets, write_index_file
 from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
 from transforms.manifest import assemble_manifest
-from transforms.near_duplicate_search import phash_batch, search_batches, split_pair, write_near_duplicates
+from transforms.near_duplicate_search import (
+    read_shard_hashes,
+    search_batches,
+    shard_hashes,
+    split_pair,
+    write_near_duplicates,
+)
 from transforms.near_duplicates import DEFAULT_MAX_DISTANCE
 from transforms.phash import from_int64, hamming, phash_of, to_int64
 from transforms.previous import PreviousImages, version_diff, write_lookup
@@ -142,7 +148,8 @@ def test_the_search_over_shards_finds_every_pair_and_each_samples_nearest():
     by_shard = collections.defaultdict(list)
     for r in rows:
         by_shard[r.split, int(r.shard[-10:-4])].append(r)
-    batches = [phash_batch(shard_rows, shard_id) for (_, shard_id), shard_rows in by_shard.items()]
+    batches = [shard_hashes(split, shard_id, [r.key for r in shard_rows], [r.phash for r in shard_rows])
+               for (split, shard_id), shard_rows in by_shard.items()]
     random.Random(1).shuffle(batches)
     found = search_batches(batches, DEFAULT_MAX_DISTANCE)
 
@@ -165,8 +172,22 @@ def test_the_search_over_shards_finds_every_pair_and_each_samples_nearest():
         assert set(shard_links) <= {r.key for r in by_shard[split, shard_id]}
 
 
+def test_the_search_reads_keys_and_hashes_from_an_index_file(tmp_path):
+    layout = OutputLayout(str(tmp_path))
+    rows = [_row("n01440764_2", "val", 2**63 + 5, 7), _row("caf\u00e9_1", "val", 12345, 7), _row("z", "val", 0, 7)]
+    record = write_index_file(layout, "val", 7, rows, {})
+    read = read_shard_hashes(layout.url(record.path), "val", 7)
+    assert (read.split, read.shard_id) == ("val", 7)
+    assert [k.decode("utf-8") for k in read.keys.tolist()] == [r.key for r in rows]
+    assert read.hashes.dtype == np.uint64 and read.hashes.tolist() == [2**63 + 5, 12345, 0]
+    from_rows = shard_hashes("val", 7, [r.key for r in rows], [r.phash for r in rows])  # as the test above makes them
+    assert np.array_equal(from_rows.keys, read.keys) and np.array_equal(from_rows.hashes, read.hashes)
+    with pytest.raises(ValueError, match="2 keys but 1 hashes"):
+        shard_hashes("val", 7, ["a", "b"], [1])
+
+
 def test_a_build_of_no_samples_has_an_empty_pairs_file(tmp_path):
-    found = search_batches([phash_batch([], 0)], DEFAULT_MAX_DISTANCE)
+    found = search_batches([shard_hashes("train", 0, [], [])], DEFAULT_MAX_DISTANCE)
     record = write_near_duplicates(OutputLayout(str(tmp_path)), found, DEFAULT_MAX_DISTANCE)
     table = pq.read_table(tmp_path / NEAR_DUPLICATES_NAME)
     assert table.schema.equals(NEAR_DUPLICATES_SCHEMA) and table.num_rows == 0

@@ -263,8 +263,7 @@ def test_a_rerun_of_write_shards_reports_completed_shards_without_making_them_ag
             tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, list(boxes.values()))])
             written = {"tasks": tasks} | WriteShards(OPTIONS, str(out), 0, codec_versions())
             hashes = written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch)))
-            phashes = written["phashes"] | beam.Map(from_shuffle)  # a resumed shard's are read from its index
-            facts = (written["shards"], written["index"], written["rejects"], hashes, phashes) | beam.Flatten()
+            facts = (written["shards"], written["index"], written["rejects"], hashes) | beam.Flatten()
             _ = facts | beam.combiners.ToList() | beam.Map(
                 lambda found: (tmp_path / "facts.pkl").write_bytes(pickle.dumps(sorted(map(repr, found)))))
         return pickle.loads((tmp_path / "facts.pkl").read_bytes())

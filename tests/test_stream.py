@@ -24,7 +24,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.reading import gpu
-from pipeline.reading.stream import ShardCountMismatch, Stream, StreamShard, shard_samples, stream
+from pipeline.reading.stream import Piece, ShardCountMismatch, Stream, StreamShard, read_pieces, shard_samples, stream
 
 # The reading side of a finished build: no Beam in the code under test, so `make test-beam-lowest` leaves it out.
 pytestmark = pytest.mark.readers
@@ -315,6 +315,13 @@ def test_pairs_decode_to_pil_numpy_or_bytes_as_the_tars_hold_them(shards):
     truth = {jpeg: (label, key) for entry in shards for key, jpeg, label, _ in tar_samples(entry.url)}
     raw = list(stream(shards, decode=None, shuffle_buffer=0, shuffle_shards=False))
     assert [label for _, label in raw] == [truth[jpeg][0] for jpeg, _ in raw] and len(raw) == 20
+    # decode=None pairs skip webdataset's decoder: the same values and types as it gives.
+    decoder = wds.Decoder([], only=["jpg", "cls"])
+    by_decoder = [(d["jpg"], d["cls"]) for d in map(decoder, read_pieces(shards, [Piece(i, 0, e.samples, False)
+                                                                               for i, e in enumerate(shards)]))]
+    assert raw == by_decoder and all(type(label) is int and type(jpeg) is bytes for jpeg, label in raw)
+    lengths = list(stream(shards, decode=None, shuffle_buffer=0, shuffle_shards=False, transform=len))
+    assert lengths == [(len(jpeg), label) for jpeg, label in raw]
     pil = list(stream(shards, decode="pil", shuffle_buffer=0, shuffle_shards=False))
     arrays = list(stream(shards, decode="numpy", shuffle_buffer=0, shuffle_shards=False))
     for (jpeg, label), (image, pil_label), (array, array_label) in zip(raw, pil, arrays):

@@ -1,32 +1,37 @@
 """FindNearDuplicates: the pairs of samples whose perceptual hashes are close, over the whole build.
 
 Contracts:
-    phash_batch(rows, shard_id) -> to_shuffle(PhashBatch): one shard's keys and hashes, which
-        WriteShards sends for every shard, made or resumed (a resumed shard's rows, phash
-        included, are read back from its index file: transforms/checkpoints.py)
-    search_batches(batches, max_distance) -> NearDuplicates: every pair of samples whose hashes
+    shard_hashes(split, shard_id, keys, phashes) -> ShardHashes: one shard's keys (fixed-width
+        UTF-8 bytes) and hashes (uint64, from the index's int64 phash values), in the same order
+    read_shard_hashes(url, split, shard_id) -> ShardHashes of one index file (its key and phash
+        columns only): the search reads the index files that WriteShards wrote (a resumed or copied
+        shard's too), so that no hash crosses a shuffle
+    search_batches(shards, max_distance) -> NearDuplicates: every pair of samples whose hashes
         (transforms/phash.py) differ in at most max_distance bits, found by the exact band search
         of transforms/near_duplicates.py; for each sample in a pair, the key (sorting first) of
         its nearest other sample; the pairs counted per pair of splits ("train-val", ...)
     write_near_duplicates(layout, found, max_distance) -> NearDuplicatesFile: near-duplicates.parquet
         (schema.NEAR_DUPLICATES_SCHEMA) beside the manifest, with its size and sha256
-    ordered_hashes(batches) -> every hash in the order of the keys (8 bytes a sample)
+    ordered_hashes(shards) -> every hash in the order of the keys (8 bytes a sample)
     search_part(hashes, max_distance, (i, n)) -> the pairs (as positions) of the i-th of n parts of
         the search, which search_batches merges (the search shared out over n workers)
-    FindNearDuplicates(out_root, max_distance, parts): PhashBatch bytes -> {"file": NearDuplicatesFile,
+    FindNearDuplicates(out_root, max_distance, parts): IndexFile -> {"file": NearDuplicatesFile,
         "links": ((split, shard_id), ("near_duplicate_of", ((key, other key), ...)))}, the links
         of each shard that holds a near-duplicate, which FlagDuplicates (transforms/index.py)
         writes into the index files in the same rewrite as duplicate_of
 
-The search runs once every shard is written: every shard's batch gathered into one element, the
-hashes put in the order of the keys, the buckets shared out over `parts` workers (each reads the
-ordered hashes, 8 bytes a sample), then one worker merges the pairs and writes the file. The other way, sending each
-sample to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on
-many workers, shuffles a record per sample per band. benchmarks/near_duplicates_bench.py measures
-both on a million random hashes (1,000 close pairs planted) at the default distance 8:
-  * shuffle: one batch a shard, its keys as a tuple of strings and its hashes as raw uint64:
-    27 bytes a sample (36 MB for ImageNet-1k's 1.33M samples, which Beam's local runner holds
-    in memory); the buckets would shuffle 328 bytes a sample, 12 times more;
+The search runs once every shard is written: the index files' places gathered into one element
+(a few dozen bytes a shard), the hashes read from the index files and put in the order of the
+keys, the buckets shared out over `parts` workers (each reads the ordered hashes, 8 bytes a
+sample), then one worker reads the index files again, merges the pairs and writes the file.
+Why the index files and not a shuffle of each shard's keys and hashes (27 bytes a sample, what
+this stage did before): Beam's local runner holds a shuffle's data in the driver, and a worker
+keeps the last element it processed while its DoFn has a side input, so a 1M build held the
+batches (~18 MB) in the driver and twice more in the worker that searched (37 MiB); ImageNet-21k
+would hold ~380 MB in each place. The other way, sending each sample to its max_distance + 1
+buckets (band_index, band_value) and searching the buckets on many workers, shuffles a record per
+sample per band (328 bytes a sample). benchmarks/near_duplicates_bench.py measures the search on a
+million random hashes (1,000 close pairs planted) at the default distance 8:
   * time: about 11 s of one core for the million, nearly all of it the search (the sort of the
     keys and the links take about a second), about 15 s for ImageNet-1k, once every shard is
     written; shared out over 2 workers, about half of that each;
@@ -45,9 +50,10 @@ import hashlib
 import io
 import itertools
 import typing
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,26 +61,26 @@ from apache_beam import pvalue
 
 from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
 from transforms.near_duplicates import merge_parts, search_indices
-from transforms.records import NearDuplicatesFile, from_shuffle, to_shuffle
+from transforms.records import IndexFile, NearDuplicatesFile, from_shuffle, to_shuffle
 from transforms.schema import NEAR_DUPLICATES_SCHEMA
 from transforms.storage import atomic_write
 
-__all__ = ["PhashBatch", "NearDuplicates", "phash_batch", "split_pair", "ordered_hashes", "search_part",
-           "search_batches", "write_near_duplicates", "FindNearDuplicates"]
+__all__ = ["ShardHashes", "NearDuplicates", "shard_hashes", "read_shard_hashes", "split_pair", "ordered_hashes",
+           "search_part", "search_batches", "write_near_duplicates", "FindNearDuplicates"]
 
 # The order of the splits in a pair's name ("train-val", not "val-train"); other splits come after
 # these, in alphabetical order.
 SPLIT_ORDER = ("train", "val", "test")
 
 
-class PhashBatch(NamedTuple):
-    """One shard's samples for the search: their keys, and their hashes as raw little-endian
-    uint64 (phash.from_int64 of the index's int64), in the same order."""
+class ShardHashes(NamedTuple):
+    """One shard's samples for the search: their keys as fixed-width UTF-8 bytes (a numpy "S"
+    array: ~30 bytes a key, where a str takes ~70) and their hashes (uint64), in the same order."""
 
     split: str
     shard_id: int
-    keys: tuple
-    hashes: bytes
+    keys: np.ndarray
+    hashes: np.ndarray
 
 
 class NearDuplicates(NamedTuple):
@@ -88,12 +94,25 @@ class NearDuplicates(NamedTuple):
     unlisted: int
 
 
-def phash_batch(rows, shard_id: int) -> bytes:
-    """to_shuffle(PhashBatch) of one shard's index rows (all of one split)."""
-    rows = list(rows)
-    split = rows[0].split if rows else ""
-    hashes = np.fromiter((r.phash for r in rows), dtype=np.int64, count=len(rows)).astype("<i8")
-    return to_shuffle(PhashBatch(split, shard_id, tuple(r.key for r in rows), hashes.view("<u8").tobytes()))
+def shard_hashes(split: str, shard_id: int, keys: Iterable[str], phashes: Iterable[int]) -> ShardHashes:
+    """A shard's ShardHashes from its keys and their phash values as the index stores them
+    (signed int64, phash.to_int64)."""
+    encoded = [key.encode("utf-8", "surrogateescape") for key in keys]
+    values = np.asarray(list(phashes) if not isinstance(phashes, np.ndarray) else phashes, dtype=np.int64)
+    if len(values) != len(encoded):
+        raise ValueError(f"{split} shard {shard_id}: {len(encoded)} keys but {len(values)} hashes")
+    # An int64 and the uint64 of the same bits are the same hash (phash.from_int64).
+    return ShardHashes(split, shard_id, np.array(encoded, dtype=bytes) if encoded else np.empty(0, "S1"),
+                       values.view(np.uint64))
+
+
+def read_shard_hashes(url: str, split: str, shard_id: int) -> ShardHashes:
+    """The ShardHashes of one shard's index file (a local path or an fsspec URL): only its key
+    and phash columns are read."""
+    with fsspec.open(url, "rb") as f:
+        table = pq.read_table(f, columns=["key", "phash"])
+    return shard_hashes(split, shard_id, table.column("key").to_pylist(),
+                        table.column("phash").to_numpy(zero_copy_only=False))
 
 
 def _split_rank(split: str) -> tuple:
@@ -118,24 +137,18 @@ class _Samples(NamedTuple):
     order: np.ndarray
 
 
-def _samples(batches: Iterable[bytes]) -> _Samples:
-    # Each batch's keys become a fixed-width byte array as it is decoded, so that the keys of every
+def _samples(shards: Iterable[ShardHashes]) -> _Samples:
+    # Each shard's keys are a fixed-width byte array as they are read, so that the keys of every
     # shard are never all Python strings at once.
-    decoded = []
-    for packed in batches:
-        batch = from_shuffle(packed)
-        if batch.keys:
-            keys = np.array([key.encode("utf-8", "surrogateescape") for key in batch.keys], dtype=bytes)
-            decoded.append((batch.split, batch.shard_id, keys, np.frombuffer(batch.hashes, dtype="<u8")))
-    decoded.sort(key=lambda b: (b[0], b[1]))
-    splits = sorted({split for split, *_ in decoded})
-    keys = np.concatenate([b[2] for b in decoded] or [np.empty(0, "S1")])
-    split_of = np.concatenate([np.full(len(b[2]), splits.index(b[0]), dtype=np.int16) for b in decoded]
+    decoded = sorted((shard for shard in shards if len(shard.keys)), key=lambda b: (b.split, b.shard_id))
+    splits = sorted({b.split for b in decoded})
+    keys = np.concatenate([b.keys for b in decoded] or [np.empty(0, "S1")])
+    split_of = np.concatenate([np.full(len(b.keys), splits.index(b.split), dtype=np.int16) for b in decoded]
                               or [np.empty(0, np.int16)])
-    shard_of = np.concatenate([np.full(len(b[2]), b[1], dtype=np.int32) for b in decoded]
+    shard_of = np.concatenate([np.full(len(b.keys), b.shard_id, dtype=np.int32) for b in decoded]
                               or [np.empty(0, np.int32)])
-    hashes = np.concatenate([b[3] for b in decoded] or [np.empty(0, np.uint64)])
-    del decoded  # each batch's arrays, now copied: not held through the sort below
+    hashes = np.concatenate([b.hashes for b in decoded] or [np.empty(0, np.uint64)])
+    del decoded  # each shard's arrays, now copied: not held through the sort below
     # In (key, split) order, which the search needs (its positions are the order of the keys): a
     # stable sort by key of samples already in the order of their splits' names. UTF-8 bytes sort
     # as their text does (code point order), so the byte array sorts as the keys would.
@@ -147,10 +160,10 @@ def _key(keys: np.ndarray, i: int) -> str:
     return bytes(keys[i]).decode("utf-8", "surrogateescape")
 
 
-def ordered_hashes(batches: Iterable[bytes]) -> bytes:
+def ordered_hashes(shards: Iterable[ShardHashes]) -> bytes:
     """Every sample's hash in the samples' (key, split) order, as raw little-endian uint64: all that
-    a part of the search needs (8 bytes a sample, where the keys take ~100 in a worker)."""
-    samples = _samples(batches)
+    a part of the search needs (8 bytes a sample, where the keys take ~30 in a worker)."""
+    samples = _samples(shards)
     return samples.hashes.astype("<u8", copy=False)[samples.order].tobytes()
 
 
@@ -163,11 +176,11 @@ def search_part(hashes: bytes, max_distance: int, part: tuple[int, int]) -> byte
                                      part=part))
 
 
-def search_batches(batches: Iterable[bytes], max_distance: int, parts: Optional[Iterable[bytes]] = None
+def search_batches(shards: Iterable[ShardHashes], max_distance: int, parts: Optional[Iterable[bytes]] = None
                    ) -> NearDuplicates:
-    """See the module docstring. `batches`: phash_batch's, one a shard, in any order; `parts`:
+    """See the module docstring. `shards`: every shard's ShardHashes, in any order; `parts`:
     search_part's of every part of the search, when the search was shared out (else it runs here)."""
-    keys, splits, split_of, shard_of, hashes, order = _samples(batches)
+    keys, splits, split_of, shard_of, hashes, order = _samples(shards)
     count = len(keys)
     if parts is None:
         found = search_indices(hashes[order].astype(np.uint64), max_distance)
@@ -219,17 +232,28 @@ def write_near_duplicates(layout: OutputLayout, found: NearDuplicates, max_dista
 
 # --- Beam wiring -------------------------------------------------------------------
 
+def _read_shards(out_root: str, places: Iterable[tuple]) -> Iterator[ShardHashes]:
+    """The ShardHashes of each (split, shard_id, index file relative to the manifest), read in turn."""
+    layout = OutputLayout(out_root)
+    for split, shard_id, relative in places:
+        yield read_shard_hashes(layout.url(relative), split, shard_id)
+
+
+def _place(index: IndexFile) -> tuple:
+    return index.split, index.shard_id, index.path
+
+
 @beam.typehints.with_output_types(NearDuplicatesFile)
 class _SearchFn(beam.DoFn):
-    """[PhashBatch bytes, ...] (every shard's) and the search's parts -> NearDuplicatesFile; links
-    -> each shard's links."""
+    """[(split, shard_id, index file), ...] (every shard's) and the search's parts ->
+    NearDuplicatesFile; links -> each shard's links."""
 
     def __init__(self, out_root: str, max_distance: int):
         self._out_root = out_root
         self._max_distance = max_distance
 
-    def process(self, batches, parts):
-        found = search_batches(batches, self._max_distance, parts)
+    def process(self, places, parts):
+        found = search_batches(_read_shards(self._out_root, places), self._max_distance, parts)
         beam.metrics.Metrics.counter("near_duplicates", "pairs").inc(len(found.columns["key_a"]))
         yield write_near_duplicates(OutputLayout(self._out_root), found, self._max_distance)
         for shard, links in sorted(found.links.items()):
@@ -237,28 +261,32 @@ class _SearchFn(beam.DoFn):
 
 
 class FindNearDuplicates(beam.PTransform):
-    """See the module docstring. Every shard's batch is gathered into one element (ToList: one
-    element even for a build of no samples, so that the file is always written). The search is
-    shared out in `parts` (the local runner's workers: one key each, as transforms/segments.py
-    deals them): one worker puts the hashes in the order of the keys (ordered_hashes), each part
-    reads that array as a side input and searches its share of the buckets, and one worker then
-    merges the parts' pairs and writes the file. Shared out over 2 workers, each searches half of
-    the buckets. OrderHashes and SearchPairs each decode the batches: handing the decoded arrays
-    from one step to the other (tried) kept them in the runner between the steps, and a 1M
-    build's tree peaked 143 MiB higher."""
+    """See the module docstring. Applied to WriteShards' IndexFile records, once every shard's
+    index file is written. The files' places are gathered into one element (ToList: one element
+    even for a build of no samples, so that the file is always written). The search is shared
+    out in `parts` (the local runner's workers: one key each, as transforms/segments.py deals
+    them): one worker reads the hashes and puts them in the order of the keys (ordered_hashes),
+    each part reads that array as a side input and searches its share of the buckets, and one
+    worker then reads the index files' keys again, merges the parts' pairs and writes the file.
+    Shared out over 2 workers, each searches half of the buckets. OrderHashes and SearchPairs each
+    read the files: handing the arrays from one step to the other (tried) kept them in the runner
+    between the steps, and a 1M build's tree peaked 143 MiB higher."""
 
     def __init__(self, out_root: str, max_distance: int, parts: int = 1):
         super().__init__()
+        self._out_root = out_root
         self._search = _SearchFn(out_root, max_distance)
         self._max_distance = max_distance
         self._parts = max(1, parts)
 
-    def expand(self, batches):
-        max_distance, count = self._max_distance, self._parts
-        gathered = batches | "GatherHashes" >> beam.combiners.ToList().with_output_types(typing.List[bytes])
-        ordered = gathered | "OrderHashes" >> beam.Map(ordered_hashes)
+    def expand(self, index_files):
+        root, max_distance, count = self._out_root, self._max_distance, self._parts
+        gathered = (index_files
+                    | "IndexPlaces" >> beam.Map(_place)
+                    | "GatherPlaces" >> beam.combiners.ToList().with_output_types(typing.List[typing.Tuple]))
+        ordered = gathered | "OrderHashes" >> beam.Map(lambda places: ordered_hashes(_read_shards(root, places)))
         parts = (
-            batches.pipeline
+            index_files.pipeline
             | "SearchParts" >> beam.Create([(i, i) for i in range(count)])
             | "SpreadParts" >> beam.GroupByKey()
             | "SearchPart" >> beam.Map(

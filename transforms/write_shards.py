@@ -4,8 +4,6 @@ Contract: {"tasks": ShardMembers(task, members, boxes), "sizes": ((split, shard_
   -> "shards":  ShardInfo            each shard's tar, written
      "index":   IndexFile            each shard's Parquet index, written beside it
      "hashes":  (bucket, batch)      a HashBatch of the stored samples' keys and digests (index.hash_buckets)
-     "phashes": batch                each shard's keys and perceptual hashes
-                                     (near_duplicate_search.phash_batch)
      "rejects": Reject               stages "shard" (repeated keys) and "image" (the kernel's)
      "orphans": SplitCount           annotations whose image is in no shard
 
@@ -46,7 +44,6 @@ from transforms.counting import reject_output
 from transforms.image import ImageOptions, check_codecs
 from transforms.index import hash_buckets
 from transforms.layout import OutputLayout
-from transforms.near_duplicate_search import phash_batch
 from transforms.pieces import ShardCut, cut_shard, even_cut, small_pieces
 from transforms.previous import PreviousImages
 from transforms.progress import heartbeat
@@ -71,14 +68,14 @@ def _boxes_by_key(boxes) -> dict:
 
 
 def _shard_outputs(result: ShardResult):
-    """A shard's rejects, index, hash buckets, perceptual hashes and ShardInfo, on their outputs."""
+    """A shard's rejects, index, hash buckets and ShardInfo, on their outputs. (The perceptual
+    hashes are in the index file: the near-duplicate search reads them there.)"""
     for reject in result.rejects:
         yield reject_output(reject)
     beam.metrics.Metrics.counter("samples", result.shard.split).inc(len(result.rows))
     yield pvalue.TaggedOutput("index", result.index)
     for bucket in hash_buckets(result.rows, result.shard.shard_id):
         yield pvalue.TaggedOutput("hashes", bucket)
-    yield pvalue.TaggedOutput("phashes", phash_batch(result.rows, result.shard.shard_id))
     yield pvalue.TaggedOutput("shards", result.shard)
 
 
@@ -192,8 +189,7 @@ class _ProcessPieceFn(beam.DoFn):
 
 
 class _AssembleShardFn(beam.DoFn):
-    """((split, shard_id), [PieceResult]) -> ShardInfo; index -> IndexFile; hashes -> hash buckets;
-    phashes -> the shard's perceptual hashes."""
+    """((split, shard_id), [PieceResult]) -> ShardInfo; index -> IndexFile; hashes -> hash buckets."""
 
     def __init__(self, out_root: str):
         self._out_root = out_root
@@ -236,21 +232,20 @@ class WriteShards(beam.PTransform):
                 raise ValueError("several local workers need the shards' sizes: where each lies on the line of members")
             side = {"sizes": beam.pvalue.AsList(inputs["sizes"])}
         cut = inputs["tasks"] | "CutIntoPieces" >> beam.ParDo(self._cut, **side).with_outputs(
-            "rejects", "orphans", "shards", "index", "hashes", "phashes", main="pieces")
+            "rejects", "orphans", "shards", "index", "hashes", main="pieces")
         processed = (
             cut.pieces
             | "SpreadPieces" >> beam.GroupByKey()
             | "ProcessPieces" >> beam.ParDo(self._process).with_outputs(
-                "rejects", "shards", "index", "hashes", "phashes", main="pieces")
+                "rejects", "shards", "index", "hashes", main="pieces")
         )
         assembled = (
             processed.pieces
             | "GatherPieces" >> beam.GroupByKey()
-            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("rejects", "index", "hashes", "phashes",
-                                                                          "shards")
+            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("rejects", "index", "hashes", "shards")
         )
         # cut: the shards an earlier run of this build completed (transforms/checkpoints.py)
         out = {name: (cut[name], processed[name], assembled[name]) | f"All{name.title()}" >> beam.Flatten()
-               for name in ("shards", "index", "hashes", "phashes", "rejects")}
+               for name in ("shards", "index", "hashes", "rejects")}
         out["orphans"] = cut.orphans
         return out

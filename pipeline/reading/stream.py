@@ -309,6 +309,12 @@ class Stream(IterableDataset):
     def finish(self, sample: dict) -> Any:
         """A raw sample decoded, transformed and shaped as `output` says: (image, label), or a dict
         with the key, url, image, label, meta (the sample's .json), boxes and padding."""
+        if self.decode is None and self.output == "pair":
+            # What the decoder does with these two members (the JPEG's bytes as they are, and
+            # webdataset's int() of .cls), without its per-member dispatch: about 6 us a sample, a
+            # hundredth of a 224 x 224 decode, on the loader's critical path.
+            image = sample["jpg"] if self.transform is None else self.transform(sample["jpg"])
+            return image, int(sample["cls"])
         decoded = self.decoder(sample)
         image = decoded["jpg"] if self.transform is None else self.transform(decoded["jpg"])
         if self.output == "pair":
