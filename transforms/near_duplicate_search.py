@@ -27,8 +27,8 @@ sample), then one worker reads the index files again, merges the pairs and write
 Why the index files and not a shuffle of each shard's keys and hashes (27 bytes a sample, what
 this stage did before): Beam's local runner holds a shuffle's data in the driver, and a worker
 keeps the last element it processed while its DoFn has a side input, so a 1M build held the
-batches (~18 MB) in the driver and twice more in the worker that searched (37 MiB); ImageNet-21k
-would hold ~380 MB in each place. The other way, sending each sample to its max_distance + 1
+batches (~19 MB) in the driver and twice more in the worker that searched (37 MiB); ImageNet-21k
+would hold ~270 MB in the driver and twice that in a worker. The other way, sending each sample to its max_distance + 1
 buckets (band_index, band_value) and searching the buckets on many workers, shuffles a record per
 sample per band (328 bytes a sample). benchmarks/near_duplicates_bench.py measures the search on a
 million random hashes (1,000 close pairs planted) at the default distance 8:
