@@ -28,10 +28,11 @@ Why the index files and not a shuffle of each shard's keys and hashes (27 bytes 
 this stage did before): Beam's local runner holds a shuffle's data in the driver, and a worker
 keeps the last element it processed while its DoFn has a side input, so a 1M build held the
 batches (~19 MB) in the driver and twice more in the worker that searched (37 MiB); ImageNet-21k
-would hold ~270 MB in the driver and twice that in a worker. The other way, sending each sample to its max_distance + 1
-buckets (band_index, band_value) and searching the buckets on many workers, shuffles a record per
-sample per band (328 bytes a sample). benchmarks/near_duplicates_bench.py measures the search on a
-million random hashes (1,000 close pairs planted) at the default distance 8:
+would hold ~270 MB in the driver and twice that in a worker. The other way, sending each sample
+to its max_distance + 1 buckets (band_index, band_value) and searching the buckets on many
+workers, shuffles a record per sample per band (328 bytes a sample).
+benchmarks/near_duplicates_bench.py measures the search on a million random hashes (1,000 close
+pairs planted) at the default distance 8:
   * time: about 11 s of one core for the million, nearly all of it the search (the sort of the
     keys and the links take about a second), about 15 s for ImageNet-1k, once every shard is
     written; shared out over 2 workers, about half of that each;
@@ -98,7 +99,7 @@ def shard_hashes(split: str, shard_id: int, keys: Iterable[str], phashes: Iterab
     """A shard's ShardHashes from its keys and their phash values as the index stores them
     (signed int64, phash.to_int64)."""
     encoded = [key.encode("utf-8", "surrogateescape") for key in keys]
-    values = np.asarray(list(phashes) if not isinstance(phashes, np.ndarray) else phashes, dtype=np.int64)
+    values = np.asarray(phashes if isinstance(phashes, np.ndarray) else list(phashes), dtype=np.int64)
     if len(values) != len(encoded):
         raise ValueError(f"{split} shard {shard_id}: {len(encoded)} keys but {len(values)} hashes")
     # An int64 and the uint64 of the same bits are the same hash (phash.from_int64).
