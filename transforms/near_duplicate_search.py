@@ -111,7 +111,9 @@ def read_shard_hashes(url: str, split: str, shard_id: int) -> ShardHashes:
     """The ShardHashes of one shard's index file (a local path or an fsspec URL): only its key
     and phash columns are read."""
     with fsspec.open(url, "rb") as f:
-        table = pq.read_table(f, columns=["key", "phash"])
+        # Decoded on this thread, not Arrow's, as the other readers of index files in a worker do
+        # (see schema.table_from_parquet_bytes).
+        table = pq.ParquetFile(f).read(columns=["key", "phash"], use_threads=False)
     return shard_hashes(split, shard_id, table.column("key").to_pylist(),
                         table.column("phash").to_numpy(zero_copy_only=False))
 
