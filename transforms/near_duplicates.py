@@ -297,11 +297,10 @@ def _split_level_by_level(hashes: np.ndarray, free: list, max_distance: int, nod
             rest = ~leaf[node]
             if not rest.any():
                 continue
-            node, members = node[rest], members[rest]
-            node = np.cumsum(np.concatenate(([0], node[1:] != node[:-1]))).astype(np.int64)  # 0, 1, ... again
-            nodes = int(node[-1]) + 1
-            sizes = np.bincount(node, minlength=nodes)
-            node_starts = np.cumsum(sizes) - sizes
+            members = members[rest]
+            node_starts, sizes = _runs(node[rest])  # the nodes left, numbered 0, 1, ... again
+            nodes = len(sizes)
+            node = np.repeat(np.arange(nodes, dtype=np.int64), sizes)
         splits = []
         pairs_after = np.zeros(nodes)
         for sub in _chunks(free, max_distance + 1):
