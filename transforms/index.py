@@ -41,7 +41,7 @@ from transforms.records import (
     from_shuffle,
     to_shuffle,
 )
-from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table
+from transforms.schema import INDEX_SCHEMA, rejects_to_table, rows_to_table, table_from_parquet_bytes
 from transforms.storage import atomic_write
 
 __all__ = ["duplicate_links", "hash_buckets", "links_in_bucket", "write_index_file", "index_file_of",
@@ -122,7 +122,7 @@ def flag_duplicates(layout: OutputLayout, split: str, shard_id: int, duplicate_o
     duplicate or a near-duplicate; a retry rewrites the same values."""
     relative = layout.index(split, shard_id)
     with fsspec.open(layout.url(relative), "rb") as f:
-        table = pq.read_table(f, schema=INDEX_SCHEMA)
+        table = table_from_parquet_bytes(f.read(), INDEX_SCHEMA)
     keys = table.column("key").to_pylist()
     flagged = []
     for name, links in (("duplicate_of", duplicate_of), ("near_duplicate_of", near_duplicate_of or {})):

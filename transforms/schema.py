@@ -145,13 +145,15 @@ def rejects_to_table(rejects) -> pa.Table:
     return pa.Table.from_pylist([as_dict(r) for r in rejects], schema=REJECTS_SCHEMA)
 
 
-def table_from_parquet_bytes(data: bytes) -> pa.Table:
-    """A Parquet file held in memory, as a table, decoded on the calling thread. With Arrow's threads
+def table_from_parquet_bytes(data: bytes, schema: Optional[pa.Schema] = None) -> pa.Table:
+    """A Parquet file held in memory, as a table, decoded on the calling thread (with `schema`: its
+    columns, in that order and of those types, as one of this tool's own files has). With Arrow's threads
     (`pq.read_table`, or `use_threads`), one of them may drop the last reference to `data` after a
     command has returned, as Python shuts down; it cannot take the GIL then, and the process aborts
     ("terminate called without an active exception": 3 runs of `verify` in 20 did). The files read
     so (index and rejects files) are small, and their readers have threads of their own."""
-    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    return table.select(schema.names).cast(schema) if schema is not None else table
 
 
 def table_from_parquet_files(fs, paths: list[str]) -> pa.Table:

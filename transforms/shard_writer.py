@@ -25,14 +25,12 @@ from contextlib import ExitStack
 from typing import IO, Optional, Sequence
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transforms.index import index_file_of, write_index_file
 from transforms.layout import OutputLayout
 from transforms.reader_files import dali_index, dali_sample_line
 from transforms.records import IndexFile, Reject, ShardInfo, ShardTask
-from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow, as_dict, with_offset
+from transforms.schema import DATASET_COLUMNS, INDEX_SCHEMA, IndexRow, as_dict, table_from_parquet_bytes, with_offset
 from transforms.storage import atomic_write
 
 __all__ = ["TAR_MTIME", "TAR_MODE", "JSON_FOR_NULL", "ShardResult", "ShardTarWriter", "ShardWriter", "sample_json",
@@ -229,7 +227,7 @@ def read_written_shard(task: ShardTask, layout: OutputLayout, rejects: Optional[
     try:
         with fsspec.open(layout.url(index_path), "rb") as f:
             index_bytes = f.read()
-        table = pq.read_table(pa.BufferReader(index_bytes), schema=INDEX_SCHEMA)
+        table = table_from_parquet_bytes(index_bytes, INDEX_SCHEMA)
         digest, size = hashlib.sha256(), 0
         with fsspec.open(layout.url(relative), "rb") as f:
             while block := f.read(1 << 20):
