@@ -2,9 +2,9 @@
 
 Image bytes and index rows exist only inside WriteShards; everything that crosses a shuffle is
 small: MemberRefs in compressed batches (~25 B per member), pieces of member references, PieceResults (a path
-and counts), each shard's keys and source digests in one batch per hash bucket (HashBatch, ~37 B per sample),
-rejects, facts. The near-duplicate search reads the perceptual hashes from the index files instead. That keeps
-the local runner's memory low however large the dataset (see README "Design" and ARCHITECTURE.md).
+and counts), the index files' places, rejects, facts. The duplicate and near-duplicate searches read the
+source digests and perceptual hashes from the index files. That keeps the local runner's memory low however
+large the dataset (see README "Design" and ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from transforms.write_shards import WriteShards
 
 __all__ = ["manifest_header", "build_graph"]
 
-# The parts the near-duplicate search is shared out in on runners that scale out (the local runner:
-# one a worker).
+# The parts the duplicate and near-duplicate searches are shared out in on runners that scale out
+# (the local runner: one a worker).
 SEARCH_PARTS = 8
 
 
@@ -79,7 +79,7 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
         _ = grouped["plan"] | "ReportPlan" >> beam.MapTuple(
             lambda split, plan: write_plan(progress_dir, split, plan.samples, plan.shards))
 
-    # -> shards: ShardInfo; index: IndexFile (the file holds each sample's phash); hashes: (bucket, HashBatch);
+    # -> shards: ShardInfo; index: IndexFile (the file holds each sample's sha256 and phash);
     #    rejects: Reject (stages "shard" and "image"); orphans: SplitCount
     written = {"tasks": grouped["tasks"], "sizes": grouped["sizes"]} | "WriteShards" >> WriteShards(
         config.image_options(), out, config.seed, codecs, progress_dir, discovery.loc_blacklist, local_workers,
@@ -87,15 +87,16 @@ def build_graph(p: beam.Pipeline, config: BuildConfig, inputs: Inputs, codecs: d
 
     # -> file: NearDuplicatesFile (near-duplicates.parquet); links: ((split, shard_id), near_duplicate_of links);
     #    the hashes read from the index files, the search shared out over the workers, one part each
-    links = {"hashes": written["hashes"]}
+    links = {"index": written["index"]}
     near = None
     if config.near_duplicate_distance is not None:
         near = written["index"] | "FindNearDuplicates" >> FindNearDuplicates(
             out, config.near_duplicate_distance, local_workers or SEARCH_PARTS)
         links["near_links"] = near["links"]
 
-    # -> ShardDuplicates, for each index file that holds duplicates or near-duplicates, after it is rewritten
-    duplicates = links | "FlagDuplicates" >> FlagDuplicates(out)
+    # -> ShardDuplicates, for each index file that holds duplicates or near-duplicates, after it is rewritten;
+    #    the source digests read from the index files, the search shared out over the workers, one part each
+    duplicates = links | "FlagDuplicates" >> FlagDuplicates(out, local_workers or SEARCH_PARTS)
 
     # -> RejectsFile: one Parquet per split, of samples and of annotation files
     rejects_files = (indexed["rejects"], written["rejects"]) | "AllRejects" >> beam.Flatten() | (

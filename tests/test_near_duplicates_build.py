@@ -31,7 +31,7 @@ from pipeline.options import BuildConfig, add_build_arguments, config_from_args
 from pipeline.sample import NEAR_COPIES, make_sample_release
 from pipeline.sample.near_copies import original_photo
 from transforms.image import ImageOptions, ResizeSpec, process_image
-from transforms.index import FlagDuplicates, hash_buckets, write_index_file
+from transforms.index import FlagDuplicates, write_index_file
 from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
 from transforms.manifest import assemble_manifest
 from transforms.near_duplicate_search import (
@@ -210,10 +210,8 @@ def test_duplicates_and_near_duplicates_are_written_in_one_rewrite(tmp_path):
     same = hashlib.sha256(b"same").hexdigest()
     shards = {0: [_row("b", "train", 1, 0, same), _row("c", "train", 2**40, 0)],
               1: [_row("a", "train", 1, 1, same)], 2: [_row("d", "train", 2**50, 2)], 3: [_row("e", "train", 7, 3)]}
-    for shard_id, rows in shards.items():
-        write_index_file(layout, "train", shard_id, rows, {})
+    index_files = [write_index_file(layout, "train", shard_id, rows, {}) for shard_id, rows in shards.items()]
     untouched = (tmp_path / "train" / "train-000003.parquet").read_bytes()
-    hashes = [bucket for shard_id, rows in shards.items() for bucket in hash_buckets(rows, shard_id)]
     near = [(("train", 0), ("near_duplicate_of", (("b", "a"), ("c", "d")))),
             (("train", 1), ("near_duplicate_of", (("a", "b"),))), (("train", 2), ("near_duplicate_of", (("d", "c"),)))]
 
@@ -223,8 +221,8 @@ def test_duplicates_and_near_duplicates_are_written_in_one_rewrite(tmp_path):
         return d.shard_id, d.flagged, d.near_flagged, (d.bytes, d.sha256) == (len(data), digest)
 
     with TestPipeline() as p:
-        flagged = {"hashes": p | beam.Create(hashes), "near_links": p | "Near" >> beam.Create(near)} | FlagDuplicates(
-            str(tmp_path))
+        flagged = {"index": p | beam.Create(index_files), "near_links": p | "Near" >> beam.Create(near)} | (
+            FlagDuplicates(str(tmp_path), 2))
         # one ShardDuplicates a shard: its file was rewritten once, with both columns
         assert_that(flagged | beam.Map(facts), equal_to([(0, 1, 2, True), (1, 0, 1, True), (2, 0, 1, True)]))
     table = pq.read_table([str(tmp_path / "train" / f"train-{i:06d}.parquet") for i in range(4)])

@@ -1,5 +1,4 @@
 """Pure cores of the output stages: tar writer, duplicates, tables, manifest."""
-import collections
 import dataclasses
 import io
 import subprocess
@@ -178,35 +177,53 @@ def test_tar_header_is_tarfiles_own(name, size):
     assert _tar_header(name, size) == _tarinfo_header(name, size)
 
 
-def test_hash_buckets_and_links_find_every_duplicate_across_shards():
+def test_digest_prefixes_are_the_first_8_bytes_of_each_hex_digest():
     import hashlib
 
-    from transforms.index import HASH_BUCKETS, hash_buckets, links_in_bucket
-    from transforms.records import from_shuffle
-    from transforms.schema import IndexRow
+    import numpy as np
 
-    def row(key, content):
-        return IndexRow(key, "train", "t.tar", 512, 1, 0, "n01440764", 1, 1, 1, 1, "JPEG", "RGB", False,
+    from transforms.index import digest_prefixes
+
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(50)] + ["f" * 64, "0" * 64]
+    expected = [int(d[:16], 16) for d in digests]
+    chunked = pa.chunked_array([digests[:7], digests[7:]])
+    for array in (pa.array(digests), pa.array(digests, pa.large_string()), chunked):
+        assert digest_prefixes(array).tolist() == expected
+    assert digest_prefixes(pa.array(digests).slice(3, 5)).tolist() == expected[3:8]  # an array with an offset
+    assert digest_prefixes(pa.array([], pa.string())).dtype == np.uint64
+    for bad in (["ab" * 31], ["A" * 64], ["g" * 64], [None]):  # not 64 lowercase hex digits
+        with pytest.raises(ValueError, match="x.parquet"):
+            digest_prefixes(pa.array(bad, pa.string()), "x.parquet")
+
+
+@pytest.mark.parametrize("parts", [1, 2, 5])
+def test_links_in_part_find_every_duplicate_across_shards_once(tmp_path, parts):
+    import hashlib
+
+    from transforms.index import links_in_part
+
+    def row(key, split, content):
+        return IndexRow(key, split, "t.tar", 512, 1, 0, "n01440764", 1, 1, 1, 1, "JPEG", "RGB", False,
                         hashlib.sha256(content).hexdigest(), None, None, (), key, phash=0)
 
-    shards = {i: [row(f"k{i}_{j}", bytes([j % 7])) for j in range(40)] for i in range(3)}  # 7 contents, 120 keys
-    buckets = collections.defaultdict(list)
-    for shard_id, rows in shards.items():
-        out = hash_buckets(rows, shard_id)
-        assert len(out) <= HASH_BUCKETS and sum(len(from_shuffle(b).keys) for _, b in out) == len(rows)
-        for bucket, batch in out:
-            packed = from_shuffle(batch)  # a HashBatch: the keys, and their raw digests side by side
-            assert (packed.shard_id, packed.split) == (shard_id, "train")
-            assert len(packed.digests) == 32 * len(packed.keys)
-            by_key = {r.key: r.sha256 for r in rows}
-            for i, key in enumerate(packed.keys):
-                digest = packed.digests[32 * i:32 * (i + 1)].hex()
-                assert digest == by_key[key] and int(digest[0], 16) % HASH_BUCKETS == bucket
-            buckets[bucket].append(batch)
-    links = [link for batches in buckets.values() for link in links_in_bucket(batches)]
+    layout = OutputLayout(str(tmp_path))
+    # 7 contents over 120 keys in 3 shards of two splits; one key is in both splits
+    shards = {("train", i): [row(f"k{i}_{j}", "train", bytes([j % 7])) for j in range(40)] for i in range(2)}
+    shards[("val", 0)] = [row(f"v_{j}", "val", bytes([j % 7])) for j in range(39)] + [row("k0_0", "val", b"\0")]
+    # two digests that share their first 8 bytes and differ after them: not duplicates
+    twin = hashlib.sha256(b"twin").hexdigest()
+    shards[("train", 0)].append(dataclasses.replace(row("t1", "train", b""), sha256=twin))
+    shards[("train", 1)].append(dataclasses.replace(row("t2", "train", b""), sha256=twin[:16] + "0" * 48))
+    urls = []
+    for (split, shard_id), rows in shards.items():
+        index = write_index_file(layout, split, shard_id, rows, {})
+        urls.append((split, shard_id, layout.url(index.path)))
+    found = [link for part in range(parts) for link in links_in_part(urls, part, parts)]
+    every = [(r.key, r.split, shard_id, r.sha256) for (_, shard_id), rows in shards.items() for r in rows]
     expected = []
     for content in range(7):
         sha = hashlib.sha256(bytes([content])).hexdigest()
-        group = sorted((r.key, r.split, shard_id) for shard_id, rows in shards.items() for r in rows if r.sha256 == sha)
+        group = sorted((key, split, shard_id) for key, split, shard_id, digest in every if digest == sha)
         expected += [(split, shard_id, key, group[0][0]) for key, split, shard_id in group[1:]]
-    assert sorted(links) == sorted(expected) and len(links) == 120 - 7
+    assert sorted(found) == sorted(expected) and len(found) == len(every) - 2 - 7  # each link once
+    assert ("val", 0, "k0_0", "k0_0") in found  # the same key in two splits: the val one points to train's

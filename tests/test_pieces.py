@@ -16,10 +16,9 @@ from PIL import Image
 
 from transforms.assembly import assemble_shard, process_piece, write_shard
 from transforms.image import ImageOptions, ResizeSpec, codec_versions, process_image
-from transforms.index import hash_buckets
 from transforms.layout import PIECES_DIR, OutputLayout
 from transforms.pieces import PIECE_SAMPLES, cut_shard, even_cut, small_pieces
-from transforms.records import BoxesRef, MemberRef, ShardMembers, ShardTask, from_shuffle
+from transforms.records import BoxesRef, MemberRef, ShardMembers, ShardTask
 from transforms.storage import ArchiveReader
 from transforms.write_shards import WriteShards
 
@@ -137,9 +136,9 @@ def test_a_retried_assembly_reports_the_shard_it_wrote(members, tmp_path):
     written = _files(tmp_path / "out")
     again = assemble_shard(ShardTask("train", 0), pieces, layout, ArchiveReader())  # its pieces are gone now
     assert _files(tmp_path / "out") == written
-    # what the stage emits from it: the shard's and index's facts, and the duplicate-search records
+    # what the stage emits from it: the shard's and index's facts, and the rows (with their digests)
     assert (again.shard, again.index) == (first.shard, first.index)
-    assert hash_buckets(again.rows, 0) == hash_buckets(first.rows, 0)
+    assert [(r.key, r.sha256, r.phash) for r in again.rows] == [(r.key, r.sha256, r.phash) for r in first.rows]
     assert [(r.key, r.offset, r.size) for r in again.rows] == [(r.key, r.offset, r.size) for r in first.rows]
 
 
@@ -211,8 +210,6 @@ def test_write_shards_in_beam_matches_the_whole_shard(members, tmp_path, monkeyp
         assert_that(written["index"] | beam.Map(lambda i: (i.path, i.rows, i.with_boxes)),
                     equal_to([("train/train-000000.parquet", 9, 2), ("train/train-000001.parquet", 0, 0)]),
                     label="index")
-        assert_that(written["hashes"] | beam.Map(lambda b: b[0]) | beam.combiners.Count.Globally(),
-                    equal_to([len(hash_buckets(_rows(tmp_path / "whole"), 0))]), label="hashes")
         assert_that(written["rejects"] | beam.Map(lambda r: r.reason), equal_to(["not_an_image", "truncated"]),
                     label="rejects")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
@@ -262,8 +259,7 @@ def test_a_rerun_of_write_shards_reports_completed_shards_without_making_them_ag
         with TestPipeline() as p:
             tasks = p | beam.Create([ShardMembers(ShardTask("train", 0), refs, list(boxes.values()))])
             written = {"tasks": tasks} | WriteShards(OPTIONS, str(out), 0, codec_versions())
-            hashes = written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch)))
-            facts = (written["shards"], written["index"], written["rejects"], hashes) | beam.Flatten()
+            facts = (written["shards"], written["index"], written["rejects"]) | beam.Flatten()
             _ = facts | beam.combiners.ToList() | beam.Map(
                 lambda found: (tmp_path / "facts.pkl").write_bytes(pickle.dumps(sorted(map(repr, found)))))
         return pickle.loads((tmp_path / "facts.pkl").read_bytes())
@@ -276,13 +272,6 @@ def test_a_rerun_of_write_shards_reports_completed_shards_without_making_them_ag
     monkeypatch.setattr(write_shards, "write_whole_shard", not_again)
     monkeypatch.setattr(write_shards, "process_piece", not_again)
     assert run() == first and _files(out) == files
-
-
-def _rows(root):
-    from transforms.schema import IndexRow
-
-    table = pq.read_table(root / "train" / "train-000000.parquet").to_pylist()
-    return [IndexRow(**r) for r in table]
 
 
 def test_a_kept_jpeg_is_staged_as_its_place_in_the_archive(members, tmp_path):

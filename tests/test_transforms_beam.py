@@ -15,7 +15,7 @@ from PIL import Image
 from transforms.archives import IndexArchives
 from transforms.boxes import ReadAnnotations
 from transforms.image import ImageOptions, ResizeSpec, codec_versions
-from transforms.index import FlagDuplicates, WriteRejects, hash_buckets, write_index_file
+from transforms.index import FlagDuplicates, WriteRejects, write_index_file
 from transforms.keys import shard_of
 from transforms.labels import Labeler, imagenet_classes
 from transforms.layout import OutputLayout
@@ -23,7 +23,6 @@ from transforms.manifest import WriteManifest
 from transforms.records import (
     AnnotationSource,
     BoxesRef,
-    HashBatch,
     IndexFile,
     MemberRef,
     Reject,
@@ -142,10 +141,6 @@ def test_write_shards(tmp_path):
             i.sha256 == hashlib.sha256(index_file.read_bytes()).hexdigest())),
                     equal_to([(IndexFile("train", 0, "train/train-000000.parquet", 1, 0, with_boxes=1, boxes=1),
                                True, True)]), label="index")
-        sha = hashlib.sha256(good).hexdigest()
-        assert_that(written["hashes"] | beam.MapTuple(lambda bucket, batch: (bucket, from_shuffle(batch))),
-                    equal_to([(int(sha[0], 16), HashBatch("train", 0, ("n01440764_1",), bytes.fromhex(sha)))]),
-                    label="hashes")
         assert_that(written["orphans"], equal_to([("train", 1)]), label="orphans")
         assert_that(written["rejects"] | beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("n01440764_2", "not_an_image")]), label="rejects")
@@ -154,8 +149,9 @@ def test_write_shards(tmp_path):
         assert tar.getnames() == ["n01440764_1.jpg", "n01440764_1.cls", "n01440764_1.json"]
     assert good in shard
     rows = pq.read_table(out / "train" / "train-000000.parquet").to_pylist()  # the index, written beside the tar
-    assert [(r["key"], r["reencoded"], r["size"], r["boxes"], r["has_boxes"], r["duplicate_of"]) for r in rows] == [
-        ("n01440764_1", False, len(good), [[0.25, 0.0, 0.75, 1.0]], True, None)]
+    assert [(r["key"], r["reencoded"], r["size"], r["boxes"], r["has_boxes"], r["duplicate_of"], r["sha256"])
+            for r in rows] == [("n01440764_1", False, len(good), [[0.25, 0.0, 0.75, 1.0]], True, None,
+                                hashlib.sha256(good).hexdigest())]  # the duplicate search reads the sha256
     assert shard[rows[0]["offset"]:rows[0]["offset"] + rows[0]["size"]] == good
 
 
@@ -164,16 +160,16 @@ def _row(key, shard_id, sha):
                     "RGB", False, sha, None, None, (), f"x/{key}", phash=0)
 
 
-def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path):
+@pytest.mark.parametrize("parts", [1, 3])
+def test_flag_duplicates_rewrites_only_the_shards_holding_one(tmp_path, parts):
     layout = OutputLayout(str(tmp_path))
     s1, s2, s3 = (hashlib.sha256(bytes([i])).hexdigest() for i in range(3))
     shards = {0: [_row("b", 0, s1), _row("c", 0, s2)], 1: [_row("a", 1, s1)], 2: [_row("d", 2, s3)]}
-    for shard_id, rows in shards.items():
-        write_index_file(layout, "train", shard_id, rows, {})
+    index_files = [write_index_file(layout, "train", shard_id, rows, {}) for shard_id, rows in shards.items()]
     untouched = {i: (tmp_path / "train" / f"train-{i:06d}.parquet").read_bytes() for i in (1, 2)}
-    hashes = [bucket for shard_id, rows in shards.items() for bucket in hash_buckets(rows, shard_id)]
     with TestPipeline() as p:
-        flagged = p | beam.Create(hashes) | FlagDuplicates(str(tmp_path))
+        # The search reads the digests from the index files that the IndexFile records name.
+        flagged = p | beam.Create(index_files) | FlagDuplicates(str(tmp_path), parts)
         # b has a's bytes; a sorts first and stays unflagged. The size and sha256 are the rewritten file's.
         rewritten = tmp_path / "train" / "train-000000.parquet"
         assert_that(flagged | beam.Map(lambda d: (*d[:3], d.bytes == rewritten.stat().st_size,

@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import typing
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -60,9 +59,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam import pvalue
 
+from transforms.index import GatherIndexPlaces, spread_parts
 from transforms.layout import NEAR_DUPLICATES_NAME, OutputLayout
 from transforms.near_duplicates import merge_parts, search_indices
-from transforms.records import IndexFile, NearDuplicatesFile, from_shuffle, to_shuffle
+from transforms.records import NearDuplicatesFile, from_shuffle, to_shuffle
 from transforms.schema import NEAR_DUPLICATES_SCHEMA
 from transforms.storage import atomic_write
 
@@ -242,10 +242,6 @@ def _read_shards(out_root: str, places: Iterable[tuple]) -> Iterator[ShardHashes
         yield read_shard_hashes(layout.url(relative), split, shard_id)
 
 
-def _place(index: IndexFile) -> tuple:
-    return index.split, index.shard_id, index.path
-
-
 @beam.typehints.with_output_types(NearDuplicatesFile)
 class _SearchFn(beam.DoFn):
     """[(split, shard_id, index file), ...] (every shard's) and the search's parts ->
@@ -284,17 +280,12 @@ class FindNearDuplicates(beam.PTransform):
 
     def expand(self, index_files):
         root, max_distance, count = self._out_root, self._max_distance, self._parts
-        gathered = (index_files
-                    | "IndexPlaces" >> beam.Map(_place)
-                    | "GatherPlaces" >> beam.combiners.ToList().with_output_types(typing.List[typing.Tuple]))
+        gathered = index_files | "GatherIndexPlaces" >> GatherIndexPlaces()
         ordered = gathered | "OrderHashes" >> beam.Map(lambda places: ordered_hashes(_read_shards(root, places)))
         parts = (
-            index_files.pipeline
-            | "SearchParts" >> beam.Create([(i, i) for i in range(count)])
-            | "SpreadParts" >> beam.GroupByKey()
-            | "SearchPart" >> beam.Map(
-                lambda keyed, hashes: search_part(hashes, max_distance, (keyed[0], count)),
-                beam.pvalue.AsSingleton(ordered))
+            spread_parts(index_files.pipeline, count)
+            | "SearchPart" >> beam.Map(lambda part, hashes: search_part(hashes, max_distance, (part, count)),
+                                       beam.pvalue.AsSingleton(ordered))
         )
         searched = gathered | "SearchPairs" >> beam.ParDo(self._search, beam.pvalue.AsList(parts)).with_outputs(
             "links", main="file")

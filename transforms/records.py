@@ -20,7 +20,6 @@ Stream shapes, in the order a build makes them (pipeline/build.py wires them):
   ShardInfo       a finished shard tar: path, samples, bytes, sha256
   IndexFile       a finished shard's Parquet index and what it holds
   HashEntry       (sha256, key, split, shard_id) of a stored sample, for the duplicate search
-  HashBatch       a shard's keys of one hash bucket and their digests, packed for the shuffle
   ShardDuplicates how many samples of one shard's index were flagged duplicate_of and near_duplicate_of
   NearDuplicatesFile  near-duplicates.parquet, the pairs that the near-duplicate search found
   RejectsFile     a finished rejects table
@@ -37,7 +36,7 @@ __all__ = [
     "SourceError", "REJECT_REASONS", "SAMPLE_REJECT_REASONS", "STAGES", "check_reason", "MemberRef", "LeftOut",
     "DamagedArchive", "BoxesRef", "AnnotationSource", "Reject", "Rejected", "ImageRejected", "AnnotationRejected",
     "SplitCount", "ClassCount", "SplitPlan", "ShardTask", "ShardMembers", "PieceTask", "PieceResult", "ShardInfo",
-    "IndexFile", "HashEntry", "HashBatch", "DuplicateLink", "ShardDuplicates", "NearDuplicatesFile", "RejectsFile",
+    "IndexFile", "HashEntry", "DuplicateLink", "ShardDuplicates", "NearDuplicatesFile", "RejectsFile",
     "Fact", "to_shuffle", "from_shuffle"
 ]
 
@@ -334,17 +333,6 @@ class HashEntry(NamedTuple):
     key: str
     split: str
     shard_id: int
-
-
-class HashBatch(NamedTuple):
-    """HashEntry records of one shard and one hash bucket, as columns: the keys, and their sha256
-    digests as raw bytes side by side (32 bytes each, where the hex text takes 64 and compresses
-    to about 40)."""
-
-    split: str
-    shard_id: int
-    keys: tuple
-    digests: bytes
 
 
 class DuplicateLink(NamedTuple):

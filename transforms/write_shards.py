@@ -3,7 +3,6 @@
 Contract: {"tasks": ShardMembers(task, members, boxes), "sizes": ((split, shard_id), members)}
   -> "shards":  ShardInfo            each shard's tar, written
      "index":   IndexFile            each shard's Parquet index, written beside it
-     "hashes":  (bucket, batch)      a HashBatch of the stored samples' keys and digests (index.hash_buckets)
      "rejects": Reject               stages "shard" (repeated keys) and "image" (the kernel's)
      "orphans": SplitCount           annotations whose image is in no shard
 
@@ -42,7 +41,6 @@ from transforms.boxes import merge_boxes
 from transforms.checkpoints import completed_shard, members_digest, record_completed
 from transforms.counting import reject_output
 from transforms.image import ImageOptions, check_codecs
-from transforms.index import hash_buckets
 from transforms.layout import OutputLayout
 from transforms.pieces import ShardCut, cut_shard, even_cut, small_pieces
 from transforms.previous import PreviousImages
@@ -68,14 +66,12 @@ def _boxes_by_key(boxes) -> dict:
 
 
 def _shard_outputs(result: ShardResult):
-    """A shard's rejects, index, hash buckets and ShardInfo, on their outputs. (The perceptual
-    hashes are in the index file: the near-duplicate search reads them there.)"""
+    """A shard's rejects, index and ShardInfo, on their outputs. (The source digests and perceptual
+    hashes are in the index file: the duplicate and near-duplicate searches read them there.)"""
     for reject in result.rejects:
         yield reject_output(reject)
     beam.metrics.Metrics.counter("samples", result.shard.split).inc(len(result.rows))
     yield pvalue.TaggedOutput("index", result.index)
-    for bucket in hash_buckets(result.rows, result.shard.shard_id):
-        yield pvalue.TaggedOutput("hashes", bucket)
     yield pvalue.TaggedOutput("shards", result.shard)
 
 
@@ -141,7 +137,7 @@ class _CutShardFn(beam.DoFn):
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
 class _ProcessPieceFn(beam.DoFn):
     """(key, [to_shuffle(Piece), ...]: a piece's own, or a segment's) -> for a shard that is one
-    piece: written, its ShardInfo / IndexFile / hash buckets / kernel rejects out; for a piece of
+    piece: written, its ShardInfo / IndexFile / kernel rejects out; for a piece of
     several: staged, ((split, shard_id), PieceResult) out. `previous`: (the lookup's path or URL,
     the previous version's folder) in a rebuild that takes unchanged images from it."""
 
@@ -189,7 +185,7 @@ class _ProcessPieceFn(beam.DoFn):
 
 
 class _AssembleShardFn(beam.DoFn):
-    """((split, shard_id), [PieceResult]) -> ShardInfo; index -> IndexFile; hashes -> hash buckets."""
+    """((split, shard_id), [PieceResult]) -> ShardInfo; index -> IndexFile."""
 
     def __init__(self, out_root: str):
         self._out_root = out_root
@@ -232,20 +228,20 @@ class WriteShards(beam.PTransform):
                 raise ValueError("several local workers need the shards' sizes: where each lies on the line of members")
             side = {"sizes": beam.pvalue.AsList(inputs["sizes"])}
         cut = inputs["tasks"] | "CutIntoPieces" >> beam.ParDo(self._cut, **side).with_outputs(
-            "rejects", "orphans", "shards", "index", "hashes", main="pieces")
+            "rejects", "orphans", "shards", "index", main="pieces")
         processed = (
             cut.pieces
             | "SpreadPieces" >> beam.GroupByKey()
             | "ProcessPieces" >> beam.ParDo(self._process).with_outputs(
-                "rejects", "shards", "index", "hashes", main="pieces")
+                "rejects", "shards", "index", main="pieces")
         )
         assembled = (
             processed.pieces
             | "GatherPieces" >> beam.GroupByKey()
-            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("rejects", "index", "hashes", "shards")
+            | "AssembleShards" >> beam.ParDo(self._assemble).with_outputs("rejects", "index", "shards")
         )
         # cut: the shards an earlier run of this build completed (transforms/checkpoints.py)
         out = {name: (cut[name], processed[name], assembled[name]) | f"All{name.title()}" >> beam.Flatten()
-               for name in ("shards", "index", "hashes", "rejects")}
+               for name in ("shards", "index", "rejects")}
         out["orphans"] = cut.orphans
         return out
